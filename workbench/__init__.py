@@ -1,0 +1,2 @@
+"""refusal-workbench."""
+__version__ = "0.1.0"

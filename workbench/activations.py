@@ -1,0 +1,140 @@
+"""Cache the activations the refusal direction is read from: chosen sites, layers and positions only.
+
+The cache stores ``[layer, prompt, pos, d_model]`` per site, sliced *inside* the hook so the full
+``[batch, seq, d_model]`` tensor is never kept, on the model's device, under
+``torch.inference_mode()``. Positions are negative offsets from the end of the prompt: with left
+padding and a chat template, ``-1`` is the last template token (e.g. ``"\\n"`` after
+``assistant``) in every row, so the default keeps the *post-instruction* template tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .sites import SITES, check_layers, check_site, hook_name
+
+__all__ = ["Activations", "cache_activations", "post_instruction_positions"]
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Activations of ``prompts`` at a few sites, layers and end-relative positions.
+
+    ``acts[site]`` is ``Float[Tensor, "layer prompt pos d_model"]``; its layer axis follows
+    ``layers`` and its pos axis follows ``positions`` (negative offsets, e.g. ``[-5, ..., -1]``).
+    ``tokens[j]`` is the decoded token at ``positions[j]`` of the first prompt (the same in every
+    prompt when the positions are template tokens).
+    """
+
+    acts: dict[str, Float[Tensor, "layer prompt pos d_model"]]
+    layers: list[int]
+    positions: list[int]
+    tokens: list[str]
+    prompts: list[str] = field(repr=False)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.acts)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def d_model(self) -> int:
+        return next(iter(self.acts.values())).shape[-1]
+
+    def get(self, site: str, layer: int, pos: int) -> Float[Tensor, "prompt d_model"]:
+        """The ``[prompt, d_model]`` slice at one (site, layer, pos), with clear errors."""
+        check_site(site)
+        if site not in self.acts:
+            raise KeyError(f"site {site!r} was not cached; cached sites: {self.sites}")
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not cached; cached layers: {self.layers}")
+        if pos not in self.positions:
+            raise KeyError(f"position {pos} was not cached; cached positions: {self.positions}")
+        return self.acts[site][self.layers.index(layer), :, self.positions.index(pos)]
+
+    def mean(self) -> dict[str, Float[Tensor, "layer pos d_model"]]:
+        """Per-site mean over prompts, accumulated in float64."""
+        return {s: a.double().mean(dim=1) for s, a in self.acts.items()}
+
+    def to(self, device: str | torch.device) -> "Activations":
+        return Activations({s: a.to(device) for s, a in self.acts.items()}, self.layers,
+                           self.positions, self.tokens, self.prompts)
+
+
+def post_instruction_positions(model, *, system: str | None = None) -> list[int]:
+    """Negative offsets of the post-instruction template tokens, e.g. ``[-5, ..., -1]``."""
+    from .chat import post_instruction_tokens
+
+    k = len(post_instruction_tokens(model.tokenizer, system=system))
+    return list(range(-k, 0))
+
+
+def _check_positions(positions: list[int]) -> list[int]:
+    if not positions:
+        raise ValueError("empty position list; pass e.g. positions=[-1] for the last prompt token")
+    bad = [p for p in positions if not isinstance(p, int) or p >= 0]
+    if bad:
+        raise ValueError(f"positions must be negative offsets from the end of the prompt (-1 = last "
+                         f"token); got {bad}. Left padding makes only end-relative positions meaningful")
+    return sorted(set(positions))
+
+
+@torch.inference_mode()
+def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | list[str] = ("resid_pre",),
+                      layers: int | list[int] | range | None = None, positions: list[int] | None = None,
+                      batch_size: int = 32, system: str | None = None, templated: bool = False,
+                      progress: bool = True) -> Activations:
+    """Activations of ``prompts`` at ``sites`` × ``layers`` × end-relative ``positions``.
+
+    Only those hooks run a save, and each slices ``x[:, positions]`` *before* keeping anything, so
+    retained memory is ``n_prompts · len(positions) · d_model`` per (site, layer), independent of
+    the sequence length. Tensors stay on the model's device (GPU when there is one); the forward
+    pass stops after the deepest requested block and never unembeds. ``positions=None`` keeps the
+    post-instruction template tokens.
+    """
+    from .chat import check_prompts, format_prompts, length_sorted_batches, tokenize
+    from .sites import check_hook_names
+
+    prompts = check_prompts(prompts)
+    sites = [check_site(s) for s in sites]
+    if not sites:
+        raise ValueError(f"no sites given; choose from {', '.join(SITES)}")
+    layers = check_layers(layers, model.cfg.n_layers)
+    positions = _check_positions(post_instruction_positions(model, system=system)
+                                 if positions is None else list(positions))
+    names = {hook_name(s, l): (s, i) for s in sites for i, l in enumerate(layers)}
+    check_hook_names(model, list(names))
+
+    texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
+    lengths = [len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    if min(lengths) < -positions[0]:
+        raise ValueError(f"position {positions[0]} is before the start of the shortest prompt "
+                         f"({min(lengths)} tokens)")
+    device = model.cfg.device
+    store = {s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model,
+                            dtype=model.cfg.dtype, device=device) for s in sites}
+    pos_index = torch.tensor(positions, device=device)
+    rows_now: list[torch.Tensor] = []
+
+    def save(x, hook):  # x: [batch, seq, d_model]; slice first so the full tensor is never kept
+        site, li = names[hook.name]
+        store[site][li, rows_now[0]] = x.index_select(1, pos_index + x.shape[1])
+        return None
+
+    stop = max(layers) + 1
+    for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="cache", disable=not progress):
+        tokens, mask = tokenize(model.tokenizer, [texts[i] for i in rows], device=device)
+        rows_now[:] = [torch.tensor(rows, device=device)]
+        with model.hooks(fwd_hooks=[(n, save) for n in names]):
+            model(tokens, attention_mask=mask, stop_at_layer=stop)
+    first = model.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    tokens_at = model.tokenizer.convert_ids_to_tokens([first[p] for p in positions])
+    return Activations(store, layers, positions, tokens_at, list(prompts))

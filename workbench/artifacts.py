@@ -1,0 +1,100 @@
+"""Saving things so that a crash never leaves a half-written file behind, and saying where they go.
+
+Every artifact is written to a temporary name in the same folder and then ``os.replace``-d into
+place, which is atomic on POSIX. Tensors go to safetensors (no pickle) with a JSON sidecar for
+provenance. The cache root is ``$REFUSAL_WORKBENCH_CACHE`` or ``~/.cache/refusal-workbench``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["cache_dir", "atomic_write_text", "atomic_write_bytes", "save_tensors", "load_tensors",
+           "library_versions", "sha256_file", "sha256_text"]
+
+CACHE_ENV = "REFUSAL_WORKBENCH_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The workbench cache folder (created), or a subfolder of it."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "refusal-workbench")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write ``path`` (``.safetensors``) and ``path.with_suffix('.json')`` atomically.
+
+    The sidecar is written last, so a readable sidecar means the tensors are complete.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of :func:`save_tensors`."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not path.exists() or not sidecar.exists():
+        raise FileNotFoundError(f"{path} or its sidecar {sidecar.name} is missing; save it with save_tensors()")
+    return load_file(str(path)), json.loads(sidecar.read_text())
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that change numbers, for provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformer-lens", "transformers", "refusal-workbench"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,107 @@
+"""Chat prompts as the model sees them: the tokenizer's own template, BOS exactly once, left padding.
+
+With left padding every row of a batch *ends* on the same post-instruction template tokens
+(for ChatML: ``<|im_end|> \\n <|im_start|> assistant \\n``), so position ``-k`` means the same
+template token in every row. Batches are length-sorted so that rows of similar length share
+a batch and little compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+__all__ = ["format_prompts", "tokenize", "length_sorted_batches", "post_instruction_tokens",
+           "check_prompts"]
+
+_PLACEHOLDER = "XYZZY_INSTRUCTION"
+
+
+def check_prompts(prompts: Sequence[str], what: str = "prompts") -> list[str]:
+    """Reject an empty prompt set or blank prompts with a message that says how to fix it."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{what} must be a list of strings, not one string; wrap it: [{prompts[:30]!r}]")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError(f"{what} is empty; pass at least one prompt (see workbench.data.load_split)")
+    blank = [i for i, p in enumerate(prompts) if not str(p).strip()]
+    if blank:
+        raise ValueError(f"{what} has blank prompt(s) at index {blank[:5]}; remove them")
+    return prompts
+
+
+def _messages(instruction: str, system: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    return msgs + [{"role": "user", "content": instruction}]
+
+
+def format_prompts(tokenizer, instructions: Sequence[str], *, system: str | None = None) -> list[str]:
+    """Each instruction as one user turn in the model's chat template, ready for the reply.
+
+    ``system=None`` leaves the template's default (SmolLM2 inserts its own system line; Qwen2.5
+    too; Llama-3 adds none).
+    """
+    instructions = check_prompts(instructions, "instructions")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("this tokenizer has no chat template; load an instruct/chat model")
+    return [tokenizer.apply_chat_template(_messages(i, system), tokenize=False, add_generation_prompt=True)
+            for i in instructions]
+
+
+def _bos_in_template(tokenizer, text: str) -> bool:
+    bos = tokenizer.bos_token
+    return bos is None or text.startswith(bos)
+
+
+def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "cpu"
+             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+    """Left-padded ``(tokens, attention_mask)`` for already-templated texts.
+
+    Special tokens are never added on top of the template (that is how a doubled BOS happens);
+    a BOS is prepended only where the tokenizer uses one and the template did not write it.
+    """
+    texts = list(texts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    tokens, mask = enc["input_ids"], enc["attention_mask"]
+    wants_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
+    if wants_bos and not all(_bos_in_template(tokenizer, t) for t in texts):
+        # Rebuild each row with a BOS in front of its first real token.
+        rows = [[tokenizer.bos_token_id] + tokens[i][mask[i].bool()].tolist() for i in range(len(texts))]
+        width = max(map(len, rows))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
+        tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return tokens.to(device), mask.to(device)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def post_instruction_tokens(tokenizer, *, system: str | None = None) -> list[str]:
+    """The template tokens that follow the instruction (Arditi's "end-of-instruction" tokens).
+
+    Their count ``k`` makes ``positions = range(-k, 0)`` under left padding. Checked in context:
+    the suffix must tokenise the same way at the end of a real prompt.
+    """
+    text = tokenizer.apply_chat_template(_messages(_PLACEHOLDER, system), tokenize=False,
+                                         add_generation_prompt=True)
+    suffix = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+    suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not suffix_ids or full_ids[-len(suffix_ids):] != suffix_ids:
+        raise ValueError(f"the template suffix {suffix!r} tokenises differently in context; "
+                         "pass explicit positions instead")
+    return tokenizer.convert_ids_to_tokens(suffix_ids)

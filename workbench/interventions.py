@@ -1,0 +1,374 @@
+"""Interventions on the refusal direction: ablation, addition, angular rotation, weight edits.
+
+Every hook factory returns ``list[tuple[str, Callable]]`` of plain closures
+``fn(activation, hook) -> activation``, so any number compose under one context::
+
+    with model.hooks(fwd_hooks=ablation_hooks(model, r) + rotation_hooks(model, plane, 200.0)):
+        model.generate(...)
+
+Hooks are position-free (KV-cached decode steps see ``[batch, 1, d_model]``), compute in float32
+and cast back, and move their direction to the activation's device/dtype once (``OnDevice``).
+Per-row settings (a ``[batch]`` tensor or a :class:`PerRow`) let K settings × N prompts run as one
+forward; see :func:`location_sweep_hooks`, :func:`candidate_sweep_hooks`, :func:`addition_sweep_hooks`.
+The pure math lives in :mod:`workbench.steering_math` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from .sites import check_hook_names, check_layers, check_site, hook_name
+from .steering_math import (OnDevice, PerRow, _ablate_kernel, _rotate_kernel, _setting, ablate, add,
+                            angle_settings, as_basis, as_vector, compute_dtype, per_token_plane_angle,
+                            plane_angle, rotate, rotate_by, special_cases, unit_vector)
+
+__all__ = ["PerRow", "ablate", "add", "rotate", "rotate_by", "plane_angle", "per_token_plane_angle",
+           "special_cases", "LOCATIONS", "first_k", "last_k", "window", "location_hook_names",
+           "ablation_hooks", "addition_hooks", "rotation_hooks", "location_sweep_hooks",
+           "candidate_sweep_hooks", "addition_sweep_hooks", "orthogonalize_weights"]
+
+Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
+LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")  # location_sweep_hooks also takes "none"
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer selections and hook names
+
+def first_k(n_layers: int, k: int) -> list[int]:
+    """The first ``k`` layers ``[0, k)``."""
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"k={k} must be in 1..{n_layers}")
+    return list(range(k))
+
+
+def last_k(n_layers: int, k: int) -> list[int]:
+    """The last ``k`` layers ``[n_layers − k, n_layers)``."""
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"k={k} must be in 1..{n_layers}")
+    return list(range(n_layers - k, n_layers))
+
+
+def window(start: int, stop: int) -> list[int]:
+    """Layers ``[start, stop)`` (checked against the model by the hook factories)."""
+    if not 0 <= start < stop:
+        raise ValueError(f"window({start}, {stop}) is empty or negative; need 0 ≤ start < stop")
+    return list(range(start, stop))
+
+
+def _cfg(model_or_cfg):
+    cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
+    if not (hasattr(cfg, "n_layers") and hasattr(cfg, "d_model")):
+        raise ValueError(f"expected a HookedTransformer or its cfg; got {type(model_or_cfg).__name__}")
+    return cfg
+
+
+def _checked(model_or_cfg, hooks: list[Hook]) -> list[Hook]:
+    """Validate the names against the model when we have one (a bare cfg has no hook_dict)."""
+    if hasattr(model_or_cfg, "hook_dict"):
+        check_hook_names(model_or_cfg, [name for name, _ in hooks])
+    return hooks
+
+
+def location_hook_names(n_layers: int, location: str, layers=None) -> list[str]:
+    """Hook names that ablation at ``location`` writes, over ``layers`` (None = all).
+
+    - ``all``: ``hook_resid_pre`` + ``hook_attn_out`` + ``hook_mlp_out`` of every chosen block
+      (Arditi et al.; with all layers the final residual is a sum of ablated terms, so ⊥ r̂).
+    - ``resid``: ``hook_resid_pre`` of every chosen block, plus ``blocks.{L−1}.hook_resid_post`` so
+      the unembedding never reads r̂ ("the residual stream only"). The final ``resid_post`` is added
+      only when layer ``L−1`` is chosen: with a strict subset that stops early, the ablation is a
+      local edit and later layers may write r̂ back.
+    - ``attn`` / ``mlp``: only ``hook_attn_out`` / ``hook_mlp_out``: a decomposition experiment, not
+      an ablation of the feature (the embedding and the other sublayer still write r̂).
+    - ``none``: no hooks (a control block in :func:`location_sweep_hooks`).
+    """
+    if location not in LOCATIONS + ("none",):
+        raise ValueError(f"unknown location {location!r}; choose one of {', '.join(LOCATIONS)} "
+                         "(or 'none' in a location sweep)")
+    chosen = check_layers(layers, n_layers)
+    sites = {"all": ["resid_pre", "attn_out", "mlp_out"], "resid": ["resid_pre"],
+             "attn": ["attn_out"], "mlp": ["mlp_out"], "none": []}[location]
+    names = [hook_name(site, layer) for layer in chosen for site in sites]
+    if location == "resid" and chosen[-1] == n_layers - 1:
+        names.append(hook_name("resid_post", n_layers - 1))
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Hook closures
+
+def _check_width(x: Tensor, d_model: int, name: str) -> None:
+    if x.shape[-1] != d_model:
+        raise ValueError(f"hook {name}: activation has last dim {x.shape[-1]}, direction has "
+                         f"{d_model}; this hook point is not [.., d_model]")
+
+
+def _ablation_fn(unit: OnDevice | PerRow, rows: PerRow | None = None) -> Callable:
+    """``x − m_row·r̂(r̂ᵀx)``: ``unit`` is one r̂ or per-row r̂'s, ``rows`` an optional 0/1 mask."""
+    per_row = isinstance(unit, PerRow)
+    d_model = unit.values.shape[-1] if per_row else unit.tensor.shape[-1]
+
+    def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        _check_width(x, d_model, getattr(hook, "name", "?"))
+        dt = compute_dtype(x.dtype)
+        u = unit.get(x, dt) if per_row else unit.get(x.device, dt)
+        scale = 1.0 if rows is None else rows.get(x, dt)  # masked-out rows: x − 0·r̂ == x exactly
+        return _ablate_kernel(x.to(dt), u, scale).to(x.dtype)
+    return hook
+
+
+def _addition_fn(vector: OnDevice | PerRow, alpha) -> Callable:
+    """``x + α r`` with one raw r or per-row r's; α a float, or per row (0 = untouched row)."""
+    per_row = isinstance(vector, PerRow)
+    d_model = vector.values.shape[-1] if per_row else vector.tensor.shape[-1]
+
+    def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        _check_width(x, d_model, getattr(hook, "name", "?"))
+        dt = compute_dtype(x.dtype)
+        r = vector.get(x, dt) if per_row else vector.get(x.device, dt)
+        a = _setting(alpha, x, dt)
+        return (x.to(dt) + (a[..., None] if isinstance(a, Tensor) else a) * r).to(x.dtype)
+    return hook
+
+
+def _rotation_fn(basis: OnDevice, theta_deg, by: bool, adaptive: bool) -> Callable:
+    cos_s, sin_s = angle_settings(theta_deg)          # once, not per call
+    d_model = basis.tensor.shape[-1]
+
+    def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        _check_width(x, d_model, getattr(hook, "name", "?"))
+        dt = compute_dtype(x.dtype)
+        cos, sin = _setting(cos_s, x, dt), _setting(sin_s, x, dt)
+        return _rotate_kernel(x.to(dt), basis.get(x.device, dt), cos, sin, by=by,
+                              adaptive=adaptive).to(x.dtype)
+    return hook
+
+
+def _row_mask(row_mask) -> PerRow | None:
+    if row_mask is None or isinstance(row_mask, PerRow):
+        return row_mask
+    mask = torch.as_tensor(row_mask)
+    if mask.dtype != torch.bool or mask.ndim != 1:
+        raise ValueError(f"row_mask must be a 1-D bool tensor [batch]; got {mask.dtype} {tuple(mask.shape)}")
+    return PerRow(mask.float())
+
+
+# ----------------------------------------------------------------------------------------------
+# Hook factories
+
+def ablation_hooks(model_or_cfg, direction, location: str = "all", layers=None, *,
+                   row_mask: Bool[Tensor, "batch"] | PerRow | None = None) -> list[Hook]:
+    """Directional ablation ``x ← x − r̂r̂ᵀx`` at ``location`` (see :func:`location_hook_names`)
+    over ``layers`` (None = all; or ``first_k``/``last_k``/``window``/any list), every position.
+
+    ``row_mask``: ablate only the rows where it is True (others pass through bit-identical).
+    """
+    cfg = _cfg(model_or_cfg)
+    unit = OnDevice(unit_vector(direction, cfg.d_model))
+    fn = _ablation_fn(unit, _row_mask(row_mask))
+    return _checked(model_or_cfg, [(n, fn) for n in location_hook_names(cfg.n_layers, location, layers)])
+
+
+def addition_hooks(direction, alpha=1.0, layers: int | list[int] | None = None, site: str = "resid_pre",
+                   *, model=None) -> list[Hook]:
+    """Activation addition ``x ← x + α r`` (raw r, Arditi's actadd) at ``site`` of each layer in
+    ``layers``, every position. ``alpha``: float or per-row ``[batch]`` tensor / PerRow.
+
+    Pass ``model`` (or its cfg) to check layers, d_model and hook names; without it the negative
+    layer indices cannot be resolved and must not be used.
+    """
+    check_site(site)
+    if layers is None:
+        raise ValueError("addition needs explicit layers (Arditi: the direction's own layer l*), "
+                         "e.g. layers=[l]")
+    if model is not None:
+        cfg = _cfg(model)
+        layers = check_layers(layers, cfg.n_layers)
+        vector = as_vector(direction, cfg.d_model)
+    else:
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        if not layers or min(layers) < 0:
+            raise ValueError(f"layers={layers}: pass model= to use negative indices; need ≥ 1 layer")
+        vector = as_vector(direction)
+    if isinstance(alpha, Tensor) and alpha.ndim > 0:
+        alpha = PerRow(alpha)                         # one device cache shared by all hooks
+    fn = _addition_fn(OnDevice(vector), alpha)
+    hooks = [(hook_name(site, layer), fn) for layer in sorted(set(layers))]
+    return _checked(model, hooks) if model is not None else hooks
+
+
+def rotation_hooks(model_or_cfg, plane, theta_deg, *, site: str = "normalized", adaptive: bool = False,
+                   layers=None, mode: str = "to") -> list[Hook]:
+    """Angular steering: rotate TO θ (``mode="by"``: by θ) in ``plane`` at every chosen layer.
+
+    ``site="normalized"`` (the paper): the normalised inputs of attention and MLP,
+    ``blocks.{l}.ln1.hook_normalized`` and ``blocks.{l}.ln2.hook_normalized``, skipping layer 0's
+    attention input like the reference (2L − 1 hook points with all layers). TL's
+    ``hook_normalized`` is *pre-gain* ``x/RMS(x)`` (fp32); the reference rotates the post-gain
+    ``g⊙x/RMS(x)``. The two differ by the per-channel gain g, so angles agree only up to it (and
+    the adaptive gate's sign can differ); we rotate what TL exposes. Note: TL calls ``ln1`` three
+    times (q, k, v inputs), so the hook fires thrice per layer with identical results. On Gemma-2,
+    TL's ``ln2`` is ``pre_feedforward_layernorm`` (the MLP input), whereas the reference's
+    ``post_attention_layernorm`` hook rotates the normalised attention *output*.
+
+    ``site="resid"``: rotate ``hook_resid_pre`` of every chosen block (norm-preserving, but it
+    writes the residual stream itself, so each edit persists into later layers). ``theta_deg``: float or per-row ``[batch]`` tensor/PerRow.
+    ``adaptive``: rotate only tokens with ``b1ᵀx > 0``, per token and per hook, on that hook's input.
+    """
+    cfg = _cfg(model_or_cfg)
+    if mode not in ("to", "by"):
+        raise ValueError(f"unknown rotation mode {mode!r}; use 'to' (absolute angle) or 'by' (offset)")
+    chosen = check_layers(layers, cfg.n_layers)
+    if site == "normalized":
+        if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+            raise ValueError(f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer "
+                             "outputs, not inputs; use site='resid'")
+        names = [f"blocks.{l}.{ln}.hook_normalized" for l in chosen for ln in ("ln1", "ln2")
+                 if not (l == 0 and ln == "ln1")]
+        if not names:
+            raise ValueError("layers=[0] with site='normalized' leaves only the MLP input; "
+                             "choose more layers")
+    elif site == "resid":
+        names = [hook_name("resid_pre", l) for l in chosen]
+    else:
+        raise ValueError(f"unknown rotation site {site!r}; use 'normalized' or 'resid'")
+    if isinstance(theta_deg, Tensor) and theta_deg.ndim > 0:
+        theta_deg = PerRow(theta_deg)
+    fn = _rotation_fn(OnDevice(as_basis(plane, cfg.d_model)), theta_deg, mode == "by", adaptive)
+    return _checked(model_or_cfg, [(n, fn) for n in names])
+
+
+def location_sweep_hooks(model_or_cfg, direction, locations: list[str], layers=None) -> list[Hook]:
+    """Ablation at several locations in ONE forward. The batch is ``len(locations)`` consecutive
+    blocks of N rows (same prompts in each block); block k is ablated at ``locations[k]``
+    (``"none"`` = unsteered control). Each hook ablates only the rows whose location includes it,
+    so row block k equals a separate run with ``ablation_hooks(..., locations[k])``.
+    """
+    cfg = _cfg(model_or_cfg)
+    if not locations:
+        raise ValueError("locations is empty; e.g. ['none', 'all', 'resid', 'attn', 'mlp']")
+    per_loc = [set(location_hook_names(cfg.n_layers, loc, layers)) for loc in locations]
+    unit = OnDevice(unit_vector(direction, cfg.d_model))
+    hooks = []
+    for name in sorted(set().union(*per_loc), key=lambda n: (int(n.split(".")[1]), n)):
+        flags = torch.tensor([float(name in s) for s in per_loc])
+        hooks.append((name, _ablation_fn(unit, PerRow(flags, layout="blocks"))))
+    return _checked(model_or_cfg, hooks)
+
+
+def _row_vectors(directions, d_model: int, name: str) -> Float[Tensor, "k d_model"]:
+    vectors = getattr(directions, "vector", directions)
+    if isinstance(vectors, (list, tuple)):
+        vectors = torch.stack([as_vector(v, d_model, f"{name}[{i}]") for i, v in enumerate(vectors)])
+    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[1] != d_model:
+        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ValueError(f"{name} must be [batch, d_model={d_model}]; got {shape}")
+    vectors = vectors.detach().to(compute_dtype(vectors.dtype))
+    norms = vectors.norm(dim=-1)
+    bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} rows {bad[:10]} have zero or non-finite norm; drop those candidates "
+                         "(e.g. layer 0) before sweeping")
+    return vectors
+
+
+def candidate_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"], location: str = "all",
+                          layers=None, *, layout: str = "rows") -> list[Hook]:
+    """Ablation with a DIFFERENT r̂ per row, to score many candidate directions in one forward.
+
+    ``directions[i]`` is ablated from row i (``layout="rows"``), or from block i of N consecutive
+    rows (``layout="blocks"``, batch = K·N). Each row is normalised here.
+    """
+    cfg = _cfg(model_or_cfg)
+    vectors = _row_vectors(directions, cfg.d_model, "directions")
+    fn = _ablation_fn(PerRow(vectors / vectors.norm(dim=-1, keepdim=True), layout))
+    return _checked(model_or_cfg, [(n, fn) for n in location_hook_names(cfg.n_layers, location, layers)])
+
+
+def addition_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"],
+                         layers: Int[Tensor, "batch"] | list[int], alpha=1.0, site: str = "resid_pre", *,
+                         layout: str = "rows") -> list[Hook]:
+    """Per-row activation addition ``x + α_i r_i`` at row i's own layer ``layers[i]`` (raw r_i).
+
+    One hook per distinct layer; at layer l, rows whose layer differs get ``+0·r`` (unchanged).
+    ``alpha``: float or ``[batch]`` tensor; ``layout`` as in :func:`candidate_sweep_hooks`.
+    """
+    cfg = _cfg(model_or_cfg)
+    check_site(site)
+    vectors = _row_vectors(directions, cfg.d_model, "directions")
+    row_layers = torch.as_tensor(layers).reshape(-1)
+    alphas = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
+    if len(row_layers) != len(vectors) or len(alphas) not in (1, len(vectors)):
+        raise ValueError(f"{len(vectors)} directions need as many layers (got {len(row_layers)}) and "
+                         f"alphas (got {len(alphas)}; or one float)")
+    row_layers = torch.tensor([check_layers(int(l), cfg.n_layers)[0] for l in row_layers])
+    shared = PerRow(vectors, layout)
+    hooks = [(hook_name(site, l), _addition_fn(shared, PerRow(alphas * (row_layers == l), layout)))
+             for l in sorted(set(row_layers.tolist()))]
+    return _checked(model_or_cfg, hooks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight orthogonalization
+
+_WRITES = ("W_O", "b_O", "W_out", "b_out")  # per-block parameters that write the residual stream
+
+
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def orthogonalize_weights(model, direction, *, inplace: bool = False):
+    """A copy of ``model`` with ``W′ = W − r̂r̂ᵀW`` (along d_model) for every residual write.
+
+    Edited in place on the copy's real parameters (not the stacked ``model.W_O`` copies):
+    ``embed.W_E``, ``pos_embed.W_pos`` (absolute positions only; shortformer adds it to q/k, not the
+    stream), every ``blocks[l].attn.W_O``/``b_O`` and ``blocks[l].mlp.W_out``/``b_out`` (MoE experts
+    included). W_O is per query head, so GQA needs nothing more; ``_W_K``/``_W_V`` only read.
+
+    Why this equals ablation at ``all`` (Arditi et al. App. E): with P = r̂r̂ᵀ, both models start
+    the stream at (I−P)e. If the streams agree before a sublayer, it reads the same input (norms
+    included) and computes the same c; ablation adds (I−P)c and the edited weights write
+    W′h + b′ = (I−P)(Wh + b) = (I−P)c, so they still agree, and the final residual is ⊥ r̂. This
+    needs linear writes straight into the stream: it breaks with a norm after the sublayer (Gemma-2
+    sandwich norms, OLMo-2 post-norm: warned) or after the embedding (BLOOM: warned), and with an
+    unembedding tied to W_E (HookedTransformer keeps W_U separate; a tied one is cloned here).
+
+    ``inplace=True`` edits ``model`` itself (saves a copy of the weights on big models). Raises if
+    hooks are attached, since a deep copy would carry them.
+    """
+    cfg = model.cfg
+    unit = unit_vector(direction, cfg.d_model)
+    if any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values()):
+        raise ValueError("model has hooks attached; call orthogonalize_weights outside "
+                         "`with model.hooks(...)` (or model.reset_hooks(including_permanent=True))")
+    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        warnings.warn("this model normalises sublayer outputs before the residual add (sandwich/post "
+                      "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "
+                      "equivalent to hook ablation", stacklevel=2)
+    if cfg.post_embedding_ln:
+        warnings.warn("post-embedding LayerNorm re-introduces r̂ after W_E; not exactly equivalent",
+                      stacklevel=2)
+    out = model if inplace else copy.deepcopy(model)
+    if _shares_storage(out.unembed.W_U, out.embed.W_E):
+        warnings.warn("W_U shares storage with W_E; untying it so the unembedding is unchanged", stacklevel=2)
+        out.unembed.W_U = torch.nn.Parameter(out.unembed.W_U.detach().clone())
+    params = [out.embed.W_E] + ([out.pos_embed.W_pos] if cfg.positional_embedding_type == "standard" else [])
+    params += [p for block in out.blocks for n, p in block.named_parameters()
+               if n.split(".")[-1] in _WRITES and n.split(".")[0] in ("attn", "mlp")]
+    with torch.no_grad():
+        for p in params:
+            if p.shape[-1] != cfg.d_model:
+                raise ValueError(f"parameter of shape {tuple(p.shape)} does not end in d_model")
+            u = unit.to(p.device, compute_dtype(p.dtype))
+            pf = p.to(u.dtype)
+            p.copy_(pf - (pf @ u)[..., None] * u)   # rows along d_model: one dot each
+    assert not _shares_storage(out.unembed.W_U, out.embed.W_E), "W_U must stay unshared"
+    return out
