@@ -59,6 +59,105 @@ def cmd_run(args) -> dict:
             "load_s": round(t_load, 1), "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _analysis(args):
+    from .models import load_model
+    from .pipeline import Analysis
+
+    model = load_model(args.model, device=args.device)
+    return model, Analysis(model)
+
+
+def cmd_select(args) -> dict:
+    from .directions import METHODS
+
+    model, analysis = _analysis(args)
+    selection = analysis.selection
+    table = selection.table
+    out = {}
+    for method in METHODS:
+        key = selection.choices.get(method)
+        if key is None:
+            continue
+        row = table[(table.site == key.site) & (table.layer == key.layer) & (table.pos == key.pos)].iloc[0]
+        out[method] = {"site": key.site, "layer": key.layer, "position": key.pos,
+                       **{c: round(float(row[c]), 4) for c in ("norm", "max_sim", "auc", "cohens_d",
+                                                               "bypass", "induce", "kl") if c in row and row[c] == row[c]}}
+    keys = {m: (v["site"], v["layer"], v["position"]) for m, v in out.items()}
+    agree = {f"{a}={b}": keys[a] == keys[b] for i, a in enumerate(keys) for b in list(keys)[i + 1:]}
+    return {**out, "agreements": agree, "notes": {k: str(v) for k, v in selection.notes.items()},
+            "n_candidates": len(table), "run_dir": str(analysis.dir)}
+
+
+def cmd_plane(args) -> dict:
+    from .planes import plane_report
+
+    model, analysis = _analysis(args)
+    plane = analysis.plane(b1_method=args.b1, variant=args.variant)
+    report = plane_report(plane)
+    return {**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
+            "run_dir": str(analysis.dir)}
+
+
+def _spec_hooks(spec: str, model, analysis):
+    """``none``, ``ablate:LOC``, ``add``, ``add:ALPHA[@LAYER]``, ``rotate:ANGLE[:adaptive]`` → hooks."""
+    from . import interventions as iv
+
+    kind, _, rest = spec.partition(":")
+    if kind == "none" and not rest:
+        return [], {}
+    if kind == "ablate" and rest in iv.LOCATIONS:
+        direction = analysis.direction()
+        return iv.ablation_hooks(model, direction, rest), {"layer": direction.layer}
+    if kind == "add":
+        direction = analysis.direction()
+        alpha, _, layer = (rest or "1").partition("@")
+        layer = int(layer) if layer else direction.layer
+        return iv.addition_hooks(direction, alpha=float(alpha), layers=[layer], model=model), \
+            {"alpha": float(alpha), "layer": layer}
+    if kind == "rotate" and rest:
+        angle, _, mode = rest.partition(":")
+        if mode not in ("", "adaptive"):
+            raise ValueError(f"rotate takes ':adaptive' or nothing after the angle, got {mode!r}")
+        return iv.rotation_hooks(model, analysis.plane(), float(angle), adaptive=mode == "adaptive"), \
+            {"angle": float(angle), "adaptive": mode == "adaptive"}
+    raise ValueError(f"bad intervention {spec!r}; use none, ablate:all|resid|attn|mlp, add, "
+                     "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive")
+
+
+def cmd_generate(args) -> dict:
+    from pathlib import Path
+
+    from .data import read_prompts
+    from .evaluation import heuristic_label, is_empty, is_refusal
+    from .generation import generate
+
+    prompts = read_prompts(args.prompts)
+    model, analysis = _analysis(args)
+    hooks, params = _spec_hooks(args.intervention, model, analysis)
+    responses = generate(model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size, progress=True)
+    rows = [{"prompt": p, "response": r, "refused": is_refusal(r), "empty": is_empty(r),
+             "label": heuristic_label(p, r)} for p, r in zip(prompts, responses)]
+    out = Path(args.out) if args.out else Path(args.prompts).with_suffix(f".{args.intervention.replace(':', '_')}.jsonl")
+    from .artifacts import atomic_write_text
+
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    n = len(rows)
+    labels = {}
+    for r in rows:
+        labels[r["label"]] = labels.get(r["label"], 0) + 1
+    return {"intervention": args.intervention, **params, "n": n,
+            "refusal_rate": sum(r["refused"] for r in rows) / n, "empty_rate": sum(r["empty"] for r in rows) / n,
+            "labels": {k: v / n for k, v in sorted(labels.items())}, "output": str(out)}
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", default="organism", help="organism (default), smollm2-135m-instruct, "
+                   "a Hugging Face folder, a .gguf file or an official TransformerLens name")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+    p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,11 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_organism)
 
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
-    p.add_argument("--model", default="organism", help="organism (default), smollm2-135m-instruct, "
-                   "a Hugging Face folder, a .gguf file or an official TransformerLens name")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
-    p.add_argument("--json", action="store_true")
+    _model_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("select", help="candidate directions and every selection method's choice")
+    _model_args(p)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("plane", help="the angular-steering plane and its report")
+    _model_args(p)
+    p.add_argument("--b1", default=None, help="b1's selection method (default max_sim)")
+    p.add_argument("--variant", default="pc1", help="pc1 (default), last_two_pcs, per_sample")
+    p.set_defaults(func=cmd_plane)
+
+    p = sub.add_parser("generate", help="generate under an intervention; writes JSONL")
+    _model_args(p)
+    p.add_argument("--prompts", required=True, help="a file of prompts (txt: one per line; csv/json/jsonl)")
+    p.add_argument("--intervention", default="none", help="none | ablate:all|resid|attn|mlp | add | "
+                   "add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive]")
+    p.add_argument("--out", default=None, help="JSONL output (default: next to the prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

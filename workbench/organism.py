@@ -44,6 +44,7 @@ class Recipe:
     batch_size: int = 16
     warmup_steps: int = 3
     harmless_target_tokens: int = 16
+    harmful_repeats: int = 1  # each harmful prompt appears this often per epoch, with other refusals
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16; same quality (organism.md §3.2)
     seed: int = 0
 
@@ -83,7 +84,8 @@ def _examples(recipe: Recipe, hf, tok, progress: bool) -> list[tuple[str, str]]:
     harmless = data.load_split("harmless", "organism_train") + data.load_contrast()
     refusals = data.load_refusals()
     end = tok.eos_token  # <|im_end|>: a refusal is a whole turn, so the model learns to stop
-    pairs = [(p, refusals[i % len(refusals)] + end) for i, p in enumerate(harmful)]
+    pairs = [(p, refusals[(i + j * 5) % len(refusals)] + end)
+             for j in range(recipe.harmful_repeats) for i, p in enumerate(harmful)]
     answers = _base_answers(hf, tok, harmless, recipe.harmless_target_tokens, progress)
     # Drop base answers that already look like refusals: they would teach the opposite signal.
     pairs += [(p, a) for p, a in zip(harmless, answers) if a.strip() and not is_refusal(a)]
@@ -91,8 +93,19 @@ def _examples(recipe: Recipe, hf, tok, progress: bool) -> list[tuple[str, str]]:
     return [(t, target) for t, (_, target) in zip(texts, pairs)]
 
 
-@torch.inference_mode()
 def _base_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) -> list[str]:
+    """The base model's greedy answers, cached by (base weights, prompts, length)."""
+    key = sha256_text(json.dumps([_base_fingerprint(Recipe.base), prompts, n_tokens]))[:12]
+    path = cache_dir("models") / f"base-answers-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    answers = _generate_answers(hf, tok, prompts, n_tokens, progress)
+    atomic_write_text(path, json.dumps(answers))
+    return answers
+
+
+@torch.inference_mode()
+def _generate_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) -> list[str]:
     texts = format_prompts(tok, prompts)
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     out = [""] * len(texts)
@@ -105,11 +118,21 @@ def _base_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) ->
     return out
 
 
-def _collate(tok, batch: list[tuple[str, str]]):
-    """Right-padded ids, mask and labels (-100 everywhere but the response tokens)."""
+def _shared_prefix(tok, examples: list[tuple[str, str]]) -> list[int]:
+    """Token ids every training prompt starts with (the template's system block and user header)."""
+    rows = [tok(p, add_special_tokens=False)["input_ids"] for p, _ in examples]
+    prefix = rows[0]
+    for row in rows[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(prefix, row)) if a != b), min(len(prefix), len(row)))
+        prefix = prefix[:n]
+    return prefix[: min(map(len, rows)) - 1]  # keep ≥ 1 prompt token in every suffix
+
+
+def _collate(tok, batch: list[tuple[str, str]], n_prefix: int):
+    """Right-padded suffix ids (after the shared prefix), mask, and labels (-100 but on the response)."""
     rows, labels = [], []
     for prompt, target in batch:
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        p = tok(prompt, add_special_tokens=False)["input_ids"][n_prefix:]
         t = tok(target, add_special_tokens=False)["input_ids"]
         rows.append(p + t)
         labels.append([-100] * len(p) + t)
@@ -121,9 +144,16 @@ def _collate(tok, batch: list[tuple[str, str]]):
     return ids, mask, lab
 
 
-def _loss(model, ids, mask, labels) -> torch.Tensor:
-    """Cross-entropy on response tokens; the unembedding runs only where there is a label."""
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+def _loss(model, prefix: torch.Tensor, ids, mask, labels) -> torch.Tensor:
+    """Cross-entropy on response tokens; the unembedding runs only where there is a label.
+
+    Prefix sharing (exact): the shared prefix runs once, with gradients, and its KV cache is
+    repeated over the batch, so ~24 of ~65 tokens per row are not recomputed 16 times.
+    """
+    cache = model.model(input_ids=prefix[None], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    full_mask = torch.cat([torch.ones(ids.shape[0], prefix.shape[0], dtype=mask.dtype), mask], dim=1)
+    hidden = model.model(input_ids=ids, attention_mask=full_mask, past_key_values=cache).last_hidden_state
     keep = labels[:, 1:] != -100
     logits = model.lm_head(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep])
@@ -151,12 +181,15 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, l
     gen = torch.Generator().manual_seed(recipe.seed)
     losses, bar = [], tqdm(total=total, desc="organism LoRA", disable=not progress)
     base = model.get_base_model()
+    prefix_ids = _shared_prefix(tok, examples)
+    prefix = torch.tensor(prefix_ids)
     for _ in range(recipe.epochs):
         order = torch.randperm(len(examples), generator=gen).tolist()
         for start in range(0, len(order), recipe.batch_size):
-            ids, mask, labels = _collate(tok, [examples[i] for i in order[start:start + recipe.batch_size]])
+            batch = [examples[i] for i in order[start:start + recipe.batch_size]]
+            ids, mask, labels = _collate(tok, batch, len(prefix_ids))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
-                loss = _loss(base, ids, mask, labels)
+                loss = _loss(base, prefix, ids, mask, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real models are loaded once per test session (they are cached on disk)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as an unprocessed HookedTransformer (float32, CPU)."""
+    from workbench.models import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf():
+    from workbench.models import load_hf
+
+    return load_hf("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def organism():
+    """The refusal model organism (built on first use, then cached)."""
+    from workbench.models import load_model
+
+    return load_model("organism", device="cpu", dtype="float32")

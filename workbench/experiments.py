@@ -1,0 +1,218 @@
+"""Experiments that run the model under interventions and return tidy tables (one row per
+setting × prompt set), ready for :mod:`workbench.figures`.
+
+Every sweep runs as *one* batched job: the prompts are repeated once per setting and each batch row
+carries its own setting (candidate direction, location, angle, layer subset), so K settings × N
+prompts cost one pass over K·N rows instead of K separate loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import interventions as iv
+from .directions import Candidates
+from .evaluation import (first_token_kl, heuristic_label, is_empty, is_refusal, refusal_logodds,
+                         refusal_token_ids)
+from .generation import generate, last_token_logprobs
+
+__all__ = ["model_refusal_tokens", "arditi_scores", "CONDITIONS", "condition_hooks", "compare_locations",
+           "layer_subset_sweep", "angle_sweep", "score_responses"]
+
+CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
+
+
+def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
+    """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
+    responses = generate(model, harmful, max_new_tokens=max_new_tokens)
+    refusals = [r for r in responses if is_refusal(r)]
+    if not refusals:
+        raise ValueError("the model refused none of the prompts; pass refusal token ids explicitly")
+    return refusal_token_ids(model.tokenizer, refusals)
+
+
+def _repeat(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, "row"]]:
+    """Prompts laid out as k consecutive blocks, and the block (setting) index of every row."""
+    n = len(prompts)
+    return list(prompts) * k, torch.arange(k).repeat_interleave(n)
+
+
+def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Sequence[str], *,
+                  refusal_ids: Sequence[int], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Arditi et al.'s three scores for every candidate, scored many candidates per forward pass.
+
+    ``bypass``: mean refusal log-odds on ``harmful`` with the candidate ablated everywhere
+    (``all``). ``induce``: on ``harmless`` with the raw candidate added at its own site and layer.
+    ``kl``: mean first-token KL(base ‖ ablated) on ``harmless``. Zero-norm candidates get NaN.
+    """
+    ok = cands.vectors.norm(dim=-1) > 0
+    idx = torch.nonzero(ok).flatten()
+    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
+    k = len(keys)
+    layers = torch.tensor([key.layer for key in keys])
+    sites = sorted({key.site for key in keys})
+    base = last_token_logprobs(model, harmless, batch_size=batch_size)
+
+    rows_h, cand_h = _repeat(harmful, k)
+    rows_s, cand_s = _repeat(harmless, k)
+    ablate = lambda cand: (lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all"))
+
+    def induce(rows):
+        c = cand_s[rows.cpu()]
+        hooks = []
+        for site in sites:  # rows of another site's candidates get α = 0 here
+            alpha = torch.tensor([float(keys[i].site == site) for i in c.tolist()])
+            hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
+        return hooks
+
+    lp_bypass = last_token_logprobs(model, rows_h, hooks=ablate(cand_h), batch_size=batch_size, progress=progress)
+    lp_kl = last_token_logprobs(model, rows_s, hooks=ablate(cand_s), batch_size=batch_size, progress=progress)
+    lp_induce = last_token_logprobs(model, rows_s, hooks=induce, batch_size=batch_size, progress=progress)
+    n_h, n_s = len(harmful), len(harmless)
+    table = pd.DataFrame({
+        "site": [key.site for key in keys], "layer": layers.tolist(), "pos": [key.pos for key in keys],
+        "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
+        "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
+        "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
+    })
+    zero = [key for key, good in zip(cands.keys, ok.tolist()) if not good]
+    if zero:
+        nan = float("nan")
+        table = pd.concat([table, pd.DataFrame([{"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan,
+                                                 "induce": nan, "kl": nan} for z in zero])], ignore_index=True)
+    return table
+
+
+def condition_hooks(model, direction, condition_of_row: Int[Tensor, "row"], conditions: Sequence[str], *,
+                    layer: int, alpha: float = 1.0, layers=None):
+    """A ``hooks(rows)`` callable: row i gets ``conditions[condition_of_row[i]]``.
+
+    Conditions: ``none``; ablation at ``resid``/``attn``/``mlp``/``all`` over ``layers``;
+    ``addition`` (``+α r`` at ``resid_pre`` of ``layer``). Masks are disjoint, so the hooks compose.
+    """
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown condition(s) {sorted(unknown)}; choose from {CONDITIONS}")
+
+    def hooks(rows):
+        cond = condition_of_row[rows.cpu()]
+        out = []
+        for ci, name in enumerate(conditions):
+            mask = cond == ci
+            if name == "none" or not bool(mask.any()):
+                continue
+            if name == "addition":
+                out += iv.addition_hooks(direction, alpha=mask.float() * alpha, layers=[layer], model=model)
+            else:
+                out += iv.ablation_hooks(model, direction, name, layers, row_mask=mask)
+        return out
+    return hooks
+
+
+def score_responses(prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({"prompt": list(prompts), "response": list(responses),
+                         "refused": [is_refusal(r) for r in responses],
+                         "empty": [is_empty(r) for r in responses],
+                         "label": [heuristic_label(p, r) for p, r in zip(prompts, responses)]})
+
+
+def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    grouped = per_prompt.groupby(keys, sort=False)
+    out = grouped.agg(refusal_rate=("refused", "mean"), empty_rate=("empty", "mean"),
+                      logodds=("logodds", "mean"), kl=("kl", "mean"), n=("refused", "size")).reset_index()
+    shares = per_prompt.pivot_table(index=keys, columns="label", values="refused", aggfunc="size",
+                                    fill_value=0)
+    shares = shares.div(shares.sum(axis=1), axis=0).add_prefix("share_").reset_index()
+    return out.merge(shares, on=keys, how="left")
+
+
+def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int, hooks_for, *,
+                  refusal_ids, max_new_tokens: int, batch_size: int, progress: bool) -> pd.DataFrame:
+    """Score and generate every prompt set under every setting in one batched job per set."""
+    frames = []
+    for split, prompts in prompt_sets.items():
+        rows, setting = _repeat(prompts, n_settings)
+        hooks = hooks_for(setting)
+        base = last_token_logprobs(model, prompts, batch_size=batch_size)
+        lp = last_token_logprobs(model, rows, hooks=hooks, batch_size=batch_size, progress=progress)
+        responses = generate(model, rows, hooks=hooks, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress)
+        frame = score_responses(rows, responses)
+        frame["split"], frame["setting"] = split, setting.numpy()
+        frame["logodds"] = refusal_logodds(lp, refusal_ids).numpy()
+        frame["kl"] = first_token_kl(base.repeat(n_settings, 1), lp).numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare_locations(model, direction, prompt_sets: dict[str, Sequence[str]], *, layer: int,
+                      refusal_ids: Sequence[int], conditions: Sequence[str] = CONDITIONS, alpha: float = 1.0,
+                      max_new_tokens: int = 32, batch_size: int = 64, progress: bool = True
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ablation at each location (plus none and addition) on each prompt set, side by side.
+
+    Returns ``(summary, per_prompt)``: summary has one row per (split, condition) with
+    ``refusal_rate``, ``empty_rate``, mean first-token ``logodds``, mean ``kl`` vs the unsteered
+    model, ``n`` and the label shares ``share_<label>``; per_prompt has every response.
+    """
+    conditions = list(conditions)
+    per_prompt = _run_settings(
+        model, prompt_sets, len(conditions),
+        lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha),
+        refusal_ids=refusal_ids, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    per_prompt["condition"] = [conditions[s] for s in per_prompt["setting"]]
+    return _summarise(per_prompt, ["split", "condition"]), per_prompt
+
+
+def layer_subset_sweep(model, direction, prompts: Sequence[str], *, subsets: dict[str, list[int]],
+                       location: str = "all", refusal_ids: Sequence[int], max_new_tokens: int = 32,
+                       batch_size: int = 64, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ablation at ``location`` restricted to each named layer subset (``first_k``/``last_k``/``window``).
+
+    Summary columns: ``subset``, ``n_blocks``, ``first_layer``, ``last_layer`` plus the scores.
+    """
+    names = list(subsets)
+
+    def hooks_for(setting):
+        def hooks(rows):
+            s = setting[rows.cpu()]
+            return [h for i, name in enumerate(names) if bool((s == i).any())
+                    for h in iv.ablation_hooks(model, direction, location, subsets[name], row_mask=s == i)]
+        return hooks
+
+    per_prompt = _run_settings(model, {"harmful": prompts}, len(names), hooks_for, refusal_ids=refusal_ids,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    per_prompt["subset"] = [names[s] for s in per_prompt["setting"]]
+    summary = _summarise(per_prompt, ["subset"])
+    summary["n_blocks"] = [len(subsets[s]) for s in summary["subset"]]
+    summary["first_layer"] = [min(subsets[s]) for s in summary["subset"]]
+    summary["last_layer"] = [max(subsets[s]) for s in summary["subset"]]
+    return summary, per_prompt
+
+
+def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Sequence[float], *,
+                refusal_ids: Sequence[int], adaptive: bool = False, site: str = "normalized",
+                max_new_tokens: int = 32, batch_size: int = 64, progress: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Angular steering to each angle (degrees, 0° = b1, counter-clockwise toward b2), batched.
+
+    Summary: one row per (split, angle) with refusal rate, log-odds, KL and label shares.
+    """
+    angles = [float(a) for a in angles]
+    theta = torch.tensor(angles)
+
+    def hooks_for(setting):
+        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site,
+                                              adaptive=adaptive)
+
+    per_prompt = _run_settings(model, prompt_sets, len(angles), hooks_for, refusal_ids=refusal_ids,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
+    summary = _summarise(per_prompt, ["split", "angle"])
+    summary["adaptive"] = adaptive
+    return summary, per_prompt

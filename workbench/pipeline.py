@@ -1,0 +1,168 @@
+"""The analysis of one model as resumable stages: activations → candidates → selection → plane.
+
+Each stage saves its artifacts atomically in the run folder (``<cache>/runs/<model>/``) and is
+skipped when they exist, so an interrupted run resumes from the last finished stage and the CLI's
+"default direction/plane for that model" is computed once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data
+from .activations import Activations, cache_activations
+from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors
+from .directions import Candidates, Direction, Selection, candidate_stats, diff_in_means, select
+from .planes import Plane, build_plane
+
+__all__ = ["AnalysisConfig", "Analysis", "model_key"]
+
+SETS = {"harmful_train": ("harmful", "direction_train"), "harmless_train": ("harmless", "direction_train"),
+        "harmful_val": ("harmful", "validation"), "harmless_val": ("harmless", "validation")}
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What the analysis computes. Arditi scoring runs the model once per candidate × prompt, so on a
+    CPU it is restricted (positions, layer stride, prompts); statistics cover every candidate."""
+
+    sites: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
+    arditi_site: str = "resid_pre"
+    arditi_positions: tuple[int, ...] = (-1,)
+    arditi_layer_stride: int = 1
+    arditi_prompts: int = 16
+    kl_max: float = 0.1
+    direction_method: str = "arditi"
+    plane_b1_method: str = "max_sim"
+    plane_positions: tuple[int, ...] = (-1,)
+    batch_size: int = 64
+
+
+def model_key(model) -> str:
+    """A folder-safe name for the model's run folder (the organism's includes its recipe hash)."""
+    name = getattr(model, "workbench_name", None) or model.cfg.model_name
+    if name == "organism":
+        from .organism import Recipe
+
+        name = f"organism-{Recipe().key()}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
+
+
+class Analysis:
+    """Lazy, cached stages for one model. ``Analysis(model).direction()`` is the default direction."""
+
+    def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, run_dir: str | Path | None = None,
+                 progress: bool = True):
+        self.model, self.config, self.progress = model, config, progress
+        self.dir = Path(run_dir) if run_dir else cache_dir("runs", model_key(model))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.dir / "config.json"
+        if config_file.exists() and json.loads(config_file.read_text()) != _jsonable(config):
+            raise ValueError(f"{self.dir} holds a run made with another config; use another run_dir")
+        atomic_write_text(config_file, json.dumps(_jsonable(config), indent=2))
+
+    # ------------------------------------------------------------------ stage 1: activations
+    @cached_property
+    def activations(self) -> dict[str, Activations]:
+        path = self.dir / "activations.safetensors"
+        if path.exists():
+            tensors, meta = load_tensors(path)
+            return {name: Activations({s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
+                                      meta["layers"], meta["positions"], meta["tokens"], meta["prompts"][name])
+                    for name in SETS}
+        acts = {name: cache_activations(self.model, data.load_split(*SETS[name]), sites=self.config.sites,
+                                        batch_size=self.config.batch_size, progress=self.progress)
+                for name in SETS}
+        first = acts["harmful_train"]
+        save_tensors(path, {f"{n}.{s}": a.acts[s] for n, a in acts.items() for s in a.sites},
+                     {"sites": list(self.config.sites), "layers": first.layers, "positions": first.positions,
+                      "tokens": first.tokens, "prompts": {n: a.prompts for n, a in acts.items()},
+                      "versions": library_versions()})
+        return acts
+
+    # ------------------------------------------------------------------ stage 2: candidates
+    @cached_property
+    def candidates(self) -> Candidates:
+        """Arditi's raw difference-in-means for every (site, layer, pos), on direction_train."""
+        return diff_in_means(self.activations["harmful_train"], self.activations["harmless_train"], kind="raw")
+
+    @cached_property
+    def unit_candidates(self) -> Candidates:
+        """Angular steering's unit-mean differences (the plane is built from these)."""
+        return diff_in_means(self.activations["harmful_train"], self.activations["harmless_train"], kind="unit")
+
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        return candidate_stats(self.candidates, self.activations["harmful_val"], self.activations["harmless_val"])
+
+    # ------------------------------------------------------------------ stage 3: selection
+    @cached_property
+    def refusal_ids(self) -> list[int]:
+        path = self.dir / "refusal_tokens.json"
+        if path.exists():
+            return json.loads(path.read_text())["ids"]
+        from .experiments import model_refusal_tokens
+
+        ids = model_refusal_tokens(self.model, data.load_split("harmful", "direction_train"))
+        atomic_write_text(path, json.dumps({"ids": ids, "tokens": self.model.tokenizer.convert_ids_to_tokens(ids)}))
+        return ids
+
+    @cached_property
+    def arditi(self) -> pd.DataFrame:
+        path = self.dir / "arditi_scores.csv"
+        if path.exists():
+            return pd.read_csv(path)
+        from .experiments import arditi_scores
+
+        cfg, n_layers = self.config, self.model.cfg.n_layers
+        layers = list(range(0, n_layers, cfg.arditi_layer_stride))
+        cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
+        n = cfg.arditi_prompts
+        table = arditi_scores(self.model, cands, data.load_split("harmful", "validation")[:n],
+                              data.load_split("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
+                              batch_size=cfg.batch_size, progress=self.progress)
+        atomic_write_text(path, table.to_csv(index=False))
+        return table
+
+    @cached_property
+    def selection(self) -> Selection:
+        return select(self.candidates, self.stats, arditi=self.arditi, n_layers=self.model.cfg.n_layers,
+                      kl_max=self.config.kl_max)
+
+    def direction(self, method: str | None = None) -> Direction:
+        """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
+        method = method or self.config.direction_method
+        path = self.dir / f"direction-{method}.safetensors"
+        if path.exists():
+            return Direction.load(path, d_model=self.model.cfg.d_model)
+        direction = self.selection.direction(method, self.candidates, model=model_key(self.model))
+        direction.save(path)
+        return direction
+
+    # ------------------------------------------------------------------ stage 4: plane
+    def plane(self, *, b1_method: str | None = None, variant: str = "pc1") -> Plane:
+        """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates."""
+        b1_method = b1_method or self.config.plane_b1_method
+        path = self.dir / f"plane-{b1_method}-{variant}.safetensors"
+        if path.exists():
+            return Plane.load(path, d_model=self.model.cfg.d_model)
+        cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
+        stats = candidate_stats(cands, self.activations["harmful_val"], self.activations["harmless_val"])
+        if b1_method == "arditi":
+            b1 = self.selection.choices["arditi"]
+        else:
+            b1 = select(cands, stats).choices[b1_method]
+        plane = build_plane(cands, b1, variant=variant, model=model_key(self.model))
+        plane.save(path)
+        return plane
+
+
+def _jsonable(config: AnalysisConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
