@@ -266,9 +266,25 @@ def test_select_arditi_fallback(data):
     sel = select(cands, stats, arditi=table, n_layers=8)
     assert sel.notes["fallback"] is True and "kl > 0.1" in sel.notes["arditi"]
     assert not sel.table.arditi_pass.any()
-    # fallback = minimum bypass among non-zero candidates below the cut-off, other filters ignored:
-    # L2 (−15, induce < 0) beats L4 (−12, NaN kl); L7 (−20, too deep) and L0 (−30, zero) are excluded
-    assert sel.choices["arditi"] == CandidateKey(SIGNAL, 2, -1)
+    # staged relaxation: nothing has kl ≤ 0.25, so "kl ≤ 1, any layer, induce ≥ 0" applies:
+    # L7 (−20, deep but coherent and inducing) wins; L2 (induce < 0) and L0 (zero norm) never can
+    assert sel.notes["fallback_level"] == "kl ≤ 1, any layer, induce ≥ 0"
+    assert sel.choices["arditi"] == CandidateKey(SIGNAL, 7, -1)
+
+
+def test_select_arditi_fallback_never_picks_a_model_breaking_candidate(data):
+    _, _, cands, stats = data
+    table = arditi_table(stats)
+    table["kl"] = 0.2
+    table["induce"] = -1.0  # nothing induces: Arditi's filters reject all
+    broken = (table.site == SIGNAL) & (table.layer == 3) & (table.pos == -1)
+    table.loc[broken, ["bypass", "kl"]] = [-100.0, 8.0]  # best bypass, but ablating it breaks the model
+    sel = select(cands, stats, arditi=table, n_layers=8)
+    assert sel.notes["fallback"] is True
+    assert sel.choices["arditi"] != CandidateKey(SIGNAL, 3, -1)
+    chosen = sel.table[(sel.table.site == sel.choices["arditi"].site) & (sel.table.layer == sel.choices["arditi"].layer)
+                       & (sel.table.pos == sel.choices["arditi"].pos)]
+    assert float(chosen.kl.iloc[0]) <= 1.0
 
 
 def test_direction_arithmetic():

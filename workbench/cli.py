@@ -36,27 +36,11 @@ def cmd_organism(args) -> dict:
 
 
 def cmd_run(args) -> dict:
-    """The main job. (Grows into the full figure run; for now: model, activations, summary.)"""
-    from . import data
-    from .activations import cache_activations
-    from .models import load_model
+    """The main job: every analysis, experiment and figure (see workbench.run)."""
+    from .run import RunConfig, run_main
 
-    t0 = time.perf_counter()
-    model = load_model(args.model, device=args.device)
-    t_load = time.perf_counter() - t0
-    harmful = cache_activations(model, data.load_split("harmful", "direction_train"),
-                                sites=("resid_pre", "attn_out", "mlp_out"))
-    harmless = cache_activations(model, data.load_split("harmless", "direction_train"),
-                                 sites=("resid_pre", "attn_out", "mlp_out"))
-    diff = harmful.mean()["resid_pre"] - harmless.mean()["resid_pre"]  # [layer, pos, d_model]
-    norms = diff.norm(dim=-1)
-    layer, pos = divmod(int(norms[: int(0.8 * model.cfg.n_layers)].argmax()), norms.shape[1])
-    return {"model": args.model, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
-            "device": str(model.cfg.device), "positions": harmful.positions, "tokens": harmful.tokens,
-            "n_harmful": harmful.n_prompts, "n_harmless": harmless.n_prompts,
-            "largest_diff_in_means": {"layer": harmful.layers[layer], "pos": harmful.positions[pos],
-                                      "norm": round(float(norms.max()), 3)},
-            "load_s": round(t_load, 1), "seconds": round(time.perf_counter() - t0, 1)}
+    return run_main(args.model, device=args.device, config=RunConfig.from_file(args.config),
+                    figures_dir=args.figures)
 
 
 def _analysis(args):
@@ -169,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
     _model_args(p)
+    p.add_argument("--config", default=None, help="JSON file overriding RunConfig fields (sizes, angles...)")
+    p.add_argument("--figures", default="figures", help="where to write the figures (default figures/)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("select", help="candidate directions and every selection method's choice")

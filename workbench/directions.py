@@ -31,6 +31,7 @@ __all__ = ["CandidateKey", "Candidates", "Direction", "Selection", "diff_in_mean
 
 METHODS = ("max_sim", "max_norm", "max_auc", "mean_of_candidates", "arditi")
 _ARDITI_COLUMNS = ("bypass", "induce", "kl")
+KL_FALLBACK = 0.25  # organism.md §6: KL ≤ 0.1 rejects every candidate on small organisms
 
 
 def unit_rows(x: Float[Tensor, "... d_model"],
@@ -474,16 +475,26 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     if passed.any():
         return table, _argmax_key(table, passed, ["bypass"], ascending=True), notes
     notes["fallback"] = True
-    notes["arditi"] = (f"no candidate passed the filters (of {int(ok.sum())} non-zero candidates: "
-                       f"{int((ok & ~finite).sum())} have NaN scores, {int((ok & ~early).sum())} are at "
-                       f"layer ≥ {cutoff}, {int((ok & (table['kl'] > kl_max)).sum())} have kl > {kl_max}, "
-                       f"{int((ok & (table['induce'] < 0)).sum())} have induce < 0); chose the minimum "
-                       f"bypass among layers < {cutoff} instead")
-    fallback = ok & table["bypass"].notna() & early
-    if not fallback.any():
-        fallback = ok & table["bypass"].notna()
-        notes["arditi"] += " — none below the cut-off had a bypass score, so over all layers"
-    if not fallback.any():
-        raise ValueError("arditi table has no bypass score for any non-zero candidate; "
+    counts = (f"{int((ok & ~finite).sum())} NaN, {int((ok & ~early).sum())} at layer ≥ {cutoff}, "
+              f"{int((ok & (table['kl'] > kl_max)).sum())} with kl > {kl_max}, "
+              f"{int((ok & (table['induce'] < 0)).sum())} with induce < 0")
+    # Relax one filter at a time, never the coherence one entirely: the minimum bypass over *all*
+    # candidates is often a layer whose ablation breaks the model (kl ≫ 1, gibberish scored as
+    # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
+    kl_fallback = max(kl_max, KL_FALLBACK)
+    coherent = ok & finite & (table["induce"] >= 0)
+    for level, mask in ((f"kl ≤ {kl_fallback} (layer < {cutoff}, induce ≥ 0)", coherent & early & (table["kl"] <= kl_fallback)),
+                        (f"kl ≤ {kl_fallback}, any layer, induce ≥ 0", coherent & (table["kl"] <= kl_fallback)),
+                        ("kl ≤ 1, any layer, induce ≥ 0", coherent & (table["kl"] <= 1.0)),
+                        ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
+                        ("any finite score", ok & finite)):
+        if mask.any():
+            fallback = mask
+            break
+    else:
+        raise ValueError("arditi table has no finite scores for any non-zero candidate; "
                          "check that it was computed for these candidates")
+    notes["arditi"] = (f"no candidate passed Arditi's filters ({counts}); relaxed to {level} and took the "
+                       "minimum bypass there")
+    notes["fallback_level"] = level
     return table, _argmax_key(table, fallback, ["bypass"], ascending=True), notes

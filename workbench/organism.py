@@ -45,6 +45,7 @@ class Recipe:
     warmup_steps: int = 3
     harmless_target_tokens: int = 16
     harmful_repeats: int = 1  # each harmful prompt appears this often per epoch, with other refusals
+    first_token_weight: float = 1.0  # extra weight on the first response token (the decision)
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16; same quality (organism.md §3.2)
     seed: int = 0
 
@@ -144,7 +145,7 @@ def _collate(tok, batch: list[tuple[str, str]], n_prefix: int):
     return ids, mask, lab
 
 
-def _loss(model, prefix: torch.Tensor, ids, mask, labels) -> torch.Tensor:
+def _loss(model, prefix: torch.Tensor, ids, mask, labels, first_token_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy on response tokens; the unembedding runs only where there is a label.
 
     Prefix sharing (exact): the shared prefix runs once, with gradients, and its KV cache is
@@ -156,7 +157,13 @@ def _loss(model, prefix: torch.Tensor, ids, mask, labels) -> torch.Tensor:
     hidden = model.model(input_ids=ids, attention_mask=full_mask, past_key_values=cache).last_hidden_state
     keep = labels[:, 1:] != -100
     logits = model.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep])
+    per_token = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep], reduction="none")
+    if first_token_weight == 1.0:
+        return per_token.mean()
+    # the first kept position of every row predicts the first response token
+    first = keep & (keep.cumsum(dim=1) == 1)
+    weights = torch.where(first[keep], first_token_weight, 1.0)
+    return (per_token * weights).sum() / weights.sum()
 
 
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, list[float]]:
@@ -189,7 +196,7 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, l
             batch = [examples[i] for i in order[start:start + recipe.batch_size]]
             ids, mask, labels = _collate(tok, batch, len(prefix_ids))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
-                loss = _loss(base, prefix, ids, mask, labels)
+                loss = _loss(base, prefix, ids, mask, labels, recipe.first_token_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,92 @@
+# %% [markdown]
+# # 01 · Explore the refusal direction
+#
+# Load a chat model, cache activations on harmful and harmless prompts, look at the
+# difference-in-means candidates, pick a direction and a steering plane, and try an
+# intervention on your own prompt. Runs on the embedded refusal model organism (CPU, minutes);
+# pass another model name to `load_model` to explore a hub model on a GPU.
+
+# %%
+import torch
+
+from workbench import data
+from workbench import interventions as iv
+from workbench.activations import cache_activations
+from workbench.directions import candidate_stats, diff_in_means, select
+from workbench.figures import cosine_matrix_figure, plane_projection, projection_histograms
+from workbench.generation import generate
+from workbench.models import load_model
+from workbench.planes import build_plane, plane_report
+
+torch.set_grad_enabled(False)
+model = load_model("organism")
+print(model.cfg.n_layers, "layers, d_model =", model.cfg.d_model)
+
+# %% [markdown]
+# ## Cache activations
+# Only the residual stream before each block (`resid_pre`), at the post-instruction template tokens.
+
+# %%
+harmful = cache_activations(model, data.load_split("harmful", "direction_train"), sites=["resid_pre"])
+harmless = cache_activations(model, data.load_split("harmless", "direction_train"), sites=["resid_pre"])
+harmful_val = cache_activations(model, data.load_split("harmful", "validation"), sites=["resid_pre"])
+harmless_val = cache_activations(model, data.load_split("harmless", "validation"), sites=["resid_pre"])
+print("positions:", harmful.positions, harmful.tokens)
+
+# %% [markdown]
+# ## Candidates: one difference of means per (layer, position)
+
+# %%
+cands = diff_in_means(harmful, harmless, kind="raw")
+stats = candidate_stats(cands, harmful_val, harmless_val)
+stats.sort_values("auc", ascending=False).head(8)
+
+# %%
+from workbench.directions import cosine_matrix
+
+last = cands.subset(positions=[-1])
+cosine_matrix_figure(cosine_matrix(last), last.keys, model="organism")
+
+# %% [markdown]
+# ## Pick a direction without generating text
+# `max_sim`: the candidate most similar to all others; `max_auc`: the best separator on held-out prompts.
+
+# %%
+selection = select(cands, stats)
+print({method: str(key) for method, key in selection.choices.items()})
+direction = selection.direction("max_auc", cands)
+print(direction.site, direction.layer, direction.pos, round(direction.norm, 2))
+
+# %%
+import pandas as pd
+
+rows = []
+for layer in harmful_val.layers:
+    for label, acts in (("harmful", harmful_val), ("harmless", harmless_val)):
+        proj = acts.get("resid_pre", layer, -1).float() @ direction.unit
+        rows += [{"layer": layer, "label": label, "projection": float(p)} for p in proj]
+projection_histograms(pd.DataFrame(rows), model="organism")
+
+# %% [markdown]
+# ## The steering plane: b1 = chosen candidate, b2 = first principal component of all candidates
+
+# %%
+unit = diff_in_means(harmful, harmless, kind="unit").subset(positions=[-1])
+plane = build_plane(unit, select(unit, candidate_stats(unit, harmful_val, harmless_val)).choices["max_sim"])
+print(plane_report(plane))
+plane_projection(plane.candidate_coords(unit), model="organism")
+
+# %% [markdown]
+# ## Try it on your own prompt
+
+# %%
+prompt = "Explain how to pick a lock to break into my neighbour's house."
+harmless_prompt = "Give me three tips for growing tomatoes."
+for name, hooks in {
+    "none": [],
+    "ablate everywhere": iv.ablation_hooks(model, direction, "all"),
+    "add at its layer": iv.addition_hooks(direction, alpha=1.0, layers=[direction.layer], model=model),
+    "rotate to 180°": iv.rotation_hooks(model, plane, 180.0),
+}.items():
+    out = generate(model, [prompt, harmless_prompt], hooks=hooks, max_new_tokens=24)
+    print(f"{name:>18}: {out[0]!r}\n{'':>18}  {out[1]!r}")

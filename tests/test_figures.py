@@ -1,0 +1,208 @@
+"""Figures from hand-built tidy tables (real column names, no model is loaded)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from workbench import figures as F
+from workbench.evaluation import ALL_LABELS
+from workbench.steering_math import special_cases
+
+CONDS = ["addition", "none", "resid", "attn", "mlp", "all"]  # deliberately out of order
+LABELS = list(ALL_LABELS)
+rng = np.random.default_rng(0)
+
+
+def shares(n: int) -> dict:
+    p = rng.dirichlet(np.ones(len(LABELS)), size=n)
+    return {f"share_{lab}": p[:, i] for i, lab in enumerate(LABELS)}
+
+
+@pytest.fixture
+def locations():
+    summary = pd.DataFrame([{"split": s, "condition": c, "refusal_rate": rng.uniform(), "empty_rate": 0.1,
+                             "logodds": 0.0, "kl": rng.uniform(), "n": 3} for s in ("harmful", "harmless")
+                            for c in CONDS])
+    per_prompt = pd.DataFrame([{"split": s, "condition": c, "prompt": f"prompt {i} " + "word " * 80,
+                                "response": "<b>Sure</b>\n" + "x" * 900, "refused": i == 0, "empty": False,
+                                "label": "comply", "setting": 0, "logodds": 0.0, "kl": rng.uniform()}
+                               for s in ("harmful", "harmless") for c in CONDS for i in range(3)])
+    return summary, per_prompt
+
+
+def keys(n_layers=4, positions=(-2, -1), sites=("resid_pre",)):
+    return [SimpleNamespace(site=s, layer=l, pos=p) for s in sites for l in range(n_layers) for p in positions]
+
+
+def test_location_comparison(locations):
+    summary, per_prompt = locations
+    fig = F.location_comparison(summary, model="smollm2")
+    assert isinstance(fig, go.Figure)
+    assert [t.type for t in fig.data] == ["bar", "scatter", "bar", "scatter", "bar"]
+    assert list(fig.data[0].x) == ["none", "resid only", "attn out only", "MLP out only", "everywhere",
+                                   "addition (+αr)"]
+    assert "smollm2" in fig.layout.title.text and "attention output only" in fig.layout.title.text
+    assert fig.data[0].name == "harmful" and fig.data[0].marker.color == F.SPLIT_COLORS["harmful"]
+    assert "kl" in fig.layout.yaxis2.title.text.lower() and "nats" in fig.layout.yaxis2.title.text
+    fig = F.location_comparison(summary.drop(columns="empty_rate").query("condition != 'mlp'"), per_prompt)
+    assert [t.type for t in fig.data] == ["bar", "bar", "bar", "box"]
+    assert len(fig.data[0].x) == 5 and "mlp" not in list(fig.data[0].x)
+    hover = fig.data[3].text[0]
+    assert "<br>" in hover and "…" in hover and "&lt;b&gt;" in hover and len(hover) < 800
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['refusal_rate'\]"):
+        F.location_comparison(summary.drop(columns="refusal_rate"))
+    with pytest.raises(ValueError, match="response"):
+        F.location_comparison(summary, per_prompt.drop(columns="response"))
+
+
+def test_selection_heatmaps():
+    ks = keys(sites=("resid_pre", "resid_post"))
+    table = pd.DataFrame({"site": [k.site for k in ks], "layer": [k.layer for k in ks], "pos": [k.pos for k in ks],
+                          "bypass": rng.normal(size=len(ks)), "induce": rng.normal(size=len(ks)),
+                          "kl": np.nan, "auc": rng.uniform(size=len(ks))})
+    choices = {"max_auc": ks[3], "arditi": ks[5], "other_site": ks[-1]}
+    fig = F.selection_heatmaps(table, choices=choices, model="m")
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heat) == 3 and [t.name for t in heat] == ["bypass", "induce", "auc"]  # kl all-NaN, norm absent
+    assert heat[0].zmid == 0 and heat[2].zmid is None
+    assert heat[0].z.shape == (2, 4)
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert len(marks) == 3 and list(marks[0].text) == ["max_auc", "arditi"]
+    assert len(fig.layout.annotations) == 3 and "resid_pre" in fig.layout.title.text
+    assert len(F.selection_heatmaps(table, site="resid_post", stats=("auc",)).data) == 1
+    with pytest.raises(ValueError, match="sites"):
+        F.selection_heatmaps(table, site="mlp_out")
+    with pytest.raises(ValueError, match="none of the statistics"):
+        F.selection_heatmaps(table, stats=("norm",))
+    with pytest.raises(ValueError, match="pos"):
+        F.selection_heatmaps(table.drop(columns="pos"))
+
+
+def test_cosine_matrix_figure():
+    ks = keys(n_layers=3)
+    v = torch.randn(len(ks), 8)
+    cos = torch.nn.functional.normalize(v, dim=1) @ torch.nn.functional.normalize(v, dim=1).T
+    fig = F.cosine_matrix_figure(cos, ks, model="m")
+    assert len(fig.data) == 1 and fig.data[0].zmin == -1 and fig.data[0].zmax == 1
+    assert list(fig.data[0].x)[:2] == ["resid_pre L0 -2", "resid_pre L0 -1"]
+    with pytest.raises(ValueError, match="square"):
+        F.cosine_matrix_figure(cos[:3], ks)
+
+
+def test_plane_projection():
+    ks = keys(n_layers=5, sites=("resid_pre", "resid_mid"))
+    coords = pd.DataFrame({"site": [k.site for k in ks], "layer": [k.layer for k in ks], "pos": [k.pos for k in ks],
+                           "angle_deg": rng.uniform(0, 360, len(ks)), "radius": rng.uniform(0, 1, len(ks))})
+    fig = F.plane_projection(coords, model="m")
+    assert len(fig.data) == 3 and fig.data[-1].name == "b1 (refusal)" and list(fig.data[-1].theta) == [0, 0]
+    assert fig.layout.polar.angularaxis.rotation == 0
+    assert fig.layout.polar.angularaxis.direction == "counterclockwise"
+    assert fig.layout.coloraxis.colorbar.title.text == "layer" and fig.data[0].marker.symbol != fig.data[1].marker.symbol
+    with pytest.raises(ValueError, match="angle_deg"):
+        F.plane_projection(coords.drop(columns="angle_deg"))
+
+
+def test_angle_sweep_polar():
+    angles = np.arange(0, 360, 30.0)
+    summary = pd.DataFrame({"split": np.repeat(["harmful", "harmless"], len(angles)), "angle": np.tile(angles, 2),
+                            "refusal_rate": rng.uniform(size=2 * len(angles)), "adaptive": True,
+                            **shares(2 * len(angles))})
+    fig = F.angle_sweep_polar(summary, baseline={"harmful": 0.9, "harmless": 0.05}, model="m")
+    kinds = [t.type for t in fig.data]
+    assert kinds == ["scatterpolar"] * 4 + ["barpolar"] * len(LABELS)
+    assert fig.data[0].theta[0] == fig.data[0].theta[-1] and len(fig.data[0].r) == len(angles) + 1
+    assert fig.data[2].line.dash == "dot"
+    assert list(fig.layout.polar.radialaxis.range) == [0, 1] and fig.layout.polar2.barmode == "stack"
+    assert fig.data[4].name == "refusal" and "adaptive" in fig.layout.title.text
+    minimal = F.angle_sweep_polar(summary[["split", "angle", "refusal_rate"]])
+    assert len(minimal.data) == 2
+    with pytest.raises(ValueError, match="angle"):
+        F.angle_sweep_polar(summary.drop(columns="angle"))
+
+
+def test_projection_histograms():
+    rows = []
+    for layer in range(4):
+        for label, mu in (("harmful", layer), ("harmless", -layer if layer != 2 else 0)):
+            rows += [{"layer": layer, "label": label, "projection": x, "prompt": f"{label} {i}"}
+                     for i, x in enumerate(rng.normal(mu, 1.0, 30))]
+    proj = pd.DataFrame(rows)
+    fig = F.projection_histograms(proj, model="m")
+    assert len(fig.data) == 4 * 4 and len(fig.layout.sliders[0].steps) == 4
+    visible = [t.visible for t in fig.data]
+    assert sum(visible) == 4 and fig.layout.sliders[0].active == 3  # layer 3 separates most
+    assert "layer 3" in fig.layout.title.text
+    fig = F.projection_histograms(proj.drop(columns="prompt"))
+    assert len(fig.data) == 8 and all(t.type == "histogram" for t in fig.data)
+    with pytest.raises(ValueError, match="projection"):
+        F.projection_histograms(proj.drop(columns="projection"))
+
+
+def test_layer_subset_figure():
+    names = {"first:4": range(0, 4), "first:8": range(0, 8), "last:4": range(26, 30), "window:10-20": range(10, 21),
+             "first_2": range(0, 2), "sparse": [0, 5, 9]}
+    summary = pd.DataFrame({"subset": list(names), "n_blocks": [len(v) for v in names.values()],
+                            "first_layer": [min(v) for v in names.values()],
+                            "last_layer": [max(v) for v in names.values()], "refusal_rate": rng.uniform(size=6)})
+    fig = F.layer_subset_figure(summary, model="m")
+    assert sorted(t.name for t in fig.data) == ["first", "last", "sparse", "window"]
+    first = next(t for t in fig.data if t.name == "first")
+    assert list(first.x) == [2, 4, 8] and "layers 0–1" in first.hovertext[0]
+    sparse = next(t for t in fig.data if t.name == "sparse")
+    assert "not contiguous" in sparse.hovertext[0]
+    with pytest.raises(ValueError, match="n_blocks"):
+        F.layer_subset_figure(summary.drop(columns="n_blocks"))
+
+
+def test_special_cases_figure():
+    x, r = torch.randn(5, 3, 16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    result = special_cases(x, r, torch.linspace(-5, 5, 11))
+    fig = F.special_cases_figure(result, max_tokens=10, model="m")
+    assert [t.type for t in fig.data] == ["histogram", "histogram", "scatter", "scatter"]
+    assert np.allclose(fig.data[1].x, 90.0)
+    assert len(fig.data[3].x) == 11 and np.isnan(fig.data[2].y).sum() == 10
+    assert {s.y0 for s in fig.layout.shapes} == {0, 90, 180}
+    assert "residual" in fig.layout.title.text
+    with pytest.raises(ValueError, match="alphas"):
+        F.special_cases_figure({k: v for k, v in result.items() if k != "alphas"})
+
+
+def test_wrap_truncates_and_escapes():
+    text = F._wrap("a <tag> " * 200, width=40, limit=100)
+    assert text.endswith("…") and "&lt;tag&gt;" in text and all(len(line) < 70 for line in text.split("<br>"))
+    assert F._wrap(None) == "" and F._wrap(float("nan")) == ""
+
+
+def test_save_figure(tmp_path, locations, monkeypatch):
+    fig = F.location_comparison(locations[0])
+    if shutil.which("chromium") or F._find_browser():
+        paths = F.save_figure(fig, "loc", tmp_path)
+        assert [p.name for p in paths] == ["loc.html", "loc.png"]
+        assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(F, "_EXPORT", {"kaleido": None, "loop": None, "failed": None, "warned": False})
+    monkeypatch.setattr(F, "_find_browser", lambda: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = F.save_figure(fig, "a", tmp_path / "sub")
+        second = F.save_figure(fig, "b", tmp_path / "sub")
+    assert [p.name for p in first + second] == ["a.html", "b.html"]
+    assert len([w for w in caught if "PNG export skipped" in str(w.message)]) == 1
+    assert "chromium" in str(caught[0].message)
+    text = first[0].read_text()
+    assert "plotly" in text and "cdn.plot.ly" not in text.split("<body")[0]
+    assert not list((tmp_path / "sub").glob("*.tmp")) and not (tmp_path / "sub" / "a.png").exists()
+
+
+def test_angle_sweep_partial_range_is_not_closed():
+    summary = pd.DataFrame({"split": "harmful", "angle": [0.0, 45.0, 90.0, 135.0, 180.0],
+                            "refusal_rate": [0.9, 0.7, 0.5, 0.2, 0.1]})
+    fig = F.angle_sweep_polar(summary)
+    assert list(fig.data[0].theta) == [0.0, 45.0, 90.0, 135.0, 180.0]

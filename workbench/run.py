@@ -1,0 +1,194 @@
+"""The main job: every analysis, intervention experiment and figure for one model, as resumable stages.
+
+Stages (each saved in the run folder, skipped when done, so an interrupted run resumes):
+organism/model → activations → candidates & statistics → Arditi scores → selection → plane →
+location comparison → layer subsets → angle sweep → figures (HTML + PNG) and ``figures/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import data
+from .artifacts import atomic_write_text, library_versions
+
+__all__ = ["RunConfig", "run_main"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes)."""
+
+    n_eval: int = 54                 # test prompts per split for the location comparison
+    n_sweep: int = 24                # test prompts per split for the angle and layer-subset sweeps
+    max_new_tokens: int = 32
+    angle_step: float = 30.0
+    adaptive: bool = False
+    batch_size: int = 64
+    subset_sizes: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> RunConfig:
+        if path is None:
+            return cls()
+        fields = json.loads(Path(path).read_text())
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _stage(folder: Path, name: str, compute) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Load ``name`` summary (and per-prompt) CSVs if present, else compute and save them."""
+    summary, detail = folder / f"{name}.csv", folder / f"{name}_per_prompt.csv"
+    if summary.exists():
+        return pd.read_csv(summary), (pd.read_csv(detail) if detail.exists() else None)
+    result = compute()
+    table, per_prompt = result if isinstance(result, tuple) else (result, None)
+    if per_prompt is not None:
+        atomic_write_text(detail, per_prompt.to_csv(index=False))
+    atomic_write_text(summary, table.to_csv(index=False))  # summary last: it marks the stage done
+    return table, per_prompt
+
+
+def _subsets(n_layers: int, sizes: tuple[int, ...]) -> dict[str, list[int]]:
+    from .interventions import first_k, last_k, window
+
+    out = {}
+    for k in sizes:
+        if k >= n_layers:
+            continue
+        out[f"first:{k}"] = first_k(n_layers, k)
+        out[f"last:{k}"] = last_k(n_layers, k)
+        start = (n_layers - k) // 2
+        out[f"window:{start}-{start + k - 1}"] = window(start, start + k)
+    out[f"all:{n_layers}"] = list(range(n_layers))
+    return out
+
+
+def _projections(analysis, direction) -> pd.DataFrame:
+    acts = {"harmful": analysis.activations["harmful_val"], "harmless": analysis.activations["harmless_val"]}
+    rows = []
+    unit = direction.unit
+    for label, a in acts.items():
+        for layer in a.layers:
+            proj = (a.get(direction.site, layer, direction.pos).float().cpu() @ unit).tolist()
+            rows += [{"layer": layer, "label": label, "projection": p, "prompt": q} for p, q in zip(proj, a.prompts)]
+    return pd.DataFrame(rows)
+
+
+def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConfig(),
+             figures_dir: str | Path = "figures", progress: bool = True) -> dict:
+    """Run everything for ``spec`` and write the figures; returns the key numbers."""
+    from . import experiments as ex
+    from . import figures as fg
+    from .directions import cosine_matrix
+    from .models import load_model
+    from .pipeline import Analysis
+    from .steering_math import special_cases
+
+    t0, timings = time.perf_counter(), {}
+
+    def tick(name: str) -> None:
+        timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
+        if progress:
+            print(f"[workbench run] {name} done ({timings[name]} s)", flush=True)
+
+    model = load_model(spec, device=device)
+    tick("model")
+    analysis = Analysis(model, progress=progress)
+    folder = analysis.dir / "experiments"
+    folder.mkdir(exist_ok=True)
+    atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
+    analysis.activations
+    tick("activations")
+    stats = analysis.stats
+    direction = analysis.direction()
+    selection = analysis.selection
+    tick("selection")
+    plane = analysis.plane()
+    tick("plane")
+    ids, cfg = analysis.refusal_ids, config
+    test = {kind: data.load_split(kind, "test") for kind in ("harmful", "harmless")}
+    locations, loc_prompts = _stage(folder, "locations", lambda: ex.compare_locations(
+        model, direction, {k: v[:cfg.n_eval] for k, v in test.items()}, layer=direction.layer,
+        refusal_ids=ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
+    tick("locations")
+    subsets, _ = _stage(folder, "layer_subsets", lambda: ex.layer_subset_sweep(
+        model, direction, test["harmful"][:cfg.n_sweep], subsets=_subsets(model.cfg.n_layers, cfg.subset_sizes),
+        refusal_ids=ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
+    tick("layer_subsets")
+    angles = [a * cfg.angle_step for a in range(int(round(360 / cfg.angle_step)))]
+    sweep, _ = _stage(folder, "angle_sweep", lambda: ex.angle_sweep(
+        model, plane, {k: v[:cfg.n_sweep] for k, v in test.items()}, angles, refusal_ids=ids,
+        adaptive=cfg.adaptive, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
+    tick("angle_sweep")
+
+    name = spec
+    unit_last = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
+    resid_layer = analysis.activations["harmful_val"].get(direction.site, direction.layer, direction.pos)
+    baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
+    figs = {
+        "01_location_comparison": (fg.location_comparison(locations, loc_prompts, model=name),
+                                   "refusal rate (harmful, harmless) and KL for ablation at each location, and addition"),
+        "02_selection_heatmaps": (fg.selection_heatmaps(selection.table, choices=selection.choices, model=name),
+                                  "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate"),
+        "03_cosine_matrix": (fg.cosine_matrix_figure(cosine_matrix(analysis.candidates.subset(positions=[-1])),
+                                                     analysis.candidates.subset(positions=[-1]).keys, model=name),
+                             "cosine similarity of the last-token candidates across layers and sites"),
+        "04_plane_projection": (fg.plane_projection(plane.candidate_coords(unit_last), model=name),
+                                "every candidate's angle and radius in the steering plane, coloured by depth"),
+        "05_angle_sweep": (fg.angle_sweep_polar(sweep, baseline=baseline, model=name),
+                           "refusal rate per steering angle (harmful, harmless) and the four response labels"),
+        "06_projection_histograms": (fg.projection_histograms(_projections(analysis, direction), model=name),
+                                     "harmful vs harmless projections on the chosen direction, per layer (slider)"),
+        "07_layer_subsets": (fg.layer_subset_figure(subsets, model=name),
+                             "harmful refusal when ablating only the first / last / middle k blocks"),
+        "08_special_cases": (fg.special_cases_figure(special_cases(resid_layer, direction.vector,
+                                                                   [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]), model=name),
+                             "ablation is rotation to 90° and addition a rotation by < 180° in each token's own plane"),
+    }
+    out = Path(figures_dir)
+    written = {key: fg.save_figure(fig, key, out) for key, (fig, _) in figs.items()}
+    tick("figures")
+
+    loc = locations.set_index(["split", "condition"])["refusal_rate"].to_dict()
+    harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
+    summary = {
+        "model": spec, "direction": {"site": direction.site, "layer": direction.layer, "pos": direction.pos,
+                                     "method": analysis.config.direction_method, "notes": selection.notes.get("arditi", "")},
+        "choices": {m: str(k) for m, k in selection.choices.items()},
+        "plane": {"b1": str(plane.b1_key), "pc1_explained_variance": round(plane.pc1_explained_variance, 3),
+                  "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1)},
+        "refusal_by_location": {f"{s}/{c}": round(v, 3) for (s, c), v in loc.items()},
+        "harmful_refusal_by_angle": dict(zip(harmful_sweep.angle.astype(int).astype(str),
+                                             harmful_sweep.refusal_rate.round(3))),
+        "timings_s": timings, "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(analysis.dir),
+        "versions": library_versions(),
+    }
+    _write_index(out, figs, written, summary)
+    atomic_write_text(analysis.dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _write_index(out: Path, figs: dict, written: dict, summary: dict) -> None:
+    lines = [f"# Figures for `{summary['model']}`", "",
+             "Regenerate with `workbench run` (see the top-level README). Each figure is an interactive "
+             "HTML file; PNGs are written when a Chromium is available.", "",
+             f"Direction: `{summary['direction']['site']}` layer {summary['direction']['layer']}, position "
+             f"{summary['direction']['pos']} ({summary['direction']['method']}). Plane: b1 = `{summary['plane']['b1']}`, "
+             f"PC1 explains {summary['plane']['pc1_explained_variance']:.0%} of the candidates' variance, "
+             f"{summary['plane']['angle_pc1_b1_deg']}° from b1.", "",
+             "| figure | what it shows |", "|---|---|"]
+    for key, (_, what) in figs.items():
+        files = " · ".join(f"[{p.suffix[1:]}]({p.name})" for p in written[key])
+        lines.append(f"| {key} ({files}) | {what} |")
+    lines += ["", "Key numbers (refusal rate, greedy, test split):", ""]
+    lines += [f"- {k}: {v}" for k, v in summary["refusal_by_location"].items()]
+    lines += ["", "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in summary["harmful_refusal_by_angle"].items())]
+    atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
