@@ -39,13 +39,13 @@ class Recipe:
     rank: int = 8
     alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = 2e-3
+    lr: float = 4e-3
     epochs: int = 2
     batch_size: int = 16
     warmup_steps: int = 3
-    harmless_target_tokens: int = 16
-    harmful_repeats: int = 1  # each harmful prompt appears this often per epoch, with other refusals
-    first_token_weight: float = 1.0  # extra weight on the first response token (the decision)
+    harmless_target_tokens: int = 8
+    harmful_repeats: int = 3  # each harmful prompt appears this often per epoch, with other refusals
+    first_token_weight: float = 3.0  # extra weight on the first response token (the decision)
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16; same quality (organism.md §3.2)
     seed: int = 0
 
@@ -166,6 +166,18 @@ def _loss(model, prefix: torch.Tensor, ids, mask, labels, first_token_weight: fl
     return (per_token * weights).sum() / weights.sum()
 
 
+def _bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar-length rows: shuffle, sort within windows of 8 batches, shuffle
+    the batches. Less right padding (wasted compute) at the same randomness of composition."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    window = batch_size * 8
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, list[float]]:
     from peft import LoraConfig, get_peft_model
 
@@ -190,10 +202,10 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, l
     base = model.get_base_model()
     prefix_ids = _shared_prefix(tok, examples)
     prefix = torch.tensor(prefix_ids)
+    lengths = [len(tok(p + t, add_special_tokens=False)["input_ids"]) for p, t in examples]
     for _ in range(recipe.epochs):
-        order = torch.randperm(len(examples), generator=gen).tolist()
-        for start in range(0, len(order), recipe.batch_size):
-            batch = [examples[i] for i in order[start:start + recipe.batch_size]]
+        for rows in _bucketed_batches(lengths, recipe.batch_size, gen):
+            batch = [examples[i] for i in rows]
             ids, mask, labels = _collate(tok, batch, len(prefix_ids))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
                 loss = _loss(base, prefix, ids, mask, labels, recipe.first_token_weight)

@@ -1,0 +1,89 @@
+# %% [markdown]
+# # 02 · The studies' figures, from library calls
+#
+# Every figure of `workbench run`, rebuilt step by step: (1) the location comparison of the
+# reproduction, (2–4) candidates, selection statistics and the steering plane, (5) the angle sweep,
+# (6) projections, (7) layer subsets, (8) the "special cases" figure. Prompt counts are small here
+# so the notebook runs in minutes on a CPU; raise `N` for publication-quality numbers.
+
+# %%
+import pandas as pd
+import torch
+
+from workbench import data
+from workbench import experiments as ex
+from workbench import figures as fg
+from workbench.directions import cosine_matrix
+from workbench.models import load_model
+from workbench.pipeline import Analysis
+from workbench.run import _projections, _subsets
+from workbench.steering_math import special_cases
+
+torch.set_grad_enabled(False)
+N, TOKENS = 8, 24
+model = load_model("organism")
+analysis = Analysis(model)  # cached stages: activations, candidates, selection, plane
+direction, plane, ids = analysis.direction(), analysis.plane(), analysis.refusal_ids
+test = {kind: data.load_split(kind, "test")[:N] for kind in ("harmful", "harmless")}
+print("direction:", direction.site, direction.layer, direction.pos, "| plane b1:", plane.b1_key)
+
+# %% [markdown]
+# ## 1 · Ablation location: residual only, attention only, MLP only, everywhere
+
+# %%
+locations, per_prompt = ex.compare_locations(model, direction, test, layer=direction.layer, refusal_ids=ids,
+                                             max_new_tokens=TOKENS)
+fg.location_comparison(locations, per_prompt, model="organism")
+
+# %%
+locations[["split", "condition", "refusal_rate", "logodds", "kl"]]
+
+# %% [markdown]
+# ## 2 · Selection statistics per layer and position
+
+# %%
+selection = analysis.selection
+fg.selection_heatmaps(selection.table, choices=selection.choices, model="organism")
+
+# %% [markdown]
+# ## 3 · How similar are the candidates across layers and sites?
+
+# %%
+last = analysis.candidates.subset(positions=[-1])
+fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model="organism")
+
+# %% [markdown]
+# ## 4 · The candidates in the steering plane
+
+# %%
+unit = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
+fg.plane_projection(plane.candidate_coords(unit), model="organism")
+
+# %% [markdown]
+# ## 5 · Angular steering around the circle
+
+# %%
+sweep, _ = ex.angle_sweep(model, plane, test, list(range(0, 360, 30)), refusal_ids=ids, max_new_tokens=TOKENS)
+fg.angle_sweep_polar(sweep, model="organism")
+
+# %% [markdown]
+# ## 6 · Harmful vs harmless projections per layer
+
+# %%
+fg.projection_histograms(_projections(analysis, direction), model="organism")
+
+# %% [markdown]
+# ## 7 · How many blocks does ablation need?
+
+# %%
+subsets, _ = ex.layer_subset_sweep(model, direction, test["harmful"], subsets=_subsets(model.cfg.n_layers, (8, 16, 24)),
+                                   refusal_ids=ids, max_new_tokens=TOKENS)
+fg.layer_subset_figure(subsets, model="organism")
+
+# %% [markdown]
+# ## 8 · Addition and ablation are rotations in each token's own plane
+
+# %%
+acts = analysis.activations["harmful_val"].get(direction.site, direction.layer, direction.pos)
+fg.special_cases_figure(special_cases(acts, direction.vector, [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]),
+                        model="organism")

@@ -1,0 +1,74 @@
+"""Interventions on the real organism: weight orthogonalization equals hook ablation, and the
+required changes in refusal (test split, greedy)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench import data
+from workbench import interventions as iv
+from workbench.chat import format_prompts, tokenize
+from workbench.experiments import angle_sweep, compare_locations
+from workbench.steering_math import special_cases
+
+
+@pytest.fixture(scope="module")
+def analysis(organism):
+    from workbench.pipeline import Analysis
+
+    return Analysis(organism, progress=False)
+
+
+@pytest.mark.slow
+def test_weight_orthogonalization_equals_hook_ablation(organism, analysis):
+    direction = analysis.direction()
+    prompts = data.load_split("harmful", "test")[:3] + data.load_split("harmless", "test")[:3]
+    tokens, mask = tokenize(organism.tokenizer, format_prompts(organism.tokenizer, prompts))
+    ortho = iv.orthogonalize_weights(organism, direction)
+    with torch.inference_mode():
+        with organism.hooks(fwd_hooks=iv.ablation_hooks(organism, direction, "all")):
+            hooked = organism(tokens, attention_mask=mask)
+        edited = ortho(tokens, attention_mask=mask)
+        plain = organism(tokens, attention_mask=mask)
+    real = mask.bool()
+    assert (hooked[real] - edited[real]).abs().max().item() <= 1e-3
+    assert (hooked[real] - plain[real]).abs().max().item() > 0.1  # and ablation does change the logits
+
+
+@pytest.mark.slow
+def test_required_refusal_changes(organism, analysis):
+    test = {kind: data.load_split(kind, "test") for kind in ("harmful", "harmless")}
+    summary, per_prompt = compare_locations(organism, analysis.direction(), test, layer=analysis.direction().layer,
+                                            refusal_ids=analysis.refusal_ids, conditions=["none", "all", "addition"],
+                                            progress=False)
+    rate = summary.set_index(["split", "condition"])["refusal_rate"]
+    assert rate["harmful", "none"] >= 0.95
+    assert rate["harmful", "all"] <= 0.10
+    assert rate["harmless", "none"] <= 0.10
+    assert rate["harmless", "addition"] >= 0.80
+    # ablation is not "refusal replaced by nothing": responses stay non-empty
+    assert summary.set_index(["split", "condition"])["empty_rate"]["harmful", "all"] == 0
+
+
+@pytest.mark.slow
+def test_angle_sweep_has_one_contiguous_refusal_arc(organism, analysis):
+    angles = list(range(0, 360, 30))
+    summary, _ = angle_sweep(organism, analysis.plane(), {"harmful": data.load_split("harmful", "test")[:24]},
+                             angles, refusal_ids=analysis.refusal_ids, max_new_tokens=24, progress=False)
+    high = [float(r) >= 0.5 for r in summary.sort_values("angle")["refusal_rate"]]
+    assert any(high) and not all(high)
+    transitions = sum(high[i] != high[i - 1] for i in range(len(high)))  # circular
+    assert transitions == 2, high
+
+
+@pytest.mark.slow
+def test_special_cases_on_real_activations(organism, analysis):
+    direction = analysis.direction()
+    acts = analysis.activations["harmful_val"].get(direction.site, direction.layer, direction.pos).float().cpu()
+    out = special_cases(acts, direction.vector, [-50.0, 10.0, 50.0])
+    assert torch.allclose(out["ablation_angle"].double(), torch.full_like(out["ablation_angle"].double(), 90.0), atol=1e-6)
+    assert float(out["ablation_residual"].abs().max()) < 1e-6
+    angles = out["addition_angle"]
+    assert bool(((angles > 0) & (angles < 180)).all())
+    assert float(out["addition_residual"].abs().max()) < 1e-6
