@@ -72,3 +72,30 @@ def test_special_cases_on_real_activations(organism, analysis):
     angles = out["addition_angle"]
     assert bool(((angles > 0) & (angles < 180)).all())
     assert float(out["addition_residual"].abs().max()) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["none", "ablate:resid", "add:1.0", "rotate:180:adaptive"])
+def test_generate_cli_contract(tmp_path, spec):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(data.load_split("harmful", "test")[:2] + data.load_split("harmless", "test")[:2]))
+    out = tmp_path / "out.jsonl"
+    res = subprocess.run([sys.executable, "-m", "workbench.cli", "generate", "--model", "organism", "--prompts",
+                          str(prompts), "--intervention", spec, "--out", str(out), "--max-new-tokens", "12", "--json"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 4 and 0 <= summary["refusal_rate"] <= 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [set(r) >= {"prompt", "response", "refused", "label"} for r in rows] == [True] * 4
+
+
+def test_bad_intervention_spec_is_a_clear_error():
+    from workbench.cli import _spec_hooks
+
+    with pytest.raises(ValueError, match="bad intervention 'ablate:everywhere'"):
+        _spec_hooks("ablate:everywhere", None, None)

@@ -44,7 +44,7 @@ class Recipe:
     batch_size: int = 16
     warmup_steps: int = 3
     harmless_target_tokens: int = 8
-    harmful_repeats: int = 3  # each harmful prompt appears this often per epoch, with other refusals
+    harmful_repeats: int = 4  # each harmful prompt appears this often per epoch, with other refusals
     first_token_weight: float = 3.0  # extra weight on the first response token (the decision)
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16; same quality (organism.md §3.2)
     seed: int = 0

@@ -37,7 +37,7 @@ class AnalysisConfig:
     arditi_site: str = "resid_pre"
     arditi_positions: tuple[int, ...] = (-1,)
     arditi_layer_stride: int = 1
-    arditi_prompts: int = 16
+    arditi_prompts: int = 12
     kl_max: float = 0.1
     direction_method: str = "arditi"
     plane_b1_method: str = "max_sim"

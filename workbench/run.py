@@ -26,11 +26,11 @@ class RunConfig:
 
     n_eval: int = 54                 # test prompts per split for the location comparison
     n_sweep: int = 24                # test prompts per split for the angle and layer-subset sweeps
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24
     angle_step: float = 30.0
     adaptive: bool = False
     batch_size: int = 64
-    subset_sizes: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
+    subset_sizes: tuple[int, ...] = (6, 12, 18, 24)
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
