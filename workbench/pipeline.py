@@ -1,6 +1,6 @@
 """The analysis of one model as resumable stages: activations → candidates → selection → plane.
 
-Each stage saves its artifacts atomically in the run folder (``<cache>/runs/<model>/``) and is
+Each stage saves its artifacts atomically in the run folder (``<cache>/runs/<model>/<config>/``) and is
 skipped when they exist, so an interrupted run resumes from the last finished stage and the CLI's
 "default direction/plane for that model" is computed once and reused.
 """
@@ -18,7 +18,7 @@ import torch
 
 from . import data
 from .activations import Activations, cache_activations
-from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors
+from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
 from .directions import Candidates, Direction, Selection, candidate_stats, diff_in_means, select
 from .planes import Plane, build_plane
 
@@ -37,7 +37,7 @@ class AnalysisConfig:
     arditi_site: str = "resid_pre"
     arditi_positions: tuple[int, ...] = (-1,)
     arditi_layer_stride: int = 1
-    arditi_prompts: int = 12
+    arditi_prompts: int = 32  # the paper's n_val; 12 prompts gave a noisier choice on the organism
     kl_max: float = 0.1
     direction_method: str = "arditi"
     plane_b1_method: str = "max_sim"
@@ -61,7 +61,9 @@ class Analysis:
     def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, run_dir: str | Path | None = None,
                  progress: bool = True):
         self.model, self.config, self.progress = model, config, progress
-        self.dir = Path(run_dir) if run_dir else cache_dir("runs", model_key(model))
+        # one folder per (model, config): a changed config never reuses stale stages
+        config_key = sha256_text(json.dumps(_jsonable(config), sort_keys=True))[:8]
+        self.dir = Path(run_dir) if run_dir else cache_dir("runs", model_key(model), config_key)
         self.dir.mkdir(parents=True, exist_ok=True)
         config_file = self.dir / "config.json"
         if config_file.exists() and json.loads(config_file.read_text()) != _jsonable(config):
