@@ -266,8 +266,9 @@ def test_select_arditi_fallback(data):
     sel = select(cands, stats, arditi=table, n_layers=8)
     assert sel.notes["fallback"] is True and "kl > 0.1" in sel.notes["arditi"]
     assert not sel.table.arditi_pass.any()
-    # staged relaxation: nothing has kl ≤ 0.25, so "kl ≤ 1, any layer, induce ≥ 0" applies:
-    # L7 (−20, deep but coherent and inducing) wins; L2 (induce < 0) and L0 (zero norm) never can
+    # staged relaxation: nothing has kl ≤ 0.25, so "kl ≤ 1, any layer, induce ≥ 0" applies, ranked by
+    # balance = min(−bypass, induce): L7, L3 and the null L5 tie at 1; the lowest bypass (L7) wins.
+    # L2 (induce < 0) and L0 (zero norm) never can
     assert sel.notes["fallback_level"] == "kl ≤ 1, any layer, induce ≥ 0"
     assert sel.choices["arditi"] == CandidateKey(SIGNAL, 7, -1)
 

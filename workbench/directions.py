@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import einops
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -414,14 +415,17 @@ def _argmax_key(table: pd.DataFrame, ok: pd.Series, by: list[str], ascending: bo
 
 
 def select(cands: Candidates, stats: pd.DataFrame, *, arditi: pd.DataFrame | None = None,
-           n_layers: int | None = None, exclude_last_frac: float = 0.2, kl_max: float = 0.1) -> Selection:
+           n_layers: int | None = None, exclude_last_frac: float = 0.2, kl_max: float = 0.1,
+           fallback_rank: str = "balance") -> Selection:
     """Choose a candidate by each method in :data:`METHODS` (``arditi`` only if its table is given).
 
     Zero-norm candidates are never chosen. ``arditi`` needs columns site, layer, pos, bypass,
     induce, kl and ``n_layers`` (the model's depth): a candidate passes unless a score is NaN,
     ``layer ≥ int((1 − exclude_last_frac)·n_layers)``, ``kl > kl_max`` or ``induce < 0``; the
-    minimum bypass wins. If none passes we fall back to the minimum bypass below the layer cut-off
-    and record ``notes["fallback"] = True`` with the reason, instead of raising as the reference does.
+    minimum bypass wins (Arditi et al. exactly). If none passes, instead of raising as the reference
+    does, the filters are relaxed in stages (kl ≤ 0.25 below the cut-off, then any layer, then
+    kl ≤ 1) and the relaxed candidate with the largest ``balance = min(−bypass, induce)`` wins;
+    ``notes`` records ``fallback``, the level used and why.
     """
     key_cols = ["site", "layer", "pos"]
     need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
@@ -450,12 +454,13 @@ def select(cands: Candidates, stats: pd.DataFrame, *, arditi: pd.DataFrame | Non
     notes: dict = {}
     if arditi is not None:
         table, choices["arditi"], notes = _select_arditi(table, ok, arditi, n_layers,
-                                                         exclude_last_frac, kl_max)
+                                                         exclude_last_frac, kl_max, fallback_rank)
     return Selection(table, choices, mean_direction, notes)
 
 
 def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_layers: int | None,
-                   exclude_last_frac: float, kl_max: float) -> tuple[pd.DataFrame, CandidateKey, dict]:
+                   exclude_last_frac: float, kl_max: float,
+                   fallback_rank: str = "balance") -> tuple[pd.DataFrame, CandidateKey, dict]:
     missing = {"site", "layer", "pos", *_ARDITI_COLUMNS} - set(arditi.columns)
     if missing:
         raise ValueError(f"arditi table lacks columns {sorted(missing)}; expected site, layer, pos, "
@@ -494,7 +499,16 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     else:
         raise ValueError("arditi table has no finite scores for any non-zero candidate; "
                          "check that it was computed for these candidates")
+    # Among relaxed candidates none is known to be a clean two-way mediator, so rank by the weaker
+    # of its two effects (bypass lowers refusal, induce raises it) instead of bypass alone: a
+    # candidate that bypasses well but barely induces is a poor "refusal direction" to steer with.
+    if fallback_rank not in ("balance", "bypass"):
+        raise ValueError(f"fallback_rank must be 'balance' or 'bypass', got {fallback_rank!r}")
+    table["balance"] = np.minimum(-table["bypass"], table["induce"])
+    if fallback_rank == "bypass":  # Arditi's own ranking, applied to the relaxed set
+        table["balance"] = -table["bypass"]
     notes["arditi"] = (f"no candidate passed Arditi's filters ({counts}); relaxed to {level} and took the "
-                       "minimum bypass there")
+                       f"best by {'min(−bypass, induce)' if fallback_rank == 'balance' else 'bypass'} there")
     notes["fallback_level"] = level
-    return table, _argmax_key(table, fallback, ["bypass"], ascending=True), notes
+    best = table[fallback].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
+    return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes

@@ -39,6 +39,7 @@ class AnalysisConfig:
     arditi_layer_stride: int = 1
     arditi_prompts: int = 32  # the paper's n_val; 12 prompts gave a noisier choice on the organism
     kl_max: float = 0.1
+    fallback_rank: str = "balance"  # when Arditi's filters reject all: "balance" or "bypass" (see select)
     direction_method: str = "arditi"
     plane_b1_method: str = "max_sim"
     plane_positions: tuple[int, ...] = (-1,)
@@ -136,7 +137,7 @@ class Analysis:
     @cached_property
     def selection(self) -> Selection:
         return select(self.candidates, self.stats, arditi=self.arditi, n_layers=self.model.cfg.n_layers,
-                      kl_max=self.config.kl_max)
+                      kl_max=self.config.kl_max, fallback_rank=self.config.fallback_rank)
 
     def direction(self, method: str | None = None) -> Direction:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
