@@ -22,7 +22,7 @@ from .evaluation import (first_token_kl, heuristic_label, is_empty, is_refusal, 
 from .generation import generate, last_token_logprobs
 
 __all__ = ["model_refusal_tokens", "arditi_scores", "CONDITIONS", "condition_hooks", "compare_locations",
-           "layer_subset_sweep", "angle_sweep", "score_responses"]
+           "layer_subset_sweep", "angle_sweep", "score_responses", "reference_cross_entropy"]
 
 CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
 
@@ -216,3 +216,35 @@ def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Seq
     summary = _summarise(per_prompt, ["split", "angle"])
     summary["adaptive"] = adaptive
     return summary, per_prompt
+
+
+@torch.inference_mode()
+def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str], *, hooks=None,
+                            batch_size: int = 32) -> Float[Tensor, "prompt"]:
+    """Mean per-token cross-entropy (nats) of reference ``answers`` after each chat prompt, under
+    ``hooks`` (Arditi et al.'s on-distribution CE: how much an intervention damages normal answers).
+
+    Loss is taken on the answer tokens only; rows are right-aligned by left padding so one forward
+    per batch scores every answer.
+    """
+    from .chat import format_prompts, tokenize
+
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+    texts = format_prompts(model.tokenizer, prompts)
+    tok = model.tokenizer
+    n_answer = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    if min(n_answer) == 0:
+        raise ValueError("an answer is empty; reference answers need at least one token")
+    out = torch.empty(len(texts))
+    for start in range(0, len(texts), batch_size):
+        rows = list(range(start, min(start + batch_size, len(texts))))
+        tokens, mask = tokenize(tok, [texts[i] + answers[i] for i in rows], device=model.cfg.device)
+        hook_list = hooks(torch.tensor(rows)) if callable(hooks) else (hooks or [])
+        with model.hooks(fwd_hooks=list(hook_list)):
+            logits = model(tokens, attention_mask=mask)
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+        for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
+            out[i] = nll[j, -n_answer[i]:].mean().cpu()
+    return out
