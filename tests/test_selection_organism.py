@@ -66,3 +66,19 @@ def test_plane_b1_is_the_chosen_candidate_and_angles_follow_the_convention(analy
     import numpy as np
 
     assert np.mean(np.sin(np.radians(deep.angle_deg)) * deep.radius) >= 0  # the stored sign rule
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("b1, variant, layers", [("mean_of_candidates", "pc1", None), ("max_sim", "last_two_pcs", None),
+                                                 ("max_sim", "per_sample", None), ("max_sim", "pc1", (10, 25))])
+def test_plane_variants_are_selectable_and_reported(analysis, b1, variant, layers):
+    from workbench.planes import plane_report
+
+    try:
+        plane = analysis.plane(b1_method=b1, variant=variant, layer_range=layers)
+    except ValueError as err:  # a degenerate plane must be a clear error, never NaN
+        assert "degenerate" in str(err)
+        return
+    report = plane_report(plane)
+    assert report["variant"] == variant and report["basis_max_abs_gram_error"] < 1e-5
+    assert 0 <= report["pc1_explained_variance"] <= 1

@@ -76,7 +76,8 @@ def cmd_plane(args) -> dict:
     from .planes import plane_report
 
     model, analysis = _analysis(args)
-    plane = analysis.plane(b1_method=args.b1, variant=args.variant)
+    layer_range = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
+    plane = analysis.plane(b1_method=args.b1, variant=args.variant, layer_range=layer_range)
     report = plane_report(plane)
     return {**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
             "run_dir": str(analysis.dir)}
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--b1", default=None, help="b1's selection method (default max_sim)")
     p.add_argument("--variant", default="pc1", help="pc1 (default), last_two_pcs, per_sample")
+    p.add_argument("--layers", default=None, help="LO-HI: only candidates from these layers feed the PCA")
     p.set_defaults(func=cmd_plane)
 
     p = sub.add_parser("generate", help="generate under an intervention; writes JSONL")

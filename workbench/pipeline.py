@@ -150,19 +150,37 @@ class Analysis:
         return direction
 
     # ------------------------------------------------------------------ stage 4: plane
-    def plane(self, *, b1_method: str | None = None, variant: str = "pc1") -> Plane:
-        """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates."""
+    def plane(self, *, b1_method: str | None = None, variant: str = "pc1",
+              layer_range: tuple[int, int] | None = None) -> Plane:
+        """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates.
+
+        ``b1_method``: any selection method (``mean_of_candidates`` uses the mean direction itself).
+        ``variant``: ``pc1``, ``last_two_pcs`` or ``per_sample`` (PCA on each harmful sample minus
+        the harmless mean at b1's site, layer and position). ``layer_range=(lo, hi)`` restricts the
+        candidates used for the PCA.
+        """
         b1_method = b1_method or self.config.plane_b1_method
-        path = self.dir / f"plane-{b1_method}-{variant}.safetensors"
+        tag = f"{b1_method}-{variant}" + (f"-L{layer_range[0]}-{layer_range[1]}" if layer_range else "")
+        path = self.dir / f"plane-{tag}.safetensors"
         if path.exists():
             return Plane.load(path, d_model=self.model.cfg.d_model)
         cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
         stats = candidate_stats(cands, self.activations["harmful_val"], self.activations["harmless_val"])
         if b1_method == "arditi":
-            b1 = self.selection.choices["arditi"]
+            key = self.selection.choices["arditi"]
+            b1 = key
         else:
-            b1 = select(cands, stats).choices[b1_method]
-        plane = build_plane(cands, b1, variant=variant, model=model_key(self.model))
+            chosen = select(cands, stats)
+            key = chosen.choices[b1_method]
+            b1 = chosen.direction(b1_method, cands) if b1_method == "mean_of_candidates" else key
+        per_sample = None
+        if variant == "per_sample":
+            from .directions import per_sample_candidates
+
+            per_sample = per_sample_candidates(self.activations["harmful_train"], self.activations["harmless_train"],
+                                               key.site, key.layer, key.pos)
+        plane = build_plane(cands, b1, variant=variant, layer_range=layer_range, per_sample=per_sample,
+                            model=model_key(self.model))
         plane.save(path)
         return plane
 
