@@ -112,8 +112,10 @@ def _spec_hooks(spec: str, model, analysis):
 def cmd_generate(args) -> dict:
     from pathlib import Path
 
+    from .artifacts import atomic_write_text
     from .data import read_prompts
-    from .evaluation import heuristic_label, is_empty, is_refusal
+    from .evaluation import label_counts
+    from .experiments import score_responses
     from .generation import generate
 
     prompts = read_prompts(args.prompts)
@@ -121,19 +123,13 @@ def cmd_generate(args) -> dict:
     hooks, params = _spec_hooks(args.intervention, model, analysis)
     responses = generate(model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, progress=True)
-    rows = [{"prompt": p, "response": r, "refused": is_refusal(r), "empty": is_empty(r),
-             "label": heuristic_label(p, r)} for p, r in zip(prompts, responses)]
+    table = score_responses(prompts, responses)  # prompt, response, refused, empty, label
     out = Path(args.out) if args.out else Path(args.prompts).with_suffix(f".{args.intervention.replace(':', '_')}.jsonl")
-    from .artifacts import atomic_write_text
-
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
-    n = len(rows)
-    labels = {}
-    for r in rows:
-        labels[r["label"]] = labels.get(r["label"], 0) + 1
-    return {"intervention": args.intervention, **params, "n": n,
-            "refusal_rate": sum(r["refused"] for r in rows) / n, "empty_rate": sum(r["empty"] for r in rows) / n,
-            "labels": {k: v / n for k, v in sorted(labels.items())}, "output": str(out)}
+    atomic_write_text(out, table.to_json(orient="records", lines=True, force_ascii=False))
+    shares = {k: v for k, v in label_counts(list(table["label"])).items() if v > 0}
+    return {"intervention": args.intervention, **params, "n": len(table),
+            "refusal_rate": float(table["refused"].mean()), "empty_rate": float(table["empty"].mean()),
+            "labels": shares, "output": str(out)}
 
 
 def _model_args(p) -> None:
