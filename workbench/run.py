@@ -95,7 +95,7 @@ def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConf
     t0, timings = time.perf_counter(), {}
 
     def tick(name: str) -> None:
-        timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
+        timings[name] = max(0.0, round(time.perf_counter() - t0 - sum(timings.values()), 1))  # no "-0.0"
         if progress:
             print(f"[workbench run] {name} done ({timings[name]} s)", flush=True)
 
