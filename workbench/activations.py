@@ -100,7 +100,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     pass stops after the deepest requested block and never unembeds. ``positions=None`` keeps the
     post-instruction template tokens.
     """
-    from .chat import check_prompts, format_prompts, length_sorted_batches, tokenize
+    from .chat import check_prompts, format_prompts, length_sorted_batches, token_lengths, tokenize
     from .sites import check_hook_names
 
     prompts = check_prompts(prompts)
@@ -114,7 +114,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     check_hook_names(model, list(names))
 
     texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
-    lengths = [len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = token_lengths(model.tokenizer, texts)
     if min(lengths) < -positions[0]:
         raise ValueError(f"position {positions[0]} is before the start of the shortest prompt "
                          f"({min(lengths)} tokens)")

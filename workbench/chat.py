@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["format_prompts", "tokenize", "length_sorted_batches", "post_instruction_tokens",
+__all__ = ["format_prompts", "tokenize", "token_lengths", "length_sorted_batches", "post_instruction_tokens",
            "check_prompts"]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
@@ -80,6 +80,11 @@ def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "c
         tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     return tokens.to(device), mask.to(device)
+
+
+def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Number of tokens of each already-templated text (no special tokens added)."""
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

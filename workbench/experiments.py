@@ -227,13 +227,13 @@ def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str
     Loss is taken on the answer tokens only; rows are right-aligned by left padding so one forward
     per batch scores every answer.
     """
-    from .chat import format_prompts, tokenize
+    from .chat import format_prompts, token_lengths, tokenize
 
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
     texts = format_prompts(model.tokenizer, prompts)
     tok = model.tokenizer
-    n_answer = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    n_answer = token_lengths(tok, answers)
     if min(n_answer) == 0:
         raise ValueError("an answer is empty; reference answers need at least one token")
     out = torch.empty(len(texts))

@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import format_prompts, length_sorted_batches, tokenize
+from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
 
 __all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions"]
 
@@ -60,7 +60,7 @@ def last_token_logprobs(model, prompts: Sequence[str], *, hooks: Hooks = None, b
     chat-formatted text.
     """
     texts = _texts(model, prompts, system, templated)
-    lengths = [len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = token_lengths(model.tokenizer, texts)
     out = torch.empty(len(texts), model.cfg.d_vocab, dtype=torch.float32)
     device = model.cfg.device
     for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="score", disable=not progress):
@@ -139,7 +139,7 @@ def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, max_new_toke
     """
     texts = _texts(model, prompts, system, templated)
     tok = model.tokenizer
-    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = token_lengths(tok, texts)
     stop_ids = _stop_ids(tok)
     generator = torch.Generator(device=model.cfg.device).manual_seed(seed) if seed is not None else None
     results: list[str] = [""] * len(texts)

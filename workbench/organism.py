@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_text
-from .chat import format_prompts, length_sorted_batches, tokenize
+from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
 from .evaluation import is_refusal, refusal_rate
 
 __all__ = ["Recipe", "organism_dir", "build_organism", "measure_refusal", "read_manifest"]
@@ -108,7 +108,7 @@ def _base_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) ->
 @torch.inference_mode()
 def _generate_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) -> list[str]:
     texts = format_prompts(tok, prompts)
-    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = token_lengths(tok, texts)
     out = [""] * len(texts)
     for rows in tqdm(length_sorted_batches(lengths, 64), desc="base answers", disable=not progress):
         ids, mask = tokenize(tok, [texts[i] for i in rows])
@@ -202,7 +202,7 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, l
     base = model.get_base_model()
     prefix_ids = _shared_prefix(tok, examples)
     prefix = torch.tensor(prefix_ids)
-    lengths = [len(tok(p + t, add_special_tokens=False)["input_ids"]) for p, t in examples]
+    lengths = token_lengths(tok, [p + t for p, t in examples])
     for _ in range(recipe.epochs):
         for rows in _bucketed_batches(lengths, recipe.batch_size, gen):
             batch = [examples[i] for i in rows]
