@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["format_prompts", "tokenize", "token_lengths", "length_sorted_batches", "post_instruction_tokens",
+__all__ = ["format_prompts", "encode", "pad_left", "tokenize", "token_lengths", "length_sorted_batches", "post_instruction_tokens",
            "check_prompts"]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
@@ -56,30 +56,36 @@ def _bos_in_template(tokenizer, text: str) -> bool:
     return bos is None or text.startswith(bos)
 
 
-def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "cpu"
-             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
-    """Left-padded ``(tokens, attention_mask)`` for already-templated texts.
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each already-templated text, unpadded.
 
     Special tokens are never added on top of the template (that is how a doubled BOS happens);
     a BOS is prepended only where the tokenizer uses one and the template did not write it.
     """
     texts = list(texts)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    tokens, mask = enc["input_ids"], enc["attention_mask"]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     wants_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
     if wants_bos and not all(_bos_in_template(tokenizer, t) for t in texts):
-        # Rebuild each row with a BOS in front of its first real token.
-        rows = [[tokenizer.bos_token_id] + tokens[i][mask[i].bool()].tolist() for i in range(len(texts))]
-        width = max(map(len, rows))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
-        tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        ids = [[tokenizer.bos_token_id] + row for row in ids]
+    return [list(row) for row in ids]
+
+
+def pad_left(tokenizer, rows: Sequence[Sequence[int]], *, device: str | torch.device = "cpu"
+             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+    """Left-pad token id rows into ``(tokens, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    tokens = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     return tokens.to(device), mask.to(device)
+
+
+def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "cpu"
+             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+    """Left-padded ``(tokens, attention_mask)`` for already-templated texts (see :func:`encode`)."""
+    return pad_left(tokenizer, encode(tokenizer, texts), device=device)
 
 
 def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:

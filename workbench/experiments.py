@@ -70,9 +70,11 @@ def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Se
             hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
         return hooks
 
-    lp_bypass = last_token_logprobs(model, rows_h, hooks=ablate(cand_h), batch_size=batch_size, progress=progress)
-    lp_kl = last_token_logprobs(model, rows_s, hooks=ablate(cand_s), batch_size=batch_size, progress=progress)
-    lp_induce = last_token_logprobs(model, rows_s, hooks=induce, batch_size=batch_size, progress=progress)
+    score = lambda rows, hooks, groups: last_token_logprobs(  # noqa: E731
+        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress)
+    lp_bypass = score(rows_h, ablate(cand_h), cand_h)
+    lp_kl = score(rows_s, ablate(cand_s), cand_s)
+    lp_induce = score(rows_s, induce, cand_s)
     n_h, n_s = len(harmful), len(harmless)
     table = pd.DataFrame({
         "site": [key.site for key in keys], "layer": layers.tolist(), "pos": [key.pos for key in keys],
@@ -133,15 +135,15 @@ def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int, hooks_for, *,
                   refusal_ids, max_new_tokens: int, batch_size: int, progress: bool) -> pd.DataFrame:
-    """Score and generate every prompt set under every setting in one batched job per set."""
+    """Score and generate every prompt set under every setting in one batched job per set (the
+    first-token scores come from the generation's own prefill)."""
     frames = []
     for split, prompts in prompt_sets.items():
         rows, setting = _repeat(prompts, n_settings)
         hooks = hooks_for(setting)
         base = last_token_logprobs(model, prompts, batch_size=batch_size)
-        lp = last_token_logprobs(model, rows, hooks=hooks, batch_size=batch_size, progress=progress)
-        responses = generate(model, rows, hooks=hooks, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, progress=progress)
+        responses, lp = generate(model, rows, hooks=hooks, groups=setting, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, return_logprobs=True, progress=progress)
         frame = score_responses(rows, responses)
         frame["split"], frame["setting"] = split, setting.numpy()
         frame["logodds"] = refusal_logodds(lp, refusal_ids).numpy()

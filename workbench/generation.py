@@ -2,30 +2,41 @@
 
 Hooks are TransformerLens ``(hook_name, fn)`` pairs. They fire on the prompt *and* on every
 generated token (then with ``pos == 1``, because of the KV cache), so interventions must be
-position-free. For per-row settings (row ``i`` of a sweep carries its own angle, layer or
-direction) pass a *callable* ``hooks(row_ids) -> list[(name, fn)]``: batches are length-sorted,
-so each batch gets the hooks for exactly the rows it holds, in order.
+position-free. A static list applies to every row. For per-row settings (row ``i`` of a sweep
+carries its own angle, layer or direction) pass a *callable* ``hooks(row_ids) -> list[(name, fn)]``
+plus ``groups``: rows with the same group id must get the same hooks.
 
-Speed: the loop keeps TL's KV cache, runs the blocks once per new token and unembeds only the
-last position (TL's own ``generate`` re-embeds the whole sequence and unembeds every position).
+Speed:
+- **Shared prefix.** Chat prompts open with the same template tokens (SmolLM2: a 24-token system
+  line, about 60 % of a short prompt). That prefix runs once per *group* in a batch, and its
+  keys and values are copied to every row of the group; only each row's own suffix runs per row.
+  Position-free hooks see the prefix exactly as they would in the full prompt.
+- **One prefill for scores and text.** ``generate(..., return_logprobs=True)`` also returns the
+  first-token log-probs, so a sweep scores and generates from the same forward pass.
+- The loop keeps TL's KV cache, runs the blocks once per new token and unembeds only the last
+  position (TL's own ``generate`` re-embeds the whole sequence and unembeds every position).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
+from .chat import encode, format_prompts, pad_left
 
-__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions"]
+__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "shared_prefix_length",
+           "plan_batches"]
 
 Hook = tuple[str, Callable]
 Hooks = Sequence[Hook] | Callable[[Int[Tensor, "batch"]], Sequence[Hook]] | None
+
+MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate forward
 
 
 def _hooks_for(hooks: Hooks, rows: list[int], device) -> list[Hook]:
@@ -44,31 +55,107 @@ def _texts(model, prompts: Sequence[str], system: str | None, templated: bool) -
     return list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
 
 
-def _final_residual(model, tokens, mask, cache) -> Float[Tensor, "batch d_model"]:
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (0 if < 4)."""
+    first = ids[0]
+    n = min(len(r) for r in ids) - 1
+    for row in ids[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first, row[:n])) if a != b), n))
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _groups(hooks: Hooks, groups, n: int) -> list[int]:
+    if groups is not None:
+        groups = [int(g) for g in groups]
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} prompts; pass one group id per prompt")
+        return groups
+    return list(range(n)) if callable(hooks) else [0] * n  # unknown per-row hooks: nothing shared
+
+
+def _cost(batches, lengths, groups, prefix: int) -> int:
+    return sum(len({groups[i] for i in b}) * prefix + len(b) * max(lengths[i] - prefix for i in b)
+               for b in batches)
+
+
+def plan_batches(lengths: Sequence[int], groups: Sequence[int], batch_size: int, prefix: int) -> list[list[int]]:
+    """Row batches that minimise prefill tokens: length-sorted, or group-major when that is cheaper
+    (each group's shared prefix then runs once per batch instead of once per group in it)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    n = len(lengths)
+    chunk = lambda order: [order[i:i + batch_size] for i in range(0, n, batch_size)]  # noqa: E731
+    by_length = chunk(sorted(range(n), key=lambda i: -lengths[i]))  # longest first: memory peaks early
+    if not prefix:
+        return by_length
+    by_group = chunk(sorted(range(n), key=lambda i: (groups[i], -lengths[i])))
+    return min(by_length, by_group, key=lambda b: _cost(b, lengths, groups, prefix))
+
+
+@dataclass
+class _Plan:
+    ids: list[list[int]]
+    groups: list[int]
+    prefix: int
+    batches: list[list[int]]
+
+
+def _plan(model, texts, hooks, groups, batch_size, share_prefix) -> _Plan:
+    ids = encode(model.tokenizer, texts)
+    groups = _groups(hooks, groups, len(ids))
+    prefix = shared_prefix_length(ids) if share_prefix else 0
+    return _Plan(ids, groups, prefix, plan_batches([len(r) for r in ids], groups, batch_size, prefix))
+
+
+def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
+    """Run a batch's prompts into a fresh KV cache; return ``(cache, final-norm residual at the last
+    position)``. The shared prefix runs once per group, then the left-padded suffixes run on top."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    device, p = model.cfg.device, plan.prefix
+    if p:
+        reps: dict[int, int] = {}
+        for r in rows:
+            reps.setdefault(plan.groups[r], r)
+        slot = torch.tensor([list(reps).index(plan.groups[r]) for r in rows], device=device)
+        prefix_tokens = torch.tensor([plan.ids[rows[0]][:p]] * len(reps), device=device)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(reps))
+        with _hook_ctx(model, _hooks_for(hooks, list(reps.values()), device)):
+            model(prefix_tokens, attention_mask=torch.ones_like(prefix_tokens), past_kv_cache=cache,
+                  stop_at_layer=model.cfg.n_layers)
+        for entry in cache.entries:  # every row of a group starts from its group's prefix
+            entry.past_keys = entry.past_keys[slot.to(entry.past_keys.device)]
+            entry.past_values = entry.past_values[slot.to(entry.past_values.device)]
+        cache.previous_attention_mask = cache.previous_attention_mask[slot.to(cache.previous_attention_mask.device)]
+    else:
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
+    tokens, mask = pad_left(model.tokenizer, [plan.ids[r][p:] for r in rows], device=device)
+    with _hook_ctx(model, _hooks_for(hooks, rows, device)):
+        normed = _final_residual(model, tokens, mask, cache)
+    return cache, normed
+
+
+def _final_residual(model, tokens, mask, cache) -> Float[Tensor, "batch 1 d_model"]:
     """Run every block (hooks fire) and return the normalised residual at the last position."""
     resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
     return model.ln_final(resid[:, -1:])  # ln_final hooks see only the last position
 
 
 @torch.inference_mode()
-def last_token_logprobs(model, prompts: Sequence[str], *, hooks: Hooks = None, batch_size: int = 32,
-                        system: str | None = None, templated: bool = False,
-                        progress: bool = False) -> Float[Tensor, "prompt d_vocab"]:
+def last_token_logprobs(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None,
+                        batch_size: int = 32, system: str | None = None, templated: bool = False,
+                        share_prefix: bool = True, progress: bool = False) -> Float[Tensor, "prompt d_vocab"]:
     """Log-probabilities of the first response token for every prompt, float32 on the CPU.
 
     Only the last position is unembedded. ``templated=True`` means the prompts are already
-    chat-formatted text.
+    chat-formatted text; ``groups`` (one id per prompt) tells which rows share their hooks.
     """
     texts = _texts(model, prompts, system, templated)
-    lengths = token_lengths(model.tokenizer, texts)
+    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix)
     out = torch.empty(len(texts), model.cfg.d_vocab, dtype=torch.float32)
-    device = model.cfg.device
-    for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="score", disable=not progress):
-        tokens, mask = tokenize(model.tokenizer, [texts[i] for i in rows], device=device)
-        with _hook_ctx(model, _hooks_for(hooks, rows, device)):
-            resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
-            logits = model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
-        out[rows] = torch.log_softmax(logits.float(), dim=-1).cpu()
+    for rows in tqdm(plan.batches, desc="score", disable=not progress):
+        _, normed = _prefill(model, plan, rows, hooks)
+        out[rows] = torch.log_softmax(model.unembed(normed)[:, 0].float(), dim=-1).cpu()
     return out
 
 
@@ -85,29 +172,32 @@ def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float | 
 
 
 @torch.inference_mode()
-def _generate_batch(model, tokens, mask, max_new_tokens, stop_ids, do_sample, temperature, top_p,
-                    generator) -> Int[Tensor, "batch new"]:
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    batch = tokens.shape[0]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
+def _generate_batch(model, plan: _Plan, rows: list[int], hooks: Hooks, max_new_tokens, stop_ids, do_sample,
+                    temperature, top_p, generator) -> tuple[Int[Tensor, "batch new"], Float[Tensor, "batch d_vocab"]]:
+    """New token ids of one batch (pad after a stop token) and the first token's log-probs."""
+    cache, normed = _prefill(model, plan, rows, hooks)
+    batch, device = len(rows), model.cfg.device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else stop_ids[0]
-    out = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=tokens.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    stop = torch.tensor(stop_ids, device=tokens.device)
-    step_tokens, step_mask = tokens, mask
-    for step in range(max_new_tokens):
-        normed = _final_residual(model, step_tokens, step_mask, cache)
-        logits = model.unembed(normed)[:, 0]
-        nxt = _sample(logits, do_sample, temperature, top_p, generator)
-        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-        out[:, step] = nxt
-        finished |= torch.isin(nxt, stop)
-        if bool(finished.all()):
-            break
-        step_tokens = nxt[:, None]
-        step_mask = torch.ones_like(step_tokens)
-    return out
+    out = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    stop = torch.tensor(stop_ids, device=device)
+    first_logprobs = None
+    with _hook_ctx(model, _hooks_for(hooks, rows, device)):
+        for step in range(max_new_tokens):
+            if step:
+                normed = _final_residual(model, out[:, step - 1:step], torch.ones_like(out[:, :1]), cache)
+            logits = model.unembed(normed)[:, 0]
+            if step == 0:
+                first_logprobs = torch.log_softmax(logits.float(), dim=-1)
+            nxt = _sample(logits, do_sample, temperature, top_p, generator)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            out[:, step] = nxt
+            finished |= torch.isin(nxt, stop)
+            if bool(finished.all()):
+                break
+    if first_logprobs is None:  # max_new_tokens == 0
+        first_logprobs = torch.log_softmax(model.unembed(normed)[:, 0].float(), dim=-1)
+    return out, first_logprobs
 
 
 def decode_completions(tokenizer, new_tokens: Int[Tensor, "batch new"], stop_ids: Sequence[int]) -> list[str]:
@@ -128,27 +218,30 @@ def _stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, max_new_tokens: int = 32,
+def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None, max_new_tokens: int = 32,
              batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0,
              top_p: float | None = None, seed: int | None = None, system: str | None = None,
-             templated: bool = False, progress: bool = False) -> list[str]:
+             templated: bool = False, share_prefix: bool = True, return_logprobs: bool = False,
+             progress: bool = False):
     """Batched, KV-cached completions (greedy by default) of chat prompts, under ``hooks``.
 
     Hooks act on prompt and generated tokens alike; rows stop at EOS / end-of-turn. Returns one
-    stripped string per prompt, in the input order.
+    stripped string per prompt, in the input order; with ``return_logprobs=True`` also the
+    first response token's log-probs ``[prompt, d_vocab]`` (float32, CPU), as
+    :func:`last_token_logprobs` would give them. ``groups``: see the module docs.
     """
     texts = _texts(model, prompts, system, templated)
     tok = model.tokenizer
-    lengths = token_lengths(tok, texts)
+    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix)
     stop_ids = _stop_ids(tok)
     generator = torch.Generator(device=model.cfg.device).manual_seed(seed) if seed is not None else None
     results: list[str] = [""] * len(texts)
-    device = model.cfg.device
-    for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="generate", disable=not progress):
-        tokens, mask = tokenize(tok, [texts[i] for i in rows], device=device)
-        with _hook_ctx(model, _hooks_for(hooks, rows, device)):
-            new = _generate_batch(model, tokens, mask, max_new_tokens, stop_ids, do_sample,
-                                  temperature, top_p, generator)
+    logprobs = torch.empty(len(texts), model.cfg.d_vocab, dtype=torch.float32) if return_logprobs else None
+    for rows in tqdm(plan.batches, desc="generate", disable=not progress):
+        new, first = _generate_batch(model, plan, rows, hooks, max_new_tokens, stop_ids, do_sample,
+                                     temperature, top_p, generator)
         for i, text in zip(rows, decode_completions(tok, new.cpu(), stop_ids)):
             results[i] = text
-    return results
+        if logprobs is not None:
+            logprobs[rows] = first.cpu()
+    return (results, logprobs) if return_logprobs else results
