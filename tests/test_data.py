@@ -272,3 +272,31 @@ def test_public_api() -> None:
     assert PROMPT_DIR.is_dir() and (PROMPT_DIR / "harmful.txt").is_file()
     assert SPLITS == ("organism_train", "direction_train", "validation", "test")
     assert sum(data.SPLIT_SIZES.values()) == 260
+
+
+def test_prompt_splits_from_files(tmp_path) -> None:
+    harmful, harmless = tmp_path / "h.txt", tmp_path / "s.txt"
+    harmful.write_text("\n".join(f"harmful request {i}" for i in range(30)) + "\n")
+    harmless.write_text("\n".join(f"harmless request {i}" for i in range(20)) + "\n")
+    splits = data.PromptSplits.from_files(harmful, harmless)
+    sizes = {k: len(v) for k, v in splits.sets.items()}
+    assert sizes[("harmful", "direction_train")] == 13 and sizes[("harmful", "test")] == 11  # 64:32:54
+    assert sum(v for (k, _), v in sizes.items() if k == "harmless") == 20
+    for kind in ("harmful", "harmless"):
+        parts = [set(splits.get(kind, s)) for s in data.ANALYSIS_SPLITS]
+        assert sum(map(len, parts)) == len(set().union(*parts))  # disjoint
+    again = data.PromptSplits.from_files(harmful, harmless)
+    assert again.key() == splits.key() != data.PromptSplits.from_files(harmful, harmless, seed=1).key()
+    assert splits.key() != data.PromptSplits.shipped().key()
+    assert splits.fingerprints()["harmful/test"]["n"] == 11
+    with pytest.raises(ValueError, match="no harmful/organism_train"):
+        splits.get("harmful", "organism_train")
+    harmless.write_text("one\ntwo\nthree\n")
+    with pytest.raises(ValueError, match="at least 12 are needed"):
+        data.PromptSplits.from_files(harmful, harmless)
+
+
+def test_shipped_prompt_splits_are_the_fixed_splits() -> None:
+    shipped = data.PromptSplits.shipped()
+    assert shipped.source == "shipped"
+    assert shipped.get("harmless", "validation") == data.load_split("harmless", "validation")

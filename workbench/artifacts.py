@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["cache_dir", "atomic_write_text", "atomic_write_bytes", "save_tensors", "load_tensors",
-           "library_versions", "sha256_file", "sha256_text"]
+           "library_versions", "sha256_file", "sha256_text", "Manifest"]
 
 CACHE_ENV = "REFUSAL_WORKBENCH_CACHE"
 
@@ -98,3 +98,34 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Manifest:
+    """A run's record, rewritten atomically after every stage: fixed facts (config, versions,
+    seeds, prompt hashes) plus, per finished stage, its wall time and the sha256 of its files.
+
+    Reopening an existing manifest keeps the stages already recorded, so a resumed run shows
+    which stages it reused (``"reused": true``) and which it computed.
+    """
+
+    def __init__(self, path: str | Path, *, root: str | Path | None = None, **facts: Any):
+        self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path.parent  # files under it: relative names
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = {**facts, "stages": old.get("stages", {})}
+        self._write()
+
+    def stage(self, name: str, seconds: float, files: list[str | Path] = (), *, reused: bool = False) -> None:
+        old = self.data["stages"].get(name)
+        if reused and old is not None:  # same files as when they were made: skip re-hashing
+            old.update(seconds=seconds, reused=True)
+            return self._write()
+        files = [Path(f).resolve() for f in files if Path(f).exists()]
+        root = self.root.resolve()
+        name_of = lambda f: str(f.relative_to(root)) if f.is_relative_to(root) else str(f)  # noqa: E731
+        self.data["stages"][name] = {"seconds": seconds, "reused": reused,
+                                     "files": {name_of(f): sha256_file(f) for f in files}}
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))

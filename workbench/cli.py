@@ -40,15 +40,25 @@ def cmd_run(args) -> dict:
     from .run import RunConfig, run_main
 
     return run_main(args.model, device=args.device, config=RunConfig.from_file(args.config),
-                    figures_dir=args.figures)
+                    prompts=_prompt_splits(args), figures_dir=args.figures)
+
+
+def _prompt_splits(args):
+    """Your own harmful/harmless files (both or neither), else the shipped splits (None)."""
+    from .data import PromptSplits
+
+    if (args.harmful is None) != (args.harmless is None):
+        raise ValueError("pass both --harmful and --harmless (or neither, for the shipped prompt sets)")
+    return PromptSplits.from_files(args.harmful, args.harmless) if args.harmful else None
 
 
 def _analysis(args):
     from .models import load_model
     from .pipeline import Analysis
 
+    prompts = _prompt_splits(args)
     model = load_model(args.model, device=args.device)
-    return model, Analysis(model)
+    return model, Analysis(model, prompts=prompts)
 
 
 def cmd_select(args) -> dict:
@@ -137,6 +147,9 @@ def _model_args(p) -> None:
                    "a Hugging Face folder, a .gguf file or an official TransformerLens name")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
     p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    p.add_argument("--harmful", default=None, help="your harmful prompts (txt/csv/json/jsonl), split "
+                   "64:32:54 into direction_train/validation/test; needs --harmless too")
+    p.add_argument("--harmless", default=None, help="your harmless prompts, same formats")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,57 @@ def load_split(kind: str, split: str) -> list[str]:
             )
         return list(_shipped("borderline"))
     return list(_splits(kind)[split])
+
+
+ANALYSIS_SPLITS: tuple[str, ...] = ("direction_train", "validation", "test")
+MIN_PER_SPLIT = 4  # fewer prompts make a difference in means, a selection or a rate meaningless
+
+
+@dataclass(frozen=True)
+class PromptSplits:
+    """The harmful and harmless prompts of one analysis, cut into ``direction_train`` (candidates),
+    ``validation`` (selection) and ``test`` (reported rates).
+
+    ``PromptSplits.shipped()`` is the package's fixed splits; ``PromptSplits.from_files(h, s)`` cuts
+    your own files in the same 64 : 32 : 54 proportions after a seeded shuffle.
+    """
+
+    sets: Mapping[tuple[str, str], tuple[str, ...]]
+    source: str = "shipped"
+
+    @classmethod
+    def shipped(cls) -> PromptSplits:
+        return cls({(k, s): tuple(load_split(k, s)) for k in ("harmful", "harmless") for s in ANALYSIS_SPLITS})
+
+    @classmethod
+    def from_files(cls, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str], *,
+                   seed: int = 0) -> PromptSplits:
+        """Read two prompt files (any :func:`read_prompts` format) and split each one."""
+        sets = {}
+        for kind, path in (("harmful", harmful), ("harmless", harmless)):
+            prompts = read_prompts(path)
+            need = MIN_PER_SPLIT * len(ANALYSIS_SPLITS)
+            if len(prompts) < need:
+                raise ValueError(f"{path} has {len(prompts)} {kind} prompts; at least {need} are needed "
+                                 f"({MIN_PER_SPLIT} per split: {', '.join(ANALYSIS_SPLITS)})")
+            random.Random(seed).shuffle(prompts)
+            sizes = [SPLIT_SIZES[s] for s in ANALYSIS_SPLITS]
+            cuts = [round(len(prompts) * sum(sizes[:i + 1]) / sum(sizes)) for i in range(len(sizes))]
+            for split, start, stop in zip(ANALYSIS_SPLITS, [0] + cuts[:-1], cuts):
+                sets[(kind, split)] = tuple(prompts[start:stop])
+        return cls(sets, source=f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}")
+
+    def get(self, kind: str, split: str) -> list[str]:
+        if (kind, split) not in self.sets:
+            raise ValueError(f"no {kind}/{split} prompts here; splits are {', '.join(ANALYSIS_SPLITS)}")
+        return list(self.sets[(kind, split)])
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """``{"harmful/test": {"n": 54, "sha256_16": ...}, ...}`` for manifests."""
+        return {f"{k}/{s}": {"n": len(p), "sha256_16": prompt_set_hash(p)} for (k, s), p in self.sets.items()}
+
+    def key(self) -> str:
+        return prompt_set_hash([json.dumps(self.fingerprints(), sort_keys=True)])
 
 
 def load_contrast() -> list[str]:

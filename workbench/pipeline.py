@@ -59,17 +59,21 @@ def model_key(model) -> str:
 class Analysis:
     """Lazy, cached stages for one model. ``Analysis(model).direction()`` is the default direction."""
 
-    def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, run_dir: str | Path | None = None,
-                 progress: bool = True):
+    def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, prompts: data.PromptSplits | None = None,
+                 run_dir: str | Path | None = None, progress: bool = True):
         self.model, self.config, self.progress = model, config, progress
-        # one folder per (model, config): a changed config never reuses stale stages
-        config_key = sha256_text(json.dumps(_jsonable(config), sort_keys=True))[:8]
+        self.prompts = prompts or data.PromptSplits.shipped()
+        # one folder per (model, config, prompts): a changed config never reuses stale stages
+        salt = "" if self.prompts.source == "shipped" else self.prompts.key()
+        config_key = sha256_text(json.dumps(_jsonable(config), sort_keys=True) + salt)[:8]
         self.dir = Path(run_dir) if run_dir else cache_dir("runs", model_key(model), config_key)
         self.dir.mkdir(parents=True, exist_ok=True)
         config_file = self.dir / "config.json"
         if config_file.exists() and json.loads(config_file.read_text()) != _jsonable(config):
             raise ValueError(f"{self.dir} holds a run made with another config; use another run_dir")
         atomic_write_text(config_file, json.dumps(_jsonable(config), indent=2))
+        atomic_write_text(self.dir / "prompts.json", json.dumps(
+            {"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2))
 
     # ------------------------------------------------------------------ stage 1: activations
     @cached_property
@@ -80,7 +84,7 @@ class Analysis:
             return {name: Activations({s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
                                       meta["layers"], meta["positions"], meta["tokens"], meta["prompts"][name])
                     for name in SETS}
-        acts = {name: cache_activations(self.model, data.load_split(*SETS[name]), sites=self.config.sites,
+        acts = {name: cache_activations(self.model, self.prompts.get(*SETS[name]), sites=self.config.sites,
                                         batch_size=self.config.batch_size, progress=self.progress)
                 for name in SETS}
         first = acts["harmful_train"]
@@ -113,7 +117,7 @@ class Analysis:
             return json.loads(path.read_text())["ids"]
         from .experiments import model_refusal_tokens
 
-        ids = model_refusal_tokens(self.model, data.load_split("harmful", "direction_train"))
+        ids = model_refusal_tokens(self.model, self.prompts.get("harmful", "direction_train"))
         atomic_write_text(path, json.dumps({"ids": ids, "tokens": self.model.tokenizer.convert_ids_to_tokens(ids)}))
         return ids
 
@@ -128,8 +132,8 @@ class Analysis:
         layers = list(range(0, n_layers, cfg.arditi_layer_stride))
         cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
         n = cfg.arditi_prompts
-        table = arditi_scores(self.model, cands, data.load_split("harmful", "validation")[:n],
-                              data.load_split("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
+        table = arditi_scores(self.model, cands, self.prompts.get("harmful", "validation")[:n],
+                              self.prompts.get("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
                               batch_size=cfg.batch_size, progress=self.progress)
         atomic_write_text(path, table.to_csv(index=False))
         return table

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import data
-from .artifacts import atomic_write_text, library_versions
+from .artifacts import Manifest, atomic_write_text, library_versions, sha256_text
 
 __all__ = ["RunConfig", "run_main"]
 
@@ -31,6 +31,7 @@ class RunConfig:
     adaptive: bool = False
     batch_size: int = 64
     subset_sizes: tuple[int, ...] = (6, 12, 18, 24)
+    seed: int = 0                    # torch seed (decoding is greedy; recorded in the manifest)
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
@@ -82,9 +83,27 @@ def _projections(analysis, direction) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _model_source(model, spec: str) -> dict:
+    if spec != "organism":
+        return {"spec": spec}
+    from .artifacts import sha256_file
+    from .organism import Recipe, organism_dir
+
+    folder = organism_dir(Recipe(), build=False)
+    return {"spec": spec, "organism_dir": str(folder), "recipe_key": Recipe().key(),
+            "organism_manifest_sha256": sha256_file(folder / "manifest.json")}
+
+
 def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConfig(),
-             figures_dir: str | Path = "figures", progress: bool = True) -> dict:
-    """Run everything for ``spec`` and write the figures; returns the key numbers."""
+             prompts: data.PromptSplits | None = None, figures_dir: str | Path = "figures",
+             progress: bool = True) -> dict:
+    """Run everything for ``spec`` and write the figures; returns the key numbers.
+
+    ``prompts``: your own harmful/harmless sets (``data.PromptSplits.from_files``); default the
+    shipped splits. Every stage is recorded in ``<run dir>/experiments/<config>/manifest.json``.
+    """
+    import torch
+
     from . import experiments as ex
     from . import figures as fg
     from .directions import cosine_matrix
@@ -93,41 +112,66 @@ def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConf
     from .steering_math import special_cases
 
     t0, timings = time.perf_counter(), {}
-
-    def tick(name: str) -> None:
-        timings[name] = max(0.0, round(time.perf_counter() - t0 - sum(timings.values()), 1))  # no "-0.0"
-        if progress:
-            print(f"[workbench run] {name} done ({timings[name]} s)", flush=True)
-
+    torch.manual_seed(config.seed)
     model = load_model(spec, device=device)
-    tick("model")
-    analysis = Analysis(model, progress=progress)
-    folder = analysis.dir / "experiments"
-    folder.mkdir(exist_ok=True)
+    analysis = Analysis(model, prompts=prompts, progress=progress)
+    prompts = analysis.prompts
+    run_key = sha256_text(json.dumps(asdict(config), sort_keys=True))[:8]
+    folder = analysis.dir / "experiments" / run_key  # a changed RunConfig never reuses stale tables
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
+    from .organism import Recipe
+
+    manifest = Manifest(folder / "manifest.json", root=analysis.dir, model=_model_source(model, spec), device=str(model.cfg.device),
+                        dtype=str(model.cfg.dtype), run_config=asdict(config),
+                        analysis_config=json.loads((analysis.dir / "config.json").read_text()),
+                        analysis_dir=str(analysis.dir), prompts={"source": prompts.source, "sets": prompts.fingerprints()},
+                        seeds={"torch": config.seed, "organism": Recipe().seed,
+                               "shipped_splits": data._SPLIT_SEEDS if prompts.source == "shipped" else None},
+                        versions=library_versions())
+
+    def tick(name: str, files=(), existed: bool = False) -> None:
+        timings[name] = max(0.0, round(time.perf_counter() - t0 - sum(timings.values()), 1))  # no "-0.0"
+        manifest.stage(name, timings[name], list(files), reused=existed)
+        if progress:
+            print(f"[workbench run] {name} {'reused' if existed else 'done'} ({timings[name]} s)", flush=True)
+
+    def have(*names: str) -> bool:
+        return all((analysis.dir / n).exists() for n in names)
+
+    tick("model")
+    acts_file = ["activations.safetensors"]
+    existed = have(*acts_file)
     analysis.activations
-    tick("activations")
-    stats = analysis.stats
+    tick("activations", [analysis.dir / n for n in acts_file], existed)
+    sel_files = ["refusal_tokens.json", "arditi_scores.csv", f"direction-{analysis.config.direction_method}.safetensors"]
+    existed = have(*sel_files)
     direction = analysis.direction()
     selection = analysis.selection
-    tick("selection")
+    tick("selection", [analysis.dir / n for n in sel_files], existed)
+    plane_file = [f"plane-{analysis.config.plane_b1_method}-pc1.safetensors"]
+    existed = have(*plane_file)
     plane = analysis.plane()
-    tick("plane")
+    tick("plane", [analysis.dir / n for n in plane_file], existed)
     ids, cfg = analysis.refusal_ids, config
-    test = {kind: data.load_split(kind, "test") for kind in ("harmful", "harmless")}
-    locations, loc_prompts = _stage(folder, "locations", lambda: ex.compare_locations(
+    test = {kind: prompts.get(kind, "test") for kind in ("harmful", "harmless")}
+
+    def stage(name: str, compute):
+        existed = (folder / f"{name}.csv").exists()
+        result = _stage(folder, name, compute)
+        tick(name, [folder / f"{name}.csv", folder / f"{name}_per_prompt.csv"], existed)
+        return result
+
+    locations, loc_prompts = stage("locations", lambda: ex.compare_locations(
         model, direction, {k: v[:cfg.n_eval] for k, v in test.items()}, layer=direction.layer,
         refusal_ids=ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
-    tick("locations")
-    subsets, _ = _stage(folder, "layer_subsets", lambda: ex.layer_subset_sweep(
+    subsets, _ = stage("layer_subsets", lambda: ex.layer_subset_sweep(
         model, direction, test["harmful"][:cfg.n_sweep], subsets=_subsets(model.cfg.n_layers, cfg.subset_sizes),
         refusal_ids=ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
-    tick("layer_subsets")
     angles = [a * cfg.angle_step for a in range(int(round(360 / cfg.angle_step)))]
-    sweep, _ = _stage(folder, "angle_sweep", lambda: ex.angle_sweep(
+    sweep, _ = stage("angle_sweep", lambda: ex.angle_sweep(
         model, plane, {k: v[:cfg.n_sweep] for k, v in test.items()}, angles, refusal_ids=ids,
         adaptive=cfg.adaptive, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress))
-    tick("angle_sweep")
 
     name = spec
     unit_last = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
@@ -155,7 +199,7 @@ def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConf
     }
     out = Path(figures_dir)
     written = {key: fg.save_figure(fig, key, out) for key, (fig, _) in figs.items()}
-    tick("figures")
+    tick("figures", [p for paths in written.values() for p in paths if p.suffix == ".png"])
 
     loc = locations.set_index(["split", "condition"])["refusal_rate"].to_dict()
     harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
@@ -169,10 +213,12 @@ def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConf
         "harmful_refusal_by_angle": dict(zip(harmful_sweep.angle.astype(int).astype(str),
                                              harmful_sweep.refusal_rate.round(3))),
         "timings_s": timings, "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(analysis.dir),
+        "manifest": str(manifest.path), "prompts": prompts.source,
         "versions": library_versions(),
     }
     _write_index(out, figs, written, summary)
-    atomic_write_text(analysis.dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
+        atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

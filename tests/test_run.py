@@ -1,0 +1,71 @@
+"""The main job: manifest, own prompt files, resume; end to end on the organism (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench.artifacts import CACHE_ENV, Manifest, cache_dir
+from workbench.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_manifest_records_stages_and_keeps_them_on_reopen(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n1,2\n")
+    m = Manifest(tmp_path / "manifest.json", seeds={"torch": 0})
+    m.stage("scores", 1.5, [table, tmp_path / "missing.csv"])
+    rec = json.loads((tmp_path / "manifest.json").read_text())
+    assert rec["seeds"] == {"torch": 0}
+    assert list(rec["stages"]["scores"]["files"]) == ["t.csv"] and not rec["stages"]["scores"]["reused"]
+    sha = rec["stages"]["scores"]["files"]["t.csv"]
+    again = Manifest(tmp_path / "manifest.json", seeds={"torch": 0})
+    again.stage("scores", 0.0, [table], reused=True)
+    rec = json.loads((tmp_path / "manifest.json").read_text())
+    assert rec["stages"]["scores"] == {"seconds": 0.0, "reused": True, "files": {"t.csv": sha}}
+
+
+def test_run_needs_both_prompt_files(capsys):
+    assert main(["run", "--harmful", str(DATA / "unseen_harmful.txt")]) == 2
+    assert "pass both --harmful and --harmless" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_path, monkeypatch):
+    models = cache_dir("models")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(models)  # the organism is built already; runs go to tmp
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"n_eval": 7, "n_sweep": 4, "max_new_tokens": 8, "angle_step": 90.0,
+                                  "subset_sizes": [12]}))
+    argv = ["run", "--harmful", str(DATA / "unseen_harmful.txt"), "--harmless", str(DATA / "unseen_harmless.txt"),
+            "--config", str(config), "--figures", str(tmp_path / "figures"), "--json"]
+    assert main(argv) == 0
+    from workbench.run import RunConfig
+
+    summary = json.loads(_last_summary(tmp_path).read_text())
+    assert summary["prompts"] == "files:unseen_harmful.txt,unseen_harmless.txt;seed=0"
+    # the organism's refusal and its removal hold on these prompts too
+    assert summary["refusal_by_location"]["harmful/none"] >= 0.7
+    assert summary["refusal_by_location"]["harmful/all"] <= 0.3
+    manifest = json.loads(Path(summary["manifest"]).read_text())
+    stages = manifest["stages"]
+    assert list(stages) == ["model", "activations", "selection", "plane", "locations", "layer_subsets",
+                            "angle_sweep", "figures"]
+    assert not any(s["reused"] for s in stages.values())
+    assert "activations.safetensors" in "".join(stages["activations"]["files"])
+    assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7
+    assert manifest["run_config"]["n_eval"] == RunConfig.from_file(config).n_eval
+    assert (tmp_path / "figures" / "05_angle_sweep.html").exists()
+
+    assert main(argv) == 0  # a second run reuses every stage
+    stages = json.loads(Path(summary["manifest"]).read_text())["stages"]
+    assert all(stages[s]["reused"] for s in ("activations", "selection", "plane", "locations", "angle_sweep"))
+
+
+def _last_summary(tmp_path: Path) -> Path:
+    return next((tmp_path / "cache" / "runs").glob("*/*/summary.json"))
