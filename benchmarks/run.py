@@ -293,7 +293,7 @@ def bench_angle_sweep(model, device, setup: Setup, sizes: Sizes) -> dict:
 
     def batched():
         hooks = lambda ids: rotation_hooks(model, plane, theta[setting[ids.cpu()]])  # noqa: E731
-        return generate(model, rows, hooks=hooks, max_new_tokens=budget, batch_size=len(rows))
+        return generate(model, rows, hooks=hooks, groups=setting, max_new_tokens=budget, batch_size=len(rows))
 
     def looped():
         out = []
