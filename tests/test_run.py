@@ -69,3 +69,18 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
 
 def _last_summary(tmp_path: Path) -> Path:
     return next((tmp_path / "cache" / "runs").glob("*/*/summary.json"))
+
+
+def test_run_folder_names_the_dtype():
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from workbench.pipeline import model_key
+
+    def tiny(dtype):
+        cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, act_fn="relu", d_vocab=10,
+                                      dtype=dtype, model_name="tiny/model")
+        return HookedTransformer(cfg)
+
+    assert model_key(tiny(torch.float32)) == "tiny_model"
+    assert model_key(tiny(torch.bfloat16)) == "tiny_model-bfloat16"

@@ -39,7 +39,7 @@ def cmd_run(args) -> dict:
     """The main job: every analysis, experiment and figure (see workbench.run)."""
     from .run import RunConfig, run_main
 
-    return run_main(args.model, device=args.device, config=RunConfig.from_file(args.config),
+    return run_main(args.model, device=args.device, dtype=args.dtype, config=RunConfig.from_file(args.config),
                     prompts=_prompt_splits(args), figures_dir=args.figures)
 
 
@@ -57,7 +57,7 @@ def _analysis(args):
     from .pipeline import Analysis
 
     prompts = _prompt_splits(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     return model, Analysis(model, prompts=prompts)
 
 
@@ -146,6 +146,8 @@ def _model_args(p) -> None:
     p.add_argument("--model", default="organism", help="organism (default), smollm2-135m-instruct, "
                    "a Hugging Face folder, a .gguf file or an official TransformerLens name")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, "
+                   "bfloat16 on GPU); each dtype gets its own run folder")
     p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
     p.add_argument("--harmful", default=None, help="your harmful prompts (txt/csv/json/jsonl), split "
                    "64:32:54 into direction_train/validation/test; needs --harmless too")

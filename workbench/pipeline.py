@@ -47,12 +47,16 @@ class AnalysisConfig:
 
 
 def model_key(model) -> str:
-    """A folder-safe name for the model's run folder (the organism's includes its recipe hash)."""
+    """A folder-safe name for the model's run folder (the organism's includes its recipe hash; a
+    dtype other than float32 is appended, so bf16 and fp32 stages never mix)."""
     name = getattr(model, "workbench_name", None) or model.cfg.model_name
     if name == "organism":
         from .organism import Recipe
 
         name = f"organism-{Recipe().key()}"
+    dtype = str(model.cfg.dtype).removeprefix("torch.")
+    if dtype != "float32":
+        name = f"{name}-{dtype}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
 
 

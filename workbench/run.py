@@ -94,7 +94,7 @@ def _model_source(model, spec: str) -> dict:
             "organism_manifest_sha256": sha256_file(folder / "manifest.json")}
 
 
-def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConfig(),
+def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConfig = RunConfig(),
              prompts: data.PromptSplits | None = None, figures_dir: str | Path = "figures",
              progress: bool = True) -> dict:
     """Run everything for ``spec`` and write the figures; returns the key numbers.
@@ -113,7 +113,7 @@ def run_main(spec: str = "organism", *, device=None, config: RunConfig = RunConf
 
     t0, timings = time.perf_counter(), {}
     torch.manual_seed(config.seed)
-    model = load_model(spec, device=device)
+    model = load_model(spec, device=device, dtype=dtype)
     analysis = Analysis(model, prompts=prompts, progress=progress)
     prompts = analysis.prompts
     run_key = sha256_text(json.dumps(asdict(config), sort_keys=True))[:8]
