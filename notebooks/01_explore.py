@@ -12,7 +12,8 @@ import torch
 from workbench import data
 from workbench import interventions as iv
 from workbench.activations import cache_activations
-from workbench.directions import candidate_stats, diff_in_means, select
+from workbench.directions import diff_in_means
+from workbench.selection import candidate_stats, select
 from workbench.figures import cosine_matrix_figure, plane_projection, projection_histograms
 from workbench.generation import generate
 from workbench.models import load_model

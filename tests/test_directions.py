@@ -12,8 +12,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from workbench.activations import Activations
-from workbench.directions import (CandidateKey, Candidates, Direction, candidate_stats, cosine_matrix,
-                                  diff_in_means, per_sample_candidates, select)
+from workbench.directions import (CandidateKey, Candidates, Direction, cosine_matrix, diff_in_means,
+                                  per_sample_candidates)
+from workbench.selection import candidate_stats, select
 
 D, LAYERS, POSITIONS = 32, list(range(8)), [-3, -2, -1]
 SIGNAL, NULL = "resid_pre", "resid_mid"  # the planted site, and a site with no class difference

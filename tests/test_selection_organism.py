@@ -10,7 +10,7 @@ import sys
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from workbench.directions import METHODS
+from workbench.selection import METHODS
 
 
 def _cli(*args: str) -> dict:

@@ -62,7 +62,7 @@ def _analysis(args):
 
 
 def cmd_select(args) -> dict:
-    from .directions import METHODS
+    from .selection import METHODS
 
     model, analysis = _analysis(args)
     selection = analysis.selection

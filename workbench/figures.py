@@ -168,7 +168,7 @@ def selection_heatmaps(table: pd.DataFrame, *, stats=("bypass", "induce", "kl", 
     """Layer (x) × position (y) heatmaps of candidate scores at one ``site``, one row per statistic.
 
     ``table``: columns site (optional), layer, pos and any of ``stats`` — e.g.
-    :attr:`~workbench.directions.Selection.table`, :func:`~workbench.directions.candidate_stats` or
+    :attr:`~workbench.selection.Selection.table`, :func:`~workbench.selection.candidate_stats` or
     :func:`~workbench.experiments.arditi_scores`. Absent or all-NaN statistics are skipped.
     bypass/induce (and other signed scores) use a diverging scale centred at 0. ``choices``
     (``{method: key with .site/.layer/.pos}``, e.g. ``Selection.choices``) marks the chosen candidates.

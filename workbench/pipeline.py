@@ -19,8 +19,9 @@ import torch
 from . import data
 from .activations import Activations, cache_activations
 from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
-from .directions import Candidates, Direction, Selection, candidate_stats, diff_in_means, select
+from .directions import Candidates, Direction, diff_in_means
 from .planes import Plane, build_plane
+from .selection import Selection, candidate_stats, select
 
 __all__ = ["AnalysisConfig", "Analysis", "model_key"]
 
