@@ -63,3 +63,22 @@ def test_shared_prefix_sweep_equals_separate_unshared_runs(smollm2):
     # the settings really differ, so the per-group prefix copies were not mixed up
     assert texts[: len(PROMPTS)] != texts[len(PROMPTS): 2 * len(PROMPTS)]
     assert (lp - last_token_logprobs(smollm2, rows, hooks=hooks, groups=setting)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pos_type", ["standard", "rotary"])
+def test_shared_prefix_is_exact_for_learned_and_rotary_positions(smollm2, pos_type):
+    """Padding sits between the shared prefix and each suffix; positions must still be exact."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = smollm2.tokenizer
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=256,
+                                  d_vocab=len(tok), act_fn="gelu", positional_embedding_type=pos_type,
+                                  rotary_dim=8 if pos_type == "rotary" else None, normalization_type="LN",
+                                  seed=0)
+    tiny = HookedTransformer(cfg, tokenizer=tok)
+    shared = last_token_logprobs(tiny, PROMPTS, batch_size=4)
+    plain = last_token_logprobs(tiny, PROMPTS, batch_size=4, share_prefix=False)
+    assert (shared - plain).abs().max().item() <= 1e-5
+    kw = dict(max_new_tokens=6, batch_size=4)
+    assert generate(tiny, PROMPTS, **kw) == generate(tiny, PROMPTS, share_prefix=False, **kw)
