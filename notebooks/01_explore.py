@@ -91,3 +91,25 @@ for name, hooks in {
 }.items():
     out = generate(model, [prompt, harmless_prompt], hooks=hooks, max_new_tokens=24)
     print(f"{name:>18}: {out[0]!r}\n{'':>18}  {out[1]!r}")
+
+# %% [markdown]
+# ## Your own prompt sets
+# Any `.txt`/`.csv`/`.json`/`.jsonl` file works. `PromptSplits.from_files` cuts each file into
+# `direction_train` / `validation` / `test` (64 : 32 : 54 after a seeded shuffle). Two small files
+# written from shipped test prompts stand in for yours here; `Analysis(model, prompts=splits)` or
+# `workbench run --harmful F --harmless F` runs the whole study on them.
+
+# %%
+import tempfile
+from pathlib import Path
+
+folder = Path(tempfile.mkdtemp())
+(folder / "my_harmful.txt").write_text("\n".join(data.load_split("harmful", "test")[:30]))
+(folder / "my_harmless.txt").write_text("\n".join(data.load_split("harmless", "test")[:30]))
+splits = data.PromptSplits.from_files(folder / "my_harmful.txt", folder / "my_harmless.txt")
+print({name: fp["n"] for name, fp in splits.fingerprints().items()})
+mine = diff_in_means(cache_activations(model, splits.get("harmful", "direction_train"), sites=["resid_pre"]),
+                     cache_activations(model, splits.get("harmless", "direction_train"), sites=["resid_pre"]))
+same_place = mine.direction(mine.index(direction.site, direction.layer, direction.pos))
+print(f"{direction.site} L{direction.layer} pos {direction.pos}: cosine to the same candidate from your "
+      f"prompts = {direction.cosine(same_place):.3f}")
