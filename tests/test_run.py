@@ -58,7 +58,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
                             "angle_sweep", "figures"]
     assert not any(s["reused"] for s in stages.values())
     assert "activations.safetensors" in "".join(stages["activations"]["files"])
-    assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7
+    assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7 and manifest["seeds"]["splits"] == 0
     assert manifest["run_config"]["n_eval"] == RunConfig.from_file(config).n_eval
     assert (tmp_path / "figures" / "05_angle_sweep.html").exists()
 

@@ -41,7 +41,7 @@ PROMPT_DIR: Path = Path(__file__).resolve().parent / "prompts"
 KINDS: tuple[str, ...] = ("harmful", "harmless", "borderline")
 SPLITS: tuple[str, ...] = ("organism_train", "direction_train", "validation", "test")
 SPLIT_SIZES: dict[str, int] = {"organism_train": 110, "direction_train": 64, "validation": 32, "test": 54}
-_SPLIT_SEEDS = {"harmful": 20240617, "harmless": 20240618}  # fixed ints: splits never change
+SPLIT_SEEDS = {"harmful": 20240617, "harmless": 20240618}  # fixed ints: splits never change
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".txt", ".csv", ".json", ".jsonl")
 # Column auto-detection, first match wins (JailbreakBench has both Goal and Behavior: Goal is the prompt).
@@ -75,7 +75,7 @@ def _splits(kind: str) -> dict[str, tuple[str, ...]]:
             f"{PROMPT_DIR / (kind + '.txt')} has {len(prompts)} prompts but the fixed splits need exactly "
             f"{total}; restore the shipped file (reinstall the package) or use read_prompts() for your own set"
         )
-    random.Random(_SPLIT_SEEDS[kind]).shuffle(prompts)
+    random.Random(SPLIT_SEEDS[kind]).shuffle(prompts)
     out, start = {}, 0
     for split in SPLITS:
         out[split] = tuple(prompts[start : start + SPLIT_SIZES[split]])
@@ -116,6 +116,7 @@ class PromptSplits:
 
     sets: Mapping[tuple[str, str], tuple[str, ...]]
     source: str = "shipped"
+    seed: int | None = None  # the shuffle seed of from_files (shipped splits: SPLIT_SEEDS)
 
     @classmethod
     def shipped(cls) -> PromptSplits:
@@ -137,7 +138,7 @@ class PromptSplits:
             cuts = [round(len(prompts) * sum(sizes[:i + 1]) / sum(sizes)) for i in range(len(sizes))]
             for split, start, stop in zip(ANALYSIS_SPLITS, [0] + cuts[:-1], cuts):
                 sets[(kind, split)] = tuple(prompts[start:stop])
-        return cls(sets, source=f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}")
+        return cls(sets, source=f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}", seed=seed)
 
     def get(self, kind: str, split: str) -> list[str]:
         if (kind, split) not in self.sets:

@@ -83,7 +83,7 @@ def _projections(analysis, direction) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _model_source(model, spec: str) -> dict:
+def _model_source(spec: str) -> dict:
     if spec != "organism":
         return {"spec": spec}
     from .artifacts import sha256_file
@@ -91,7 +91,20 @@ def _model_source(model, spec: str) -> dict:
 
     folder = organism_dir(Recipe(), build=False)
     return {"spec": spec, "organism_dir": str(folder), "recipe_key": Recipe().key(),
-            "organism_manifest_sha256": sha256_file(folder / "manifest.json")}
+            "organism_manifest_sha256": sha256_file(folder / "manifest.json"), "organism_seed": Recipe().seed}
+
+
+def _manifest(folder: Path, analysis, spec: str, config: RunConfig) -> Manifest:
+    """The run's manifest: what produced it (model, configs, versions, seeds, prompt hashes)."""
+    model, prompts = analysis.model, analysis.prompts
+    shipped = prompts.source == "shipped"
+    return Manifest(folder / "manifest.json", root=analysis.dir, model=_model_source(spec),
+                    device=str(model.cfg.device), dtype=str(model.cfg.dtype), run_config=asdict(config),
+                    analysis_config=json.loads((analysis.dir / "config.json").read_text()),
+                    analysis_dir=str(analysis.dir),
+                    prompts={"source": prompts.source, "sets": prompts.fingerprints()},
+                    seeds={"torch": config.seed, "splits": data.SPLIT_SEEDS if shipped else prompts.seed},
+                    versions=library_versions())
 
 
 def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConfig = RunConfig(),
@@ -120,15 +133,7 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
     folder = analysis.dir / "experiments" / run_key  # a changed RunConfig never reuses stale tables
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
-    from .organism import Recipe
-
-    manifest = Manifest(folder / "manifest.json", root=analysis.dir, model=_model_source(model, spec), device=str(model.cfg.device),
-                        dtype=str(model.cfg.dtype), run_config=asdict(config),
-                        analysis_config=json.loads((analysis.dir / "config.json").read_text()),
-                        analysis_dir=str(analysis.dir), prompts={"source": prompts.source, "sets": prompts.fingerprints()},
-                        seeds={"torch": config.seed, "organism": Recipe().seed,
-                               "shipped_splits": data._SPLIT_SEEDS if prompts.source == "shipped" else None},
-                        versions=library_versions())
+    manifest = _manifest(folder, analysis, spec, config)
 
     def tick(name: str, files=(), existed: bool = False) -> None:
         timings[name] = max(0.0, round(time.perf_counter() - t0 - sum(timings.values()), 1))  # no "-0.0"
