@@ -14,8 +14,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["format_prompts", "encode", "pad_left", "tokenize", "token_lengths", "length_sorted_batches", "post_instruction_tokens",
-           "check_prompts"]
+__all__ = ["format_prompts", "encode", "pad_left", "tokenize", "token_lengths", "length_sorted_batches",
+           "post_instruction_tokens", "check_prompts"]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
 
@@ -89,7 +89,8 @@ def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "c
 
 
 def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
-    """Number of tokens of each already-templated text (no special tokens added)."""
+    """Number of tokens of each text, no special tokens added (also for bare answers, so never the
+    BOS that :func:`encode` may prepend to a templated prompt)."""
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
