@@ -80,10 +80,26 @@ class Analysis:
         atomic_write_text(self.dir / "prompts.json", json.dumps(
             {"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2))
 
+    def stage_files(self, stage: str) -> list[Path]:
+        """The files that hold a stage of the default analysis (``activations``, ``selection``,
+        ``plane``); a stage is done when they all exist."""
+        files = {"activations": ["activations.safetensors"],
+                 "selection": ["refusal_tokens.json", "arditi_scores.csv",
+                               f"direction-{self.config.direction_method}.safetensors"]}
+        if stage == "plane":
+            return [self._plane_path(self.config.plane_b1_method, "pc1", None)]
+        if stage not in files:
+            raise ValueError(f"unknown stage {stage!r}; choose activations, selection or plane")
+        return [self.dir / name for name in files[stage]]
+
+    def _plane_path(self, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Path:
+        tag = f"{b1_method}-{variant}" + (f"-L{layer_range[0]}-{layer_range[1]}" if layer_range else "")
+        return self.dir / f"plane-{tag}.safetensors"
+
     # ------------------------------------------------------------------ stage 1: activations
     @cached_property
     def activations(self) -> dict[str, Activations]:
-        path = self.dir / "activations.safetensors"
+        path = self.stage_files("activations")[0]
         if path.exists():
             tensors, meta = load_tensors(path)
             return {name: Activations({s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
@@ -117,7 +133,7 @@ class Analysis:
     # ------------------------------------------------------------------ stage 3: selection
     @cached_property
     def refusal_ids(self) -> list[int]:
-        path = self.dir / "refusal_tokens.json"
+        path = self.stage_files("selection")[0]
         if path.exists():
             return json.loads(path.read_text())["ids"]
         from .experiments import model_refusal_tokens
@@ -128,7 +144,7 @@ class Analysis:
 
     @cached_property
     def arditi(self) -> pd.DataFrame:
-        path = self.dir / "arditi_scores.csv"
+        path = self.stage_files("selection")[1]
         if path.exists():
             return pd.read_csv(path)
         from .experiments import arditi_scores
@@ -169,8 +185,7 @@ class Analysis:
         candidates used for the PCA.
         """
         b1_method = b1_method or self.config.plane_b1_method
-        tag = f"{b1_method}-{variant}" + (f"-L{layer_range[0]}-{layer_range[1]}" if layer_range else "")
-        path = self.dir / f"plane-{tag}.safetensors"
+        path = self._plane_path(b1_method, variant, layer_range)
         if path.exists():
             return Plane.load(path, d_model=self.model.cfg.d_model)
         cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))

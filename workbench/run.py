@@ -141,23 +141,18 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
         if progress:
             print(f"[workbench run] {name} {'reused' if existed else 'done'} ({timings[name]} s)", flush=True)
 
-    def have(*names: str) -> bool:
-        return all((analysis.dir / n).exists() for n in names)
+    def analysis_stage(name: str, compute):
+        files = analysis.stage_files(name)
+        existed = all(f.exists() for f in files)
+        result = compute()
+        tick(name, files, existed)
+        return result
 
     tick("model")
-    acts_file = ["activations.safetensors"]
-    existed = have(*acts_file)
-    analysis.activations
-    tick("activations", [analysis.dir / n for n in acts_file], existed)
-    sel_files = ["refusal_tokens.json", "arditi_scores.csv", f"direction-{analysis.config.direction_method}.safetensors"]
-    existed = have(*sel_files)
-    direction = analysis.direction()
+    analysis_stage("activations", lambda: analysis.activations)
+    direction = analysis_stage("selection", analysis.direction)
     selection = analysis.selection
-    tick("selection", [analysis.dir / n for n in sel_files], existed)
-    plane_file = [f"plane-{analysis.config.plane_b1_method}-pc1.safetensors"]
-    existed = have(*plane_file)
-    plane = analysis.plane()
-    tick("plane", [analysis.dir / n for n in plane_file], existed)
+    plane = analysis_stage("plane", analysis.plane)
     ids, cfg = analysis.refusal_ids, config
     test = {kind: prompts.get(kind, "test") for kind in ("harmful", "harmless")}
 
