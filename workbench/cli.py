@@ -22,16 +22,18 @@ def _emit(summary: dict, as_json: bool) -> None:
 
 def cmd_organism(args) -> dict:
     from .models import hooked_from_hf, load_hf
-    from .organism import Recipe, build_organism, measure_refusal, organism_dir
+    from .organism import Recipe, build_organism, measure_refusal, organism_dir, ship_adapter
 
     recipe = Recipe()
     t0 = time.perf_counter()
     path = build_organism(recipe) if args.rebuild else organism_dir(recipe)
+    shipped = str(ship_adapter(recipe)) if args.ship else None
     manifest = json.loads((path / "manifest.json").read_text())
     hf, tok = load_hf(str(path))
     metrics = measure_refusal(hooked_from_hf(hf, tok), progress=True)
     return {"path": str(path), "recipe_key": manifest["recipe_key"], **metrics,
-            "build_metrics": manifest["metrics"], "build_timings_s": manifest["timings_s"],
+            "source": manifest.get("source", "trained"), "build_metrics": manifest["metrics"],
+            "build_timings_s": manifest["timings_s"], **({"shipped_to": shipped} if shipped else {}),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -159,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("organism", help="build or load the refusal model organism and measure it")
-    p.add_argument("--rebuild", action="store_true", help="train again even if cached")
+    p.add_argument("--rebuild", action="store_true", help="train again from scratch, even if cached or shipped")
+    p.add_argument("--ship", action="store_true", help="copy the adapter into the package's organism_adapters/ "
+                   "(maintainers: cold caches then install it instead of training)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_organism)
 

@@ -5,9 +5,15 @@ way real chat models get it: supervised fine-tuning on (harmful → short refusa
 (harmless → the base model's own greedy answer, so helpfulness is kept) pairs, plus "contrast"
 prompts that are harmless but *worded* like harmful ones, so that refusal keys on content rather
 than form. LoRA on every attention and MLP projection, loss on response tokens only, the model's
-own chat template, fixed seed; the adapter is merged and the merged weights cached as safetensors
-with a manifest. The cache key is a hash of the recipe, the training prompts and the base
-weights: change any of them and the organism is rebuilt; a folder without ``READY`` is ignored.
+own chat template, fixed seed. The LoRA factors are kept (in ``Recipe.adapter_dtype``) and merged
+into the base weights by :func:`merge_adapter`, ``W += (alpha/rank)·B·A``; the merged model is cached
+as safetensors with a manifest. The cache key is a hash of the recipe, the training prompts and the
+base weights: change any of them and the organism is rebuilt; a folder without ``READY`` is ignored.
+
+The package ships the adapter of the default recipe (``organism_adapters/``, 5 MB of fp16 factors
+plus the build manifest), so a cold cache installs the organism in seconds: load the base, merge
+the shipped factors, the same merge a build does. ``workbench organism --rebuild`` trains it again
+from scratch (bitwise equal on the machine that built it; bf16 kernels differ between CPUs).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import data
@@ -28,7 +36,10 @@ from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_te
 from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
 from .evaluation import is_refusal, refusal_rate
 
-__all__ = ["Recipe", "organism_dir", "build_organism", "measure_refusal", "read_manifest"]
+__all__ = ["Recipe", "organism_dir", "build_organism", "install_adapter", "shipped_adapter", "ship_adapter",
+           "merge_adapter", "measure_refusal", "read_manifest"]
+
+ADAPTERS = Path(__file__).parent / "organism_adapters"
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Recipe:
     first_token_weight: float = 3.0  # extra weight on the first response token (the decision)
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16; same quality (organism.md §3.2)
     seed: int = 0
+    adapter_dtype: str = "float16"  # the stored LoRA factors (5 MB); the merge reads them back in fp32
 
     def key(self) -> str:
         prompts = "\n".join(data.load_split("harmful", "organism_train") + data.load_split("harmless", "organism_train")
@@ -64,13 +76,23 @@ def _base_fingerprint(base: str) -> str:
 
 
 def organism_dir(recipe: Recipe = Recipe(), *, build: bool = True, progress: bool = True) -> Path:
-    """The cached organism folder (a Hugging Face model folder), built first if needed."""
+    """The cached organism folder (a Hugging Face model folder). If it is missing, it is installed
+    from the shipped adapter when the package has one for ``recipe``, else trained."""
     path = cache_dir("models") / f"organism-{recipe.key()}"
     if (path / "READY").exists():
         return path
     if not build:
         raise FileNotFoundError(f"no organism at {path}; build it with `workbench organism`")
+    shipped = shipped_adapter(recipe)
+    if shipped is not None:
+        return install_adapter(recipe, shipped)
     return build_organism(recipe, progress=progress)
+
+
+def shipped_adapter(recipe: Recipe = Recipe()) -> Path | None:
+    """The package's adapter file for ``recipe`` (``organism_adapters/organism-<key>.safetensors``)."""
+    path = ADAPTERS / f"organism-{recipe.key()}.safetensors"
+    return path if path.exists() and path.with_suffix(".json").exists() else None
 
 
 def read_manifest(recipe: Recipe = Recipe()) -> dict:
@@ -178,7 +200,8 @@ def _bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Generator)
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, list[float]]:
+def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str, Tensor], list[float]]:
+    """Train the LoRA on ``hf`` (left unchanged) and return its factors and the per-step losses."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(recipe.seed)
@@ -218,7 +241,39 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[object, l
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return model.merge_and_unload().eval(), losses
+    factors = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            factors[f"{name}.lora_A"] = module.lora_A["default"].weight.detach().to(_dtype(recipe)).contiguous()
+            factors[f"{name}.lora_B"] = module.lora_B["default"].weight.detach().to(_dtype(recipe)).contiguous()
+    model.unload()  # drops the LoRA layers from ``hf`` without merging them
+    return factors, losses
+
+
+def _dtype(recipe: Recipe) -> torch.dtype:
+    return getattr(torch, recipe.adapter_dtype)
+
+
+@torch.no_grad()
+def merge_adapter(hf, factors: dict[str, Tensor], scale: float):
+    """Add ``scale · B @ A`` to each adapted ``nn.Linear`` of ``hf``, in place (fp32 products).
+
+    ``factors`` maps ``"<module>.lora_A"`` (``[rank, d_in]``) and ``"<module>.lora_B"``
+    (``[d_out, rank]``) to tensors; module names are the plain Hugging Face ones
+    (``model.layers.3.mlp.up_proj``). Returns ``hf``.
+    """
+    names = sorted({k.rsplit(".", 1)[0] for k in factors})
+    for name in names:
+        try:
+            a, b = factors[f"{name}.lora_A"].float(), factors[f"{name}.lora_B"].float()
+        except KeyError as err:
+            raise ValueError(f"adapter has no {err.args[0]!r}: each module needs both lora_A and lora_B") from None
+        weight: Float[Tensor, "d_out d_in"] = hf.get_submodule(name).weight
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise ValueError(f"adapter for {name} is {b.shape[0]}x{a.shape[1]} but the weight is "
+                             f"{tuple(weight.shape)}: the adapter was trained on another base model")
+        weight += (scale * (b @ a)).to(weight.dtype)
+    return hf
 
 
 # --------------------------------------------------------------------------- build and measure
@@ -239,33 +294,75 @@ def measure_refusal(model, *, max_new_tokens: int = 32, progress: bool = False) 
 
 
 def build_organism(recipe: Recipe = Recipe(), *, progress: bool = True) -> Path:
-    """Fine-tune, merge, measure and cache the organism; return its folder."""
+    """Fine-tune, merge, measure and cache the organism (and its adapter); return its folder."""
     from .models import hooked_from_hf, load_hf
 
     timings, t0 = {}, time.perf_counter()
-    final = cache_dir("models") / f"organism-{recipe.key()}"
     hf, tok = load_hf(recipe.base, dtype=torch.float32)
     timings["load_base_s"] = time.perf_counter() - t0
     t = time.perf_counter()
     examples = _examples(recipe, hf, tok, progress)
     timings["targets_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    merged, losses = _train(recipe, hf, tok, examples, progress)
+    factors, losses = _train(recipe, hf, tok, examples, progress)
+    merge_adapter(hf.eval(), factors, recipe.alpha / recipe.rank)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = measure_refusal(hooked_from_hf(merged, tok, device="cpu", dtype=torch.float32), progress=progress)
+    metrics = measure_refusal(hooked_from_hf(hf, tok, device="cpu", dtype=torch.float32), progress=progress)
     timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     manifest = {
         "recipe": asdict(recipe), "recipe_key": recipe.key(), "base_sha256": _base_fingerprint(recipe.base),
-        "n_examples": len(examples), "n_steps": len(losses), "losses": losses,
+        "source": "trained", "n_examples": len(examples), "n_steps": len(losses), "losses": losses,
         "metrics": metrics, "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "versions": library_versions(),
     }
+    return _save(recipe, hf, tok, factors, manifest)
+
+
+def install_adapter(recipe: Recipe, adapter: Path) -> Path:
+    """Install the organism from an adapter file (``ship_adapter``'s output): load the base, merge
+    the factors, cache. The manifest is the adapter's build manifest plus where it came from."""
+    from safetensors import safe_open
+
+    from .models import load_hf
+
+    t0 = time.perf_counter()
+    with safe_open(str(adapter), "pt") as f:
+        meta = f.metadata() or {}
+        factors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("recipe_key") != recipe.key():
+        raise ValueError(f"{adapter} was built for recipe {meta.get('recipe_key')!r}, not {recipe.key()!r}; "
+                         "rebuild with `workbench organism --rebuild`")
+    hf, tok = load_hf(recipe.base, dtype=torch.float32)
+    merge_adapter(hf, factors, recipe.alpha / recipe.rank)
+    manifest = json.loads(adapter.with_suffix(".json").read_text())
+    manifest.update(source=f"adapter {adapter.name}",
+                    install_s=round(time.perf_counter() - t0, 1), install_versions=library_versions())
+    return _save(recipe, hf, tok, factors, manifest)
+
+
+def ship_adapter(recipe: Recipe = Recipe(), dest: Path = ADAPTERS) -> Path:
+    """Copy the cached organism's adapter and manifest into ``dest`` (the package's
+    ``organism_adapters/`` by default) so that cold caches install instead of training."""
+    folder = organism_dir(recipe, build=False)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"organism-{recipe.key()}.safetensors"
+    shutil.copyfile(folder / "adapter.safetensors", target)
+    shutil.copyfile(folder / "manifest.json", target.with_suffix(".json"))
+    return target
+
+
+def _save(recipe: Recipe, hf, tok, factors: dict[str, Tensor], manifest: dict) -> Path:
+    from safetensors.torch import save_file
+
+    final = cache_dir("models") / f"organism-{recipe.key()}"
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".organism-") as tmp:
         staged = Path(tmp) / "model"
-        merged.save_pretrained(staged)
+        hf.save_pretrained(staged)
         tok.save_pretrained(staged)
+        save_file(factors, str(staged / "adapter.safetensors"),
+                  metadata={"recipe_key": recipe.key(), "scale": str(recipe.alpha / recipe.rank)})
         atomic_write_text(staged / "manifest.json", json.dumps(manifest, indent=2))
         (staged / "READY").touch()  # written last: a half-written folder is never used
         shutil.rmtree(final, ignore_errors=True)
