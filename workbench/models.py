@@ -185,7 +185,7 @@ def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
                                       refactor_factored_attn_matrices=False)
     model.move_model_modules_to_device()
     model.workbench_name = getattr(hf, "name_or_path", "") or "hf-model"
-    return fast_weight_layout(model.eval())
+    return _fast(model.eval())
 
 
 def fast_weight_layout(model):
@@ -214,6 +214,14 @@ def fast_weight_layout(model):
                 # [head, d_head, d_model] backed by a [d_model, head, d_head] buffer
                 w_o.data = w_o.data.permute(2, 0, 1).contiguous().permute(1, 2, 0)
         model.unembed.W_U.data = model.unembed.W_U.data.T.contiguous().T
+    return model
+
+
+def _fast(model):
+    """The workbench's exact speed-ups: TL's weight layout and the copy-free attention forward."""
+    from . import attention
+
+    attention.install(fast_weight_layout(model))
     return model
 
 
@@ -253,4 +261,4 @@ def _load_official(name: str, device: torch.device, dtype: torch.dtype):
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer.from_pretrained_no_processing(
             name, device=device, dtype=dtype, default_padding_side="left", default_prepend_bos=False)
-    return fast_weight_layout(model)
+    return _fast(model)

@@ -1,0 +1,146 @@
+"""TransformerLens attention without its per-step copies, for when nobody hooks inside attention.
+
+TL 3.9's attention is written for readability: on every call it re-applies the rotary embedding
+to *every* cached key, expands the grouped K/V heads with ``repeat_interleave`` (GQA: 3 KV heads
+become 9 on SmolLM2) and copies both into a fresh layout for the matmuls. During KV-cached
+decoding that is ~4 full copies of the cache per layer per token, several times the cost of the
+layer's own matmuls at batch 64 on a CPU.
+
+:func:`install` gives each supported attention module a forward that computes the same function
+with the same TL operations in a cheaper order:
+
+- rotary positions are applied once per key (to the new keys only; the rotated keys are kept in a
+  side cache next to TL's own unrotated ``past_keys``, which stays as TL maintains it);
+- query heads are grouped onto their KV head (``[batch, kv_head, group·pos, d_head]``), so K and V
+  are never expanded;
+- the side cache is stored in the layout the matmuls read, so nothing is copied for them.
+
+The result equals TL's to float rounding (the matmuls group the same products differently;
+tested on SmolLM2 and on tiny rotary/GQA and learned-position models, cached and not), and greedy
+generations are identical. TL's path runs instead whenever a hook is attached to one of the
+attention's *internal* hook points (``hook_rot_q/k``, ``hook_attn_scores``, ``hook_pattern``,
+``hook_z``, ``hook_result``), so ``run_with_cache`` and pattern hooks see exactly what TL shows.
+``hook_q/k/v`` fire on both paths (the projections are TL's own).
+"""
+
+from __future__ import annotations
+
+import types
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["install", "uninstall", "supported", "INNER_HOOKS"]
+
+INNER_HOOKS = ("hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
+_SIDE = "_workbench_rotated"  # attribute on a TL cache entry: (source past_keys, rotated K, V)
+_OLMO = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+def supported(attn) -> bool:
+    """Whether ``attn``'s configuration is one the fast forward reproduces exactly (global causal
+    attention with rotary or learned absolute positions; plain or grouped-query heads)."""
+    cfg = attn.cfg
+    return (cfg.positional_embedding_type in ("rotary", "standard")
+            and cfg.attention_dir == "causal" and getattr(attn, "attn_type", "global") == "global"
+            and not cfg.use_attn_result and not cfg.use_split_qkv_input and not cfg.use_attn_in
+            and not cfg.load_in_4bit and not cfg.use_logn_attn and not cfg.use_attention_sinks
+            and not getattr(cfg, "use_dynamic_ntk_rope", False)
+            and cfg.attn_scores_soft_cap in (None, -1.0, -1) and cfg.clip_qkv is None
+            and cfg.original_architecture not in _OLMO and hasattr(attn, "IGNORE"))
+
+
+def install(model) -> int:
+    """Give every supported attention module of ``model`` the fast forward; returns how many.
+    Idempotent; unsupported blocks keep TL's forward."""
+    n = 0
+    for block in getattr(model, "blocks", []):
+        attn = getattr(block, "attn", None)
+        if attn is None or not supported(attn):
+            continue
+        if not hasattr(attn, "_workbench_tl_forward"):
+            attn._workbench_tl_forward = attn.forward
+            attn.forward = types.MethodType(_forward, attn)
+        n += 1
+    return n
+
+
+def uninstall(model) -> int:
+    """Give every attention module TL's own forward back (e.g. to time or compare the two);
+    returns how many were changed. :func:`install` turns the fast path on again."""
+    n = 0
+    for block in getattr(model, "blocks", []):
+        attn = getattr(block, "attn", None)
+        if attn is not None and hasattr(attn, "_workbench_tl_forward"):
+            del attn.forward, attn._workbench_tl_forward  # the class's forward shows through again
+            n += 1
+    return n
+
+
+def _watched(attn) -> bool:
+    for name in INNER_HOOKS:
+        hp = getattr(attn, name, None)
+        if hp is not None and (hp._forward_hooks or hp._backward_hooks):
+            return True
+    return getattr(attn, "_attention_dir_override", None) not in (None, "causal")
+
+
+def _heads_first(x: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch head pos d_head"]:
+    return x.permute(0, 2, 1, 3)
+
+
+def _past(attn, entry, mask: Int[Tensor, "batch kv_pos"] | None, offset: int):
+    """Rotated past keys and past values, ``[batch, kv_head, offset, d_head]``, from the side cache
+    when it belongs to this ``past_keys`` tensor, else computed from TL's cache (e.g. after the
+    rows of a shared-prefix cache were re-indexed)."""
+    side = getattr(entry, _SIDE, None)
+    if side is not None and side[0] is entry.past_keys:
+        return side[1], side[2]
+    keys, values = entry.past_keys, entry.past_values
+    if attn.cfg.positional_embedding_type == "rotary":
+        keys = attn.apply_rotary(keys, 0, None if mask is None else mask[:, :offset])
+    return _heads_first(keys).contiguous(), _heads_first(values).contiguous()
+
+
+def _forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
+             additive_attention_mask=None, attention_mask=None, position_bias=None):
+    if additive_attention_mask is not None or position_bias is not None or _watched(self):
+        return self._workbench_tl_forward(query_input, key_input, value_input, past_kv_cache_entry,
+                                          additive_attention_mask, attention_mask, position_bias)
+    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)  # TL's; hook_q/k/v fire
+    batch, q_len, n_heads, d_head = q.shape
+    entry = past_kv_cache_entry
+    offset = entry.past_keys.size(1) if entry is not None else 0
+    if entry is not None:
+        past_k, past_v = _past(self, entry, attention_mask, offset)
+        entry.append(k, v)  # TL's own (unrotated) cache: positions and TL's fallback rely on it
+    if self.cfg.positional_embedding_type == "rotary":
+        q = self.apply_rotary(q, offset, attention_mask)
+        k = self.apply_rotary(k, offset, attention_mask)  # the new keys' positions are the queries'
+    keys, values = _heads_first(k), _heads_first(v)     # [batch, kv_head, new, d_head]
+    if entry is not None and offset:
+        keys, values = torch.cat([past_k, keys], dim=2), torch.cat([past_v, values], dim=2)
+    else:
+        keys, values = keys.contiguous(), values.contiguous()
+    if entry is not None and not entry.frozen:
+        setattr(entry, _SIDE, (entry.past_keys, keys, values))
+    n_kv, kv_len = keys.shape[1], keys.shape[2]
+    group = n_heads // n_kv  # query head h reads KV head h // group, as repeat_interleave pairs them
+    q_grouped = einops.rearrange(q, "b p (kv g) d -> b kv (g p) d", kv=n_kv)
+    scores = (q_grouped @ keys.transpose(-1, -2)) / self.attn_scale     # [b, kv, g·p, kv_len]
+    scores = scores.view(batch, n_heads, q_len, kv_len)
+    causal = torch.arange(kv_len, device=scores.device)[None, :] <= torch.arange(
+        offset, offset + q_len, device=scores.device)[:, None]
+    allowed = causal[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :].bool().to(scores.device)
+    scores = torch.where(allowed, scores, self.IGNORE.to(scores.device))
+    pattern = F.softmax(scores, dim=-1)
+    pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern).to(values.dtype)
+    z = pattern.view(batch, n_kv, group * q_len, kv_len) @ values      # [b, kv, g·p, d_head]
+    z = einops.rearrange(z, "b kv (g p) d -> b p (kv g d)", g=group)
+    w = einops.rearrange(self.W_O, "head_index d_head d_model -> d_model (head_index d_head)").contiguous()
+    return F.linear(z.to(w.dtype), w, self.b_O)
