@@ -82,3 +82,32 @@ def test_shared_prefix_is_exact_for_learned_and_rotary_positions(smollm2, pos_ty
     assert (shared - plain).abs().max().item() <= 1e-5
     kw = dict(max_new_tokens=6, batch_size=4)
     assert generate(tiny, PROMPTS, **kw) == generate(tiny, PROMPTS, share_prefix=False, **kw)
+
+
+@pytest.mark.slow
+def test_stopped_rows_leave_the_batch_without_changing_any_row(organism, monkeypatch):
+    """Refusals stop early, compliances run on: batched (rows dropped mid-way, per-row hooks rebuilt)
+    generations equal one-prompt-at-a-time ones, and rows really were dropped."""
+    from workbench import generation
+
+    prompts = data.load_split("harmful", "validation")[:4] + data.load_split("harmless", "validation")[:4]
+    direction = torch.randn(organism.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    direction = 4.0 * direction / direction.norm()
+    alphas = torch.tensor([0.0, 1.0])
+    rows = prompts * 2
+    setting = torch.arange(2).repeat_interleave(len(prompts))
+
+    def hooks(row_ids):
+        return iv.addition_hooks(direction, alpha=alphas[setting[row_ids.cpu()]], layers=[12], model=organism)
+
+    dropped = []
+    take_rows = generation._take_rows
+    monkeypatch.setattr(generation, "_take_rows", lambda cache, index: (dropped.append(len(index)),
+                                                                         take_rows(cache, index)))
+    batched = generate(organism, rows, hooks=hooks, groups=setting, max_new_tokens=28, batch_size=16)
+    assert dropped and min(dropped) < len(rows)  # some compaction happened
+    dropped.clear()
+    single = generate(organism, rows, hooks=hooks, groups=setting, max_new_tokens=28, batch_size=1)
+    assert batched == single
+    lengths = [len(organism.tokenizer.encode(t)) for t in batched]
+    assert min(lengths) < 20 < max(lengths)  # rows really stopped at different steps

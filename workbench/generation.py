@@ -15,12 +15,15 @@ Speed:
   first-token log-probs, so a sweep scores and generates from the same forward pass.
 - The loop keeps TL's KV cache, runs the blocks once per new token and unembeds only the last
   position (TL's own ``generate`` re-embeds the whole sequence and unembeds every position).
+- **Stopped rows leave the batch.** A refusal ends after ~10 tokens, a compliance runs to the
+  limit; once an eighth of a batch has stopped, its rows are dropped from the KV cache (and
+  per-row hooks rebuilt for the rest), so later steps only compute live rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -123,16 +126,24 @@ def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
         with _hook_ctx(model, _hooks_for(hooks, list(reps.values()), device)):
             model(prefix_tokens, attention_mask=torch.ones_like(prefix_tokens), past_kv_cache=cache,
                   stop_at_layer=model.cfg.n_layers)
-        for entry in cache.entries:  # every row of a group starts from its group's prefix
-            entry.past_keys = entry.past_keys[slot.to(entry.past_keys.device)]
-            entry.past_values = entry.past_values[slot.to(entry.past_values.device)]
-        cache.previous_attention_mask = cache.previous_attention_mask[slot.to(cache.previous_attention_mask.device)]
+        _take_rows(cache, slot)  # every row of a group starts from its group's prefix
     else:
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
     tokens, mask = pad_left(model.tokenizer, [plan.ids[r][p:] for r in rows], device=device)
     with _hook_ctx(model, _hooks_for(hooks, rows, device)):
         normed = _final_residual(model, tokens, mask, cache)
     return cache, normed
+
+
+_DROP_FRACTION = 1 / 8  # drop stopped rows once this share of the live batch has stopped
+
+
+def _take_rows(cache, index: Int[Tensor, "row"]) -> None:
+    """Replace a TL KV cache's rows by ``cache[index]`` (repeat or drop rows), in place."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
+        entry.past_values = entry.past_values[index.to(entry.past_values.device)]
+    cache.previous_attention_mask = cache.previous_attention_mask[index.to(cache.previous_attention_mask.device)]
 
 
 def _final_residual(model, tokens, mask, cache) -> Float[Tensor, "batch 1 d_model"]:
@@ -174,29 +185,39 @@ def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float | 
 @torch.inference_mode()
 def _generate_batch(model, plan: _Plan, rows: list[int], hooks: Hooks, max_new_tokens, stop_ids, do_sample,
                     temperature, top_p, generator) -> tuple[Int[Tensor, "batch new"], Float[Tensor, "batch d_vocab"]]:
-    """New token ids of one batch (pad after a stop token) and the first token's log-probs."""
+    """New token ids of one batch (pad after a stop token) and the first token's log-probs.
+
+    Rows that have stopped leave the batch (their cache rows are dropped and the hooks rebuilt for
+    the rows left) once an eighth of it has stopped, so later steps only pay for live rows.
+    """
     cache, normed = _prefill(model, plan, rows, hooks)
     batch, device = len(rows), model.cfg.device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else stop_ids[0]
     out = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    live = torch.arange(batch, device=device)  # batch rows still in the cache, in cache order
     stop = torch.tensor(stop_ids, device=device)
-    first_logprobs = None
-    with _hook_ctx(model, _hooks_for(hooks, rows, device)):
+    with ExitStack() as hooked:
+        hooked.enter_context(_hook_ctx(model, _hooks_for(hooks, rows, device)))
+        logits = model.unembed(normed)[:, 0]
+        first_logprobs = torch.log_softmax(logits.float(), dim=-1)
         for step in range(max_new_tokens):
             if step:
-                normed = _final_residual(model, out[:, step - 1:step], torch.ones_like(out[:, :1]), cache)
-            logits = model.unembed(normed)[:, 0]
-            if step == 0:
-                first_logprobs = torch.log_softmax(logits.float(), dim=-1)
+                stopped = finished[live]
+                if int(stopped.sum()) >= max(1, len(live) * _DROP_FRACTION):
+                    keep = (~stopped).nonzero()[:, 0]
+                    _take_rows(cache, keep)
+                    live = live[keep]
+                    hooked.close()  # per-row hooks must see the rows that are left
+                    hooked.enter_context(_hook_ctx(model, _hooks_for(hooks, [rows[i] for i in live.tolist()], device)))
+                tokens = out[live, step - 1:step]
+                logits = model.unembed(_final_residual(model, tokens, torch.ones_like(tokens), cache))[:, 0]
             nxt = _sample(logits, do_sample, temperature, top_p, generator)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            out[:, step] = nxt
-            finished |= torch.isin(nxt, stop)
+            nxt = torch.where(finished[live], torch.full_like(nxt, pad), nxt)
+            out[live, step] = nxt
+            finished[live] |= torch.isin(nxt, stop)
             if bool(finished.all()):
                 break
-    if first_logprobs is None:  # max_new_tokens == 0
-        first_logprobs = torch.log_softmax(model.unembed(normed)[:, 0].float(), dim=-1)
     return out, first_logprobs
 
 
