@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: the GPU if there is one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own "
                         "choice); 1 gives stable numbers when other jobs share the cores")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the full result "
+                        f"(default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -620,9 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total wall time: {summary['wall_s']} s")
     text = json.dumps(summary, default=str)
     try:
-        atomic_write_text(RESULTS, json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(args.results, json.dumps(summary, indent=2, default=str) + "\n")
     except OSError as err:
-        log(f"could not write {RESULTS}: {err}")
+        log(f"could not write {args.results}: {err}")
     if args.json:
         print(text, flush=True)
     return 1 if details["errors"] else 0

@@ -16,10 +16,11 @@ RATIOS = ("cache_vs_hf_forward", "angle_sweep_speedup", "selection_speedup", "ge
 
 
 @pytest.mark.slow
-def test_quick_benchmark_emits_every_key():
+def test_quick_benchmark_emits_every_key(tmp_path):
     # --threads 1: on a CPU shared with other jobs, oversubscribed threads make a run many times slower.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json",
-           "--model", "smollm2-135m-instruct", "--threads", "1", "--device", "cpu"]
+           "--model", "smollm2-135m-instruct", "--threads", "1", "--device", "cpu",
+           "--results", str(tmp_path / "quick.json")]  # never overwrite the committed full run
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -33,3 +34,4 @@ def test_quick_benchmark_emits_every_key():
     assert {"cpu", "cores", "torch_threads", "device", "torch", "transformers",
             "transformer_lens", "date"} <= set(summary["machine"])
     assert summary["cache_mem_sliced_mib"] < summary["cache_mem_full_mib"]
+    assert json.loads((tmp_path / "quick.json").read_text())["quick"] is True
