@@ -77,7 +77,12 @@ def test_rebuild_from_scratch_meets_targets_and_matches_the_shipped_adapter(tmp_
     from safetensors.torch import load_file
 
     from workbench.models import _smollm2_dir
-    from workbench.organism import build_organism, shipped_adapter
+    from workbench.organism import build_organism, native_bf16, shipped_adapter
+
+    if not native_bf16():  # measured 2026-12-02: 13 of 80 steps in 36 min; CI's hard limit is 90 min
+        pytest.skip("the recipe trains under bf16 autocast and this CPU has no native bf16 "
+                    "(avx512_bf16/amx_bf16): the rebuild would take hours here; the shipped-adapter "
+                    "tests cover the install path")
 
     base = _smollm2_dir()  # the dequantised base is not what is under test; share it
     monkeypatch.setenv("REFUSAL_WORKBENCH_CACHE", str(tmp_path))
