@@ -38,8 +38,8 @@ from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_te
 from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
 from .evaluation import is_refusal, refusal_rate
 
-__all__ = ["Recipe", "native_bf16", "organism_dir", "build_organism", "install_adapter", "shipped_adapter", "ship_adapter",
-           "merge_adapter", "measure_refusal", "read_manifest"]
+__all__ = ["Recipe", "native_bf16", "organism_dir", "build_organism", "install_adapter", "shipped_adapter",
+           "ship_adapter", "merge_adapter", "measure_refusal", "read_manifest"]
 
 ADAPTERS = Path(__file__).parent / "organism_adapters"
 
@@ -220,8 +220,8 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str,
     if recipe.bf16_autocast and not native_bf16():
         warnings.warn("this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): the recipe's bf16 "
                       "autocast will make training take hours instead of minutes (13 of 80 steps took "
-                      "36 min on an AVX2-only CPU). Use the shipped adapter (no --rebuild), or train "
-                      "on a GPU / a bf16-capable CPU.", stacklevel=2)
+                      "36 min on an AVX2-only CPU; training always runs on the CPU). Use the shipped "
+                      "adapter (no --rebuild), or rebuild on a CPU with avx512_bf16 or AMX.", stacklevel=2)
     torch.manual_seed(recipe.seed)
     cfg = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0,
                      target_modules=list(recipe.target_modules), bias="none")
