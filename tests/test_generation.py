@@ -21,16 +21,16 @@ def test_shared_prefix_length():
     assert shared_prefix_length([[7, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]) == 0
 
 
-def test_plan_batches_cover_rows_once_and_prefer_group_major_when_cheaper():
-    lengths = [30, 31, 32, 33] * 3  # 3 settings × 4 prompts
-    groups = [0] * 4 + [1] * 4 + [2] * 4
-    batches = plan_batches(lengths, groups, 4, prefix=24)
-    assert sorted(i for b in batches for i in b) == list(range(12))
-    # group-major: each batch holds one setting, so the 24-token prefix runs 3 times, not 3 × 3
-    assert all(len({groups[i] for i in b}) == 1 for b in batches)
-    assert plan_batches(lengths, groups, 4, prefix=0)[0] == [3, 7, 11, 2]  # no prefix: by length
+def test_plan_batches_sort_by_length_into_balanced_batches():
+    lengths = [5, 9, 7, 3, 8, 6, 4, 10, 2, 1]
+    batches = plan_batches(lengths, 4)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert sorted(len(b) for b in batches) == [3, 3, 4]  # three batches, sizes within one
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
+    assert plan_batches(lengths, 64) == [sorted(range(10), key=lambda i: -lengths[i])]
+    assert plan_batches([], 4) == []
     with pytest.raises(ValueError, match="batch_size"):
-        plan_batches(lengths, groups, 0, prefix=0)
+        plan_batches(lengths, 0)
 
 
 def test_groups_must_match_prompts(smollm2):

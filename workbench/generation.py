@@ -8,9 +8,10 @@ plus ``groups``: rows with the same group id must get the same hooks.
 
 Speed:
 - **Shared prefix.** Chat prompts open with the same template tokens (SmolLM2: a 24-token system
-  line, about 60 % of a short prompt). That prefix runs once per *group* in a batch, and its
-  keys and values are copied to every row of the group; only each row's own suffix runs per row.
-  Position-free hooks see the prefix exactly as they would in the full prompt.
+  line, about 60 % of a short prompt). That prefix runs once per *group* per call, and its keys
+  and values are copied to every row of the group; only each row's own suffix runs per row.
+  Position-free hooks see the prefix exactly as they would in the full prompt. Batches are then
+  free to follow suffix length alone, which keeps left padding to a few tokens.
 - **One prefill for scores and text.** ``generate(..., return_logprobs=True)`` also returns the
   first-token log-probs, so a sweep scores and generates from the same forward pass.
 - The loop keeps TL's KV cache, runs the blocks once per new token and unembeds only the last
@@ -76,23 +77,18 @@ def _groups(hooks: Hooks, groups, n: int) -> list[int]:
     return list(range(n)) if callable(hooks) else [0] * n  # unknown per-row hooks: nothing shared
 
 
-def _cost(batches, lengths, groups, prefix: int) -> int:
-    return sum(len({groups[i] for i in b}) * prefix + len(b) * max(lengths[i] - prefix for i in b)
-               for b in batches)
-
-
-def plan_batches(lengths: Sequence[int], groups: Sequence[int], batch_size: int, prefix: int) -> list[list[int]]:
-    """Row batches that minimise prefill tokens: length-sorted, or group-major when that is cheaper
-    (each group's shared prefix then runs once per batch instead of once per group in it)."""
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row batches of near-equal size (at most ``batch_size``), rows sorted longest first, so each
+    batch pads its prompts to similar lengths (and memory peaks in the first batch)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     n = len(lengths)
-    chunk = lambda order: [order[i:i + batch_size] for i in range(0, n, batch_size)]  # noqa: E731
-    by_length = chunk(sorted(range(n), key=lambda i: -lengths[i]))  # longest first: memory peaks early
-    if not prefix:
-        return by_length
-    by_group = chunk(sorted(range(n), key=lambda i: (groups[i], -lengths[i])))
-    return min(by_length, by_group, key=lambda b: _cost(b, lengths, groups, prefix))
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    n_batches = -(-n // batch_size)
+    if not n_batches:
+        return []
+    bounds = [n * b // n_batches for b in range(n_batches + 1)]  # sizes differ by at most one
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass
@@ -101,34 +97,61 @@ class _Plan:
     groups: list[int]
     prefix: int
     batches: list[list[int]]
+    prefix_kv: tuple | None = None  # (slot of each group, [(keys, values)] per layer over groups)
 
 
 def _plan(model, texts, hooks, groups, batch_size, share_prefix) -> _Plan:
     ids = encode(model.tokenizer, texts)
     groups = _groups(hooks, groups, len(ids))
     prefix = shared_prefix_length(ids) if share_prefix else 0
-    return _Plan(ids, groups, prefix, plan_batches([len(r) for r in ids], groups, batch_size, prefix))
+    plan = _Plan(ids, groups, prefix, plan_batches([len(r) - prefix for r in ids], batch_size))
+    if prefix:
+        plan.prefix_kv = _prefix_kv(model, plan, hooks, batch_size)
+    return plan
+
+
+@torch.inference_mode()
+def _prefix_kv(model, plan: _Plan, hooks: Hooks, batch_size: int):
+    """Run the shared prefix once per group (under that group's hooks); its keys and values per
+    layer, ``[group, prefix, kv_head, d_head]``, and each group's slot in them."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    device, p = model.cfg.device, plan.prefix
+    reps: dict[int, int] = {}
+    for row, g in enumerate(plan.groups):
+        reps.setdefault(g, row)
+    slot = {g: i for i, g in enumerate(reps)}
+    rep_rows = list(reps.values())
+    tokens = torch.tensor(plan.ids[rep_rows[0]][:p], device=device)
+    parts = []
+    for s in range(0, len(rep_rows), batch_size):
+        chunk = rep_rows[s:s + batch_size]
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
+        batch_tokens = tokens.expand(len(chunk), p)
+        with _hook_ctx(model, _hooks_for(hooks, chunk, device)):
+            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache,
+                  stop_at_layer=model.cfg.n_layers)
+        parts.append([(e.past_keys, e.past_values) for e in cache.entries])
+    per_layer = [(torch.cat([part[layer][0] for part in parts]), torch.cat([part[layer][1] for part in parts]))
+                 for layer in range(model.cfg.n_layers)]
+    return slot, per_layer
 
 
 def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
     """Run a batch's prompts into a fresh KV cache; return ``(cache, final-norm residual at the last
-    position)``. The shared prefix runs once per group, then the left-padded suffixes run on top."""
+    position)``. The cache starts from each row's group prefix; the left-padded suffixes run on top."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     device, p = model.cfg.device, plan.prefix
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
     if p:
-        reps: dict[int, int] = {}
-        for r in rows:
-            reps.setdefault(plan.groups[r], r)
-        slot = torch.tensor([list(reps).index(plan.groups[r]) for r in rows], device=device)
-        prefix_tokens = torch.tensor([plan.ids[rows[0]][:p]] * len(reps), device=device)
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(reps))
-        with _hook_ctx(model, _hooks_for(hooks, list(reps.values()), device)):
-            model(prefix_tokens, attention_mask=torch.ones_like(prefix_tokens), past_kv_cache=cache,
-                  stop_at_layer=model.cfg.n_layers)
-        _take_rows(cache, slot)  # every row of a group starts from its group's prefix
-    else:
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
+        slot_of, per_layer = plan.prefix_kv
+        slot = torch.tensor([slot_of[plan.groups[r]] for r in rows])
+        for entry, (keys, values) in zip(cache.entries, per_layer):
+            entry.past_keys = keys[slot.to(keys.device)]  # every row starts from its group's prefix
+            entry.past_values = values[slot.to(values.device)]
+        cache.previous_attention_mask = torch.ones(len(rows), p, dtype=cache.previous_attention_mask.dtype,
+                                                   device=cache.previous_attention_mask.device)
     tokens, mask = pad_left(model.tokenizer, [plan.ids[r][p:] for r in rows], device=device)
     with _hook_ctx(model, _hooks_for(hooks, rows, device)):
         normed = _final_residual(model, tokens, mask, cache)

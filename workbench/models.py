@@ -24,6 +24,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -103,11 +104,38 @@ def _smollm2_dir() -> Path:
     return out
 
 
+@contextmanager
+def _gguf_parsed_once():
+    """While active, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` return one object per
+    argument set. transformers parses a GGUF three times (config, tokenizer, weights; ~13 s each
+    for SmolLM2's 49k-token vocabulary on a CPU) and rebuilds the tensor-name map once per module
+    (~400 times, ~14 s); both are read-only, so one of each does."""
+    import gguf
+
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    memo: dict = {}
+
+    def once(make):
+        def cached(*args, **kw):
+            key = (make, *map(str, args), *sorted(kw.items()))
+            if key not in memo:
+                memo[key] = make(*args, **kw)
+            return memo[key]
+        return cached
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = once(real_reader), once(real_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
+
+
 def _hf_from_gguf(path: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     # transformers dequantises GGUF but leaves the quantisation marker, which blocks saving and TL.
     if getattr(hf.config, "quantization_config", None) is not None:
         del hf.config.quantization_config
@@ -181,12 +209,25 @@ def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
         warnings.simplefilter("ignore", DeprecationWarning)  # HT warns on every construction
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
                                   default_padding_side="left")
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False,
-                                      refactor_factored_attn_matrices=False)
+    _load_unprocessed(model, state)
     model.move_model_modules_to_device()
     model.workbench_name = getattr(hf, "name_or_path", "") or "hf-model"
     return _fast(model.eval())
+
+
+def _load_unprocessed(model, state: dict) -> None:
+    """TL's ``load_and_process_state_dict`` with every processing step off, in one
+    ``load_state_dict``: TL loads key by key, walking the whole module tree once per key (~14 s for
+    SmolLM2's 574 keys on a CPU, on every load)."""
+    from transformer_lens.weight_processing import ProcessWeights
+
+    flags = dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
+                 fold_value_biases=False, refactor_factored_attn_matrices=False)
+    if model.cfg.load_in_4bit:  # TL assigns quantised parameters its own way
+        model.load_and_process_state_dict(state, **flags)
+        return
+    state = ProcessWeights.process_weights(model.fill_missing_keys(state), model.cfg, **flags)
+    model.load_state_dict(state, strict=False)
 
 
 def fast_weight_layout(model):
