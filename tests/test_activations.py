@@ -25,7 +25,10 @@ def test_values_equal_run_with_cache(smollm2):
         for li, layer in enumerate(layers):
             ref = full[site, layer][:, positions]  # [prompt, pos, d_model]
             assert acts.acts[site].shape == (3, len(PROMPTS), 3, smollm2.cfg.d_model)
-            assert (acts.acts[site][li] - ref).abs().max().item() <= 1e-4, (site, layer)
+            # float32 rounding: the shared template prefix runs as its own forward (different
+            # matmul grouping), and late residuals reach hundreds, so the bound scales with them
+            bound = 1e-4 + 2e-6 * ref.abs().max().item()
+            assert (acts.acts[site][li] - ref).abs().max().item() <= bound, (site, layer)
     assert acts.get("attn_out", 7, -3).shape == (len(PROMPTS), smollm2.cfg.d_model)
 
 

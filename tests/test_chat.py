@@ -18,6 +18,17 @@ def test_length_sorted_batches_cover_every_index_once():
     assert batches[0] == [2, 4]
 
 
+def test_balanced_batches_sort_by_length_and_differ_by_at_most_one():
+    lengths = [5, 9, 7, 3, 8, 6, 4, 10, 2, 1]
+    batches = length_sorted_batches(lengths, 4, balanced=True)
+    assert sorted(len(b) for b in batches) == [3, 3, 4]  # not 4 + 4 + 2
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
+    assert length_sorted_batches(lengths, 64, balanced=True) == [sorted(range(10), key=lambda i: -lengths[i])]
+    assert length_sorted_batches([], 4, balanced=True) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        length_sorted_batches(lengths, 0, balanced=True)
+
+
 @pytest.mark.slow
 def test_template_has_one_bos_and_left_padding(smollm2):
     tok = smollm2.tokenizer

@@ -7,7 +7,7 @@ import torch
 
 from workbench import data
 from workbench import interventions as iv
-from workbench.generation import generate, last_token_logprobs, plan_batches, shared_prefix_length
+from workbench.generation import generate, last_token_logprobs, shared_prefix_length
 
 PROMPTS = data.load_split("harmless", "validation")[:3] + data.load_split("harmful", "validation")[:3]
 
@@ -19,18 +19,6 @@ def test_shared_prefix_length():
     # too short to be worth a separate forward
     assert shared_prefix_length([[1, 2, 3, 9], [1, 2, 3, 8]]) == 0
     assert shared_prefix_length([[7, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]) == 0
-
-
-def test_plan_batches_sort_by_length_into_balanced_batches():
-    lengths = [5, 9, 7, 3, 8, 6, 4, 10, 2, 1]
-    batches = plan_batches(lengths, 4)
-    assert sorted(i for b in batches for i in b) == list(range(10))
-    assert sorted(len(b) for b in batches) == [3, 3, 4]  # three batches, sizes within one
-    assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
-    assert plan_batches(lengths, 64) == [sorted(range(10), key=lambda i: -lengths[i])]
-    assert plan_batches([], 4) == []
-    with pytest.raises(ValueError, match="batch_size"):
-        plan_batches(lengths, 0)
 
 
 def test_groups_must_match_prompts(smollm2):

@@ -100,7 +100,9 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     pass stops after the deepest requested block and never unembeds. ``positions=None`` keeps the
     post-instruction template tokens.
     """
-    from .chat import check_prompts, format_prompts, length_sorted_batches, token_lengths, tokenize
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from .chat import check_prompts, encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
     from .sites import check_hook_names
 
     prompts = check_prompts(prompts)
@@ -114,11 +116,22 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     check_hook_names(model, list(names))
 
     texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
-    lengths = token_lengths(model.tokenizer, texts)
-    if min(lengths) < -positions[0]:
+    ids = encode(model.tokenizer, texts)
+    if min(len(r) for r in ids) < -positions[0]:
         raise ValueError(f"position {positions[0]} is before the start of the shortest prompt "
-                         f"({min(lengths)} tokens)")
-    device = model.cfg.device
+                         f"({min(len(r) for r in ids)} tokens)")
+    device, stop = model.cfg.device, max(layers) + 1
+    # The chat template's common opening runs once; its keys/values seed every batch's KV cache,
+    # and only each prompt's own tokens run per prompt (unless a cached position lies inside it).
+    prefix = shared_prefix_length(ids)
+    if prefix and min(len(r) for r in ids) - prefix < -positions[0]:
+        prefix = 0
+    prefix_kv = None
+    if prefix:
+        one = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+        head = torch.tensor([ids[0][:prefix]], device=device)
+        model(head, attention_mask=torch.ones_like(head), past_kv_cache=one, stop_at_layer=stop)
+        prefix_kv = [(e.past_keys, e.past_values) for e in one.entries]
     store = {s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model,
                             dtype=model.cfg.dtype, device=device) for s in sites}
     pos_index = torch.tensor(positions, device=device)
@@ -129,12 +142,19 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
         store[site][li, rows_now[0]] = x.index_select(1, pos_index + x.shape[1])
         return None
 
-    stop = max(layers) + 1
-    for rows in tqdm(length_sorted_batches(lengths, batch_size), desc="cache", disable=not progress):
-        tokens, mask = tokenize(model.tokenizer, [texts[i] for i in rows], device=device)
+    suffix_lengths = [len(r) - prefix for r in ids]
+    for rows in tqdm(length_sorted_batches(suffix_lengths, batch_size, balanced=True), desc="cache",
+                     disable=not progress):
+        tokens, mask = pad_left(model.tokenizer, [ids[i][prefix:] for i in rows], device=device)
+        cache = None
+        if prefix_kv:
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
+            for entry, (keys, values) in zip(cache.entries, prefix_kv):
+                entry.past_keys, entry.past_values = keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1)
+            cache.previous_attention_mask = torch.ones(len(rows), prefix, dtype=torch.long, device=device)
         rows_now[:] = [torch.tensor(rows, device=device)]
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
-            model(tokens, attention_mask=mask, stop_at_layer=stop)
+            model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=stop)
     first = model.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     tokens_at = model.tokenizer.convert_ids_to_tokens([first[p] for p in positions])
     return Activations(store, layers, positions, tokens_at, list(prompts))

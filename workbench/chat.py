@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 __all__ = ["format_prompts", "encode", "pad_left", "tokenize", "token_lengths", "length_sorted_batches",
-           "post_instruction_tokens", "check_prompts"]
+           "shared_prefix_length", "post_instruction_tokens", "check_prompts"]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
 
@@ -94,12 +94,33 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate forward
+
+
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (0 if < 4)."""
+    first = ids[0]
+    n = min(len(r) for r in ids) - 1
+    for row in ids[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first, row[:n])) if a != b), n))
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, balanced: bool = False) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early).
+
+    ``balanced``: as few batches as ``batch_size`` allows, their sizes within one of each other
+    (100 rows at 64 → 50 + 50, not 64 + 36), so no batch is a small, inefficient remainder.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    if not balanced:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    n_batches = -(-n // batch_size)
+    bounds = [n * b // n_batches for b in range(n_batches + 1)] if n else [0]
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def post_instruction_tokens(tokenizer, *, system: str | None = None) -> list[str]:

@@ -32,16 +32,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import encode, format_prompts, pad_left
+from .chat import encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
 
-__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "shared_prefix_length",
-           "plan_batches"]
+__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "shared_prefix_length"]
 
 Hook = tuple[str, Callable]
 Hooks = Sequence[Hook] | Callable[[Int[Tensor, "batch"]], Sequence[Hook]] | None
-
-MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate forward
-
 
 def _hooks_for(hooks: Hooks, rows: list[int], device) -> list[Hook]:
     if hooks is None:
@@ -59,15 +55,6 @@ def _texts(model, prompts: Sequence[str], system: str | None, templated: bool) -
     return list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
 
 
-def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own (0 if < 4)."""
-    first = ids[0]
-    n = min(len(r) for r in ids) - 1
-    for row in ids[1:]:
-        n = min(n, next((i for i, (a, b) in enumerate(zip(first, row[:n])) if a != b), n))
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
 def _groups(hooks: Hooks, groups, n: int) -> list[int]:
     if groups is not None:
         groups = [int(g) for g in groups]
@@ -75,20 +62,6 @@ def _groups(hooks: Hooks, groups, n: int) -> list[int]:
             raise ValueError(f"groups has {len(groups)} entries for {n} prompts; pass one group id per prompt")
         return groups
     return list(range(n)) if callable(hooks) else [0] * n  # unknown per-row hooks: nothing shared
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row batches of near-equal size (at most ``batch_size``), rows sorted longest first, so each
-    batch pads its prompts to similar lengths (and memory peaks in the first batch)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    n = len(lengths)
-    order = sorted(range(n), key=lambda i: -lengths[i])
-    n_batches = -(-n // batch_size)
-    if not n_batches:
-        return []
-    bounds = [n * b // n_batches for b in range(n_batches + 1)]  # sizes differ by at most one
-    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass
@@ -104,7 +77,7 @@ def _plan(model, texts, hooks, groups, batch_size, share_prefix) -> _Plan:
     ids = encode(model.tokenizer, texts)
     groups = _groups(hooks, groups, len(ids))
     prefix = shared_prefix_length(ids) if share_prefix else 0
-    plan = _Plan(ids, groups, prefix, plan_batches([len(r) - prefix for r in ids], batch_size))
+    plan = _Plan(ids, groups, prefix, length_sorted_batches([len(r) - prefix for r in ids], batch_size, balanced=True))
     if prefix:
         plan.prefix_kv = _prefix_kv(model, plan, hooks, batch_size)
     return plan
