@@ -25,6 +25,8 @@ def test_balanced_batches_sort_by_length_and_differ_by_at_most_one():
     assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
     assert length_sorted_batches(lengths, 64, balanced=True) == [sorted(range(10), key=lambda i: -lengths[i])]
     assert length_sorted_batches([], 4, balanced=True) == []
+    grouped = length_sorted_batches([3, 9, 5, 7], 2, balanced=True, groups=[1, 0, 1, 0])
+    assert grouped == [[1, 3], [2, 0]]  # group 0 first, longest first within each group
     with pytest.raises(ValueError, match="batch_size"):
         length_sorted_batches(lengths, 0, balanced=True)
 

@@ -106,16 +106,19 @@ def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, balanced: bool = False) -> list[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, balanced: bool = False,
+                          groups: Sequence[int] | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so memory peaks early).
 
     ``balanced``: as few batches as ``batch_size`` allows, their sizes within one of each other
     (100 rows at 64 → 50 + 50, not 64 + 36), so no batch is a small, inefficient remainder.
+    ``groups``: group-major order (a group's rows stay together, longest first within it).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     n = len(lengths)
-    order = sorted(range(n), key=lambda i: -lengths[i])
+    key = (lambda i: -lengths[i]) if groups is None else (lambda i: (groups[i], -lengths[i]))
+    order = sorted(range(n), key=key)
     if not balanced:
         return [order[i:i + batch_size] for i in range(0, n, batch_size)]
     n_batches = -(-n // batch_size)

@@ -10,8 +10,9 @@ Speed:
 - **Shared prefix.** Chat prompts open with the same template tokens (SmolLM2: a 24-token system
   line, about 60 % of a short prompt). That prefix runs once per *group* per call, and its keys
   and values are copied to every row of the group; only each row's own suffix runs per row.
-  Position-free hooks see the prefix exactly as they would in the full prompt. Batches are then
-  free to follow suffix length alone, which keeps left padding to a few tokens.
+  Position-free hooks see the prefix exactly as they would in the full prompt. Scoring batches
+  then follow suffix length alone (little left padding); generation keeps a setting's rows
+  together (fewer hooks per batch, and batches that all stop early end early).
 - **One prefill for scores and text.** ``generate(..., return_logprobs=True)`` also returns the
   first-token log-probs, so a sweep scores and generates from the same forward pass.
 - The loop keeps TL's KV cache, runs the blocks once per new token and unembeds only the last
@@ -73,11 +74,13 @@ class _Plan:
     prefix_kv: tuple | None = None  # (slot of each group, [(keys, values)] per layer over groups)
 
 
-def _plan(model, texts, hooks, groups, batch_size, share_prefix) -> _Plan:
+def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bool = False) -> _Plan:
     ids = encode(model.tokenizer, texts)
     groups = _groups(hooks, groups, len(ids))
     prefix = shared_prefix_length(ids) if share_prefix else 0
-    plan = _Plan(ids, groups, prefix, length_sorted_batches([len(r) - prefix for r in ids], batch_size, balanced=True))
+    batches = length_sorted_batches([len(r) - prefix for r in ids], batch_size, balanced=True,
+                                    groups=groups if group_major else None)
+    plan = _Plan(ids, groups, prefix, batches)
     if prefix:
         plan.prefix_kv = _prefix_kv(model, plan, hooks, batch_size)
     return plan
@@ -249,7 +252,9 @@ def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None,
     """
     texts = _texts(model, prompts, system, templated)
     tok = model.tokenizer
-    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix)
+    # Group-major: a setting's rows decode together, so a batch carries few settings' hooks and
+    # batches whose rows all refuse (or all stop early) end early as a whole.
+    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major=True)
     stop_ids = _stop_ids(tok)
     generator = torch.Generator(device=model.cfg.device).manual_seed(seed) if seed is not None else None
     results: list[str] = [""] * len(texts)
