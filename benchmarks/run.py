@@ -129,14 +129,16 @@ def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
 # Machine and model
 
 def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)  # the first core's block
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu, flags = info.get("model name", cpu), set(info.get("flags", "").split())
     except OSError:
         pass
+    # the "2-core CPU" differs ~3x between machines; these flags say which kind ran the numbers
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 
     def version(dist: str) -> str | None:
         try:
@@ -144,7 +146,7 @@ def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    facts = {"cpu": cpu, "cpu_flags": simd, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
              "device": str(device), "dtype": str(dtype).replace("torch.", ""), "model": spec,
              "python": platform.python_version(), "torch": torch.__version__,
              "transformers": version("transformers"), "transformer_lens": version("transformer-lens"),
@@ -498,7 +500,7 @@ def _fmt(x, digits: int = 2) -> str:
 
 def print_report(summary: dict, details: dict) -> None:
     m = summary["machine"]
-    print(f"machine: {m['cpu']} · {m['cores']} cores · torch threads {m['torch_threads']} · device "
+    print(f"machine: {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'flags unknown'}) · {m['cores']} cores · torch threads {m['torch_threads']} · device "
           f"{m.get('gpu', m['device'])} ({m['dtype']}) · torch {m['torch']} · transformers {m['transformers']} · "
           f"transformer-lens {m['transformer_lens']} · {m['date']}")
     print(f"model: {m['model']} · mode: {'quick' if summary['quick'] else 'full'} · times are the best of "
