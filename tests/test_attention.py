@@ -83,6 +83,30 @@ def test_shared_prefix_reindexing_recomputes_the_rotated_keys():
 
 
 @torch.inference_mode()
+def test_cache_grows_in_place_over_a_long_decode():
+    """50 one-token steps outgrow the buffers twice; values stay TL's, ``past_keys`` are views."""
+    model = _tiny("rotary", 2)
+    torch.manual_seed(2)
+    tokens = torch.randint(1, VOCAB, (2, 53))
+    mask = torch.ones_like(tokens)
+    mask[1, :2] = 0
+    want = model(tokens, attention_mask=mask)
+    attention.install(model)
+    got = _cached_logits(model, tokens, mask, split=3)
+    assert (got - want)[mask.bool()].abs().max().item() <= 1e-5
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, "cpu", 2)
+    model(tokens[:, :3], attention_mask=mask[:, :3], past_kv_cache=cache)
+    entry, capacities = cache.entries[0], set()
+    for j in range(3, 53):
+        model(tokens[:, j:j + 1], attention_mask=mask[:, j:j + 1], past_kv_cache=cache)
+        side = getattr(entry, attention._SIDE)
+        capacities.add(side.capacity)
+        assert entry.past_keys.shape[1] == j + 1
+        assert entry.past_keys.data_ptr() == side.raw_k.data_ptr()  # a view of the buffer, no copy
+    assert len(capacities) >= 3  # it grew more than once
+
+
+@torch.inference_mode()
 def test_hooks_inside_attention_run_transformer_lens_forward():
     model = _tiny("rotary", 2)
     attention.install(model)
