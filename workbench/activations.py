@@ -117,14 +117,15 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
 
     texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
     ids = encode(model.tokenizer, texts)
-    if min(len(r) for r in ids) < -positions[0]:
+    shortest = min(len(r) for r in ids)
+    if shortest < -positions[0]:
         raise ValueError(f"position {positions[0]} is before the start of the shortest prompt "
-                         f"({min(len(r) for r in ids)} tokens)")
+                         f"({shortest} tokens)")
     device, stop = model.cfg.device, max(layers) + 1
     # The chat template's common opening runs once; its keys/values seed every batch's KV cache,
     # and only each prompt's own tokens run per prompt (unless a cached position lies inside it).
     prefix = shared_prefix_length(ids)
-    if prefix and min(len(r) for r in ids) - prefix < -positions[0]:
+    if prefix and shortest - prefix < -positions[0]:
         prefix = 0
     prefix_kv = None
     if prefix:
