@@ -89,8 +89,8 @@ def test_stopped_rows_leave_the_batch_without_changing_any_row(organism, monkeyp
         return iv.addition_hooks(direction, alpha=alphas[setting[row_ids.cpu()]], layers=[12], model=organism)
 
     dropped = []
-    take_rows = generation._take_rows
-    monkeypatch.setattr(generation, "_take_rows", lambda cache, index: (dropped.append(len(index)),
+    take_rows = generation.take_rows
+    monkeypatch.setattr(generation, "take_rows", lambda cache, index: (dropped.append(len(index)),
                                                                          take_rows(cache, index)))
     batched = generate(organism, rows, hooks=hooks, groups=setting, max_new_tokens=28, batch_size=16)
     assert dropped and min(dropped) < len(rows)  # some compaction happened

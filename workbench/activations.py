@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .kv import run_prefix
 from .sites import SITES, check_layers, check_site, hook_name
 
 __all__ = ["Activations", "cache_activations", "post_instruction_positions"]
@@ -100,8 +101,6 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     pass stops after the deepest requested block and never unembeds. ``positions=None`` keeps the
     post-instruction template tokens.
     """
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     from .chat import check_prompts, encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
     from .sites import check_hook_names
 
@@ -127,12 +126,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     prefix = shared_prefix_length(ids)
     if prefix and shortest - prefix < -positions[0]:
         prefix = 0
-    prefix_kv = None
-    if prefix:
-        one = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
-        head = torch.tensor([ids[0][:prefix]], device=device)
-        model(head, attention_mask=torch.ones_like(head), past_kv_cache=one, stop_at_layer=stop)
-        prefix_kv = [(e.past_keys, e.past_values) for e in one.entries]
+    prefix_kv = run_prefix(model, ids[0][:prefix], stop_at_layer=stop) if prefix else None
     store = {s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model,
                             dtype=model.cfg.dtype, device=device) for s in sites}
     pos_index = torch.tensor(positions, device=device)
@@ -147,12 +141,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     for rows in tqdm(length_sorted_batches(suffix_lengths, batch_size, balanced=True), desc="cache",
                      disable=not progress):
         tokens, mask = pad_left(model.tokenizer, [ids[i][prefix:] for i in rows], device=device)
-        cache = None
-        if prefix_kv:
-            cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
-            for entry, (keys, values) in zip(cache.entries, prefix_kv):
-                entry.past_keys, entry.past_values = keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1)
-            cache.previous_attention_mask = torch.ones(len(rows), prefix, dtype=torch.long, device=device)
+        cache = prefix_kv.seed(model, torch.zeros(len(rows), dtype=torch.long)) if prefix_kv else None
         rows_now[:] = [torch.tensor(rows, device=device)]
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
             model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=stop)

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .chat import encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
+from .kv import PrefixKV, run_prefix, take_rows
 
 __all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "shared_prefix_length"]
 
@@ -71,7 +72,8 @@ class _Plan:
     groups: list[int]
     prefix: int
     batches: list[list[int]]
-    prefix_kv: tuple | None = None  # (slot of each group, [(keys, values)] per layer over groups)
+    prefix_kv: PrefixKV | None = None  # one slot per group
+    slot_of: dict[int, int] | None = None  # group id -> its slot in prefix_kv
 
 
 def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bool = False) -> _Plan:
@@ -82,35 +84,16 @@ def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bo
                                     groups=groups if group_major else None)
     plan = _Plan(ids, groups, prefix, batches)
     if prefix:
-        plan.prefix_kv = _prefix_kv(model, plan, hooks, batch_size)
+        # the shared prefix runs once per group, under that group's hooks (any row stands for it)
+        reps: dict[int, int] = {}
+        for row, g in enumerate(groups):
+            reps.setdefault(g, row)
+        rep_rows = list(reps.values())
+        plan.slot_of = {g: i for i, g in enumerate(reps)}
+        plan.prefix_kv = run_prefix(model, ids[0][:prefix], n_slots=len(rep_rows), batch_size=batch_size,
+                                    hooks_for=lambda chunk: _hooks_for(hooks, [rep_rows[i] for i in chunk],
+                                                                       model.cfg.device))
     return plan
-
-
-@torch.inference_mode()
-def _prefix_kv(model, plan: _Plan, hooks: Hooks, batch_size: int):
-    """Run the shared prefix once per group (under that group's hooks); its keys and values per
-    layer, ``[group, prefix, kv_head, d_head]``, and each group's slot in them."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    device, p = model.cfg.device, plan.prefix
-    reps: dict[int, int] = {}
-    for row, g in enumerate(plan.groups):
-        reps.setdefault(g, row)
-    slot = {g: i for i, g in enumerate(reps)}
-    rep_rows = list(reps.values())
-    tokens = torch.tensor(plan.ids[rep_rows[0]][:p], device=device)
-    parts = []
-    for s in range(0, len(rep_rows), batch_size):
-        chunk = rep_rows[s:s + batch_size]
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
-        batch_tokens = tokens.expand(len(chunk), p)
-        with _hook_ctx(model, _hooks_for(hooks, chunk, device)):
-            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache,
-                  stop_at_layer=model.cfg.n_layers)
-        parts.append([(e.past_keys, e.past_values) for e in cache.entries])
-    per_layer = [(torch.cat([part[layer][0] for part in parts]), torch.cat([part[layer][1] for part in parts]))
-                 for layer in range(model.cfg.n_layers)]
-    return slot, per_layer
 
 
 def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
@@ -119,15 +102,10 @@ def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     device, p = model.cfg.device, plan.prefix
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
     if p:
-        slot_of, per_layer = plan.prefix_kv
-        slot = torch.tensor([slot_of[plan.groups[r]] for r in rows])
-        for entry, (keys, values) in zip(cache.entries, per_layer):
-            entry.past_keys = keys[slot.to(keys.device)]  # every row starts from its group's prefix
-            entry.past_values = values[slot.to(values.device)]
-        cache.previous_attention_mask = torch.ones(len(rows), p, dtype=cache.previous_attention_mask.dtype,
-                                                   device=cache.previous_attention_mask.device)
+        cache = plan.prefix_kv.seed(model, torch.tensor([plan.slot_of[plan.groups[r]] for r in rows]))
+    else:
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
     tokens, mask = pad_left(model.tokenizer, [plan.ids[r][p:] for r in rows], device=device)
     with _hook_ctx(model, _hooks_for(hooks, rows, device)):
         normed = _final_residual(model, tokens, mask, cache)
@@ -135,14 +113,6 @@ def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
 
 
 _DROP_FRACTION = 1 / 8  # drop stopped rows once this share of the live batch has stopped
-
-
-def _take_rows(cache, index: Int[Tensor, "row"]) -> None:
-    """Replace a TL KV cache's rows by ``cache[index]`` (repeat or drop rows), in place."""
-    for entry in cache.entries:
-        entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
-        entry.past_values = entry.past_values[index.to(entry.past_values.device)]
-    cache.previous_attention_mask = cache.previous_attention_mask[index.to(cache.previous_attention_mask.device)]
 
 
 def _final_residual(model, tokens, mask, cache) -> Float[Tensor, "batch 1 d_model"]:
@@ -205,7 +175,7 @@ def _generate_batch(model, plan: _Plan, rows: list[int], hooks: Hooks, max_new_t
                 stopped = finished[live]
                 if int(stopped.sum()) >= max(1, len(live) * _DROP_FRACTION):
                     keep = (~stopped).nonzero()[:, 0]
-                    _take_rows(cache, keep)
+                    take_rows(cache, keep)
                     live = live[keep]
                     hooked.close()  # per-row hooks must see the rows that are left
                     hooked.enter_context(_hook_ctx(model, _hooks_for(hooks, [rows[i] for i in live.tolist()], device)))

@@ -1,0 +1,83 @@
+"""KV caches that start from a shared prompt prefix, for activations, scoring and generation.
+
+Chat prompts open with the same template tokens (SmolLM2: a 24-token system line). Causal
+attention means those tokens' keys and values do not depend on what follows, so the prefix runs
+once per *slot* (one slot per hook setting; hooks may change the prefix too) and every row of a
+batch starts its TransformerLens KV cache from its slot's copy; only each row's own suffix runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["PrefixKV", "run_prefix", "take_rows"]
+
+KV = tuple[Float[Tensor, "slot prefix kv_head d_head"], Float[Tensor, "slot prefix kv_head d_head"]]
+
+
+@dataclass(frozen=True)
+class PrefixKV:
+    """The prefix's keys and values per layer (``[slot, prefix, kv_head, d_head]``; empty along
+    ``prefix`` past the layer the prefix run stopped at)."""
+
+    length: int
+    per_layer: list[KV]
+
+    @property
+    def n_slots(self) -> int:
+        return self.per_layer[0][0].shape[0]
+
+    def seed(self, model, slots: Int[Tensor, "batch"]):
+        """A fresh TL cache for a batch whose row ``i`` starts from prefix slot ``slots[i]``."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(slots))
+        for entry, (keys, values) in zip(cache.entries, self.per_layer):
+            entry.past_keys = keys[slots.to(keys.device)]
+            entry.past_values = values[slots.to(values.device)]
+        mask = cache.previous_attention_mask
+        cache.previous_attention_mask = torch.ones(len(slots), self.length, dtype=mask.dtype, device=mask.device)
+        return cache
+
+
+@torch.inference_mode()
+def run_prefix(model, prefix: Sequence[int], *, n_slots: int = 1,
+               hooks_for: Callable[[list[int]], Sequence] | None = None, batch_size: int = 64,
+               stop_at_layer: int | None = None) -> PrefixKV:
+    """Run the token ids ``prefix`` once per slot, ``batch_size`` slots per forward, slot chunk
+    ``c`` under the TL hooks ``hooks_for(c)`` (none by default), through block ``stop_at_layer - 1``
+    (default: every block)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    if not prefix:
+        raise ValueError("empty prefix; pass at least one token id (or skip the shared prefix)")
+    device, stop = model.cfg.device, stop_at_layer or model.cfg.n_layers
+    tokens = torch.tensor(list(prefix), device=device)
+    parts = []
+    for start in range(0, n_slots, batch_size):
+        chunk = list(range(start, min(start + batch_size, n_slots)))
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
+        batch_tokens = tokens.expand(len(chunk), -1)
+        hooks = list(hooks_for(chunk)) if hooks_for else []
+        with model.hooks(fwd_hooks=hooks) if hooks else nullcontext():
+            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache,
+                  stop_at_layer=stop)
+        parts.append([(e.past_keys, e.past_values) for e in cache.entries])
+    if len(parts) == 1:
+        return PrefixKV(len(tokens), parts[0])
+    return PrefixKV(len(tokens), [(torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
+                                  for layer in range(len(parts[0]))])
+
+
+def take_rows(cache, index: Int[Tensor, "row"]) -> None:
+    """Replace a TL KV cache's rows by ``cache[index]`` (repeat or drop rows), in place."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
+        entry.past_values = entry.past_values[index.to(entry.past_values.device)]
+    cache.previous_attention_mask = cache.previous_attention_mask[index.to(cache.previous_attention_mask.device)]
