@@ -129,14 +129,10 @@ def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
 # Machine and model
 
 def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)  # the first core's block
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        cpu, flags = info.get("model name", cpu), set(info.get("flags", "").split())
-    except OSError:
-        pass
+    from workbench.artifacts import cpu_info
+
+    info = cpu_info()
+    cpu, flags = (info[0] if info and info[0] else platform.processor() or platform.machine()), (info[1] if info else set())
     # the "2-core CPU" differs ~3x between machines; these flags say which kind ran the numbers
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 

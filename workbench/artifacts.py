@@ -88,6 +88,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def cpu_info() -> tuple[str, set[str]] | None:
+    """This CPU's model name and flags (``avx2``, ``avx512_bf16``...) from the first core's block of
+    ``/proc/cpuinfo``; None where that cannot be read (not Linux)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return None
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+    return info.get("model name", ""), set(info.get("flags", "").split())
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import data
-from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_text
+from .artifacts import atomic_write_text, cache_dir, cpu_info, library_versions, sha256_text
 from .chat import format_prompts, length_sorted_batches, token_lengths, tokenize
 from .evaluation import is_refusal, refusal_rate
 
@@ -206,11 +206,8 @@ def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (avx512_bf16 / amx_bf16). Without it torch emulates
     bf16 matmuls, ~30× slower than fp32 (1 vs 29 GFLOP/s measured on an AVX2-only EPYC). True when
     the flags cannot be read (not Linux): the warning below is then left to the user's eyes."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    info = cpu_info()
+    return info is None or bool({"avx512_bf16", "amx_bf16"} & info[1])
 
 
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str, Tensor], list[float]]:
