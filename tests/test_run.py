@@ -33,6 +33,34 @@ def test_run_needs_both_prompt_files(capsys):
     assert "pass both --harmful and --harmless" in capsys.readouterr().err
 
 
+def test_config_file_sets_run_and_analysis_fields(tmp_path, capsys):
+    from workbench.pipeline import AnalysisConfig
+    from workbench.run import RunConfig, load_configs
+
+    assert load_configs(None) == (RunConfig(), AnalysisConfig())
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"n_eval": 16, "subset_sizes": [6, 12],
+                                "analysis": {"arditi_prompts": 12, "sites": ["resid_pre"]}}))
+    run, analysis = load_configs(path)
+    assert run == RunConfig(n_eval=16, subset_sizes=(6, 12))
+    assert analysis == AnalysisConfig(arditi_prompts=12, sites=("resid_pre",))
+    assert RunConfig.from_file(path) == run
+    path.write_text(json.dumps({"analysis": {"arditi_promts": 12}}))
+    with pytest.raises(ValueError, match=r"unknown AnalysisConfig keys \['arditi_promts'\].*arditi_prompts"):
+        load_configs(path)
+    path.write_text(json.dumps({"n_evl": 16}))
+    assert main(["select", "--config", str(path)]) == 2  # fails before loading any model
+    assert "unknown RunConfig keys ['n_evl']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    from workbench.run import load_configs
+
+    run, analysis = load_configs(path)
+    assert 360 % run.angle_step == 0 and analysis.arditi_prompts > 0
+
+
 @pytest.mark.slow
 def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_path, monkeypatch):
     models = cache_dir("models")
@@ -41,7 +69,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     (tmp_path / "cache" / "models").symlink_to(models)  # the organism is built already; runs go to tmp
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"n_eval": 7, "n_sweep": 4, "max_new_tokens": 8, "angle_step": 90.0,
-                                  "subset_sizes": [12]}))
+                                  "subset_sizes": [12], "analysis": {"plane_b1_method": "max_auc"}}))
     argv = ["run", "--harmful", str(DATA / "unseen_harmful.txt"), "--harmless", str(DATA / "unseen_harmless.txt"),
             "--config", str(config), "--figures", str(tmp_path / "figures"), "--json"]
     assert main(argv) == 0
@@ -60,6 +88,8 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     assert "activations.safetensors" in "".join(stages["activations"]["files"])
     assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7 and manifest["seeds"]["splits"] == 0
     assert manifest["run_config"]["n_eval"] == RunConfig.from_file(config).n_eval
+    assert manifest["analysis_config"]["plane_b1_method"] == "max_auc"
+    assert Path(manifest["analysis_dir"], "plane-max_auc-pc1.safetensors").exists()
     assert (tmp_path / "figures" / "05_angle_sweep.html").exists()
 
     assert main(argv) == 0  # a second run reuses every stage

@@ -39,10 +39,11 @@ def cmd_organism(args) -> dict:
 
 def cmd_run(args) -> dict:
     """The main job: every analysis, experiment and figure (see workbench.run)."""
-    from .run import RunConfig, run_main
+    from .run import load_configs, run_main
 
-    return run_main(args.model, device=args.device, dtype=args.dtype, config=RunConfig.from_file(args.config),
-                    prompts=_prompt_splits(args), figures_dir=args.figures)
+    config, analysis_config = load_configs(args.config)
+    return run_main(args.model, device=args.device, dtype=args.dtype, config=config,
+                    analysis_config=analysis_config, prompts=_prompt_splits(args), figures_dir=args.figures)
 
 
 def _prompt_splits(args):
@@ -57,10 +58,12 @@ def _prompt_splits(args):
 def _analysis(args):
     from .models import load_model
     from .pipeline import Analysis
+    from .run import load_configs
 
     prompts = _prompt_splits(args)
+    _, config = load_configs(args.config)  # before loading: a bad file fails fast
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    return model, Analysis(model, prompts=prompts)
+    return model, Analysis(model, config, prompts=prompts)
 
 
 def cmd_select(args) -> dict:
@@ -154,6 +157,8 @@ def _model_args(p) -> None:
     p.add_argument("--harmful", default=None, help="your harmful prompts (txt/csv/json/jsonl), split "
                    "64:32:54 into direction_train/validation/test; needs --harmless too")
     p.add_argument("--harmless", default=None, help="your harmless prompts, same formats")
+    p.add_argument("--config", default=None, help="JSON file: RunConfig fields (sizes, angles...; used by "
+                   "run) and an \"analysis\" object of AnalysisConfig fields (sites, arditi_prompts...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
     _model_args(p)
-    p.add_argument("--config", default=None, help="JSON file overriding RunConfig fields (sizes, angles...)")
     p.add_argument("--figures", default="figures", help="where to write the figures (default figures/)")
     p.set_defaults(func=cmd_run)
 

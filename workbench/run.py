@@ -17,7 +17,7 @@ import pandas as pd
 from . import data
 from .artifacts import Manifest, atomic_write_text, library_versions, sha256_text
 
-__all__ = ["RunConfig", "run_main"]
+__all__ = ["RunConfig", "load_configs", "run_main"]
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,32 @@ class RunConfig:
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
-        if path is None:
-            return cls()
-        fields = json.loads(Path(path).read_text())
-        unknown = set(fields) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        return load_configs(path)[0]
+
+
+def _fields(cls, fields: dict, where: str):
+    unknown = set(fields) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)} in {where}; "
+                         f"known: {sorted(cls.__dataclass_fields__)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def load_configs(path: str | Path | None):
+    """``(RunConfig, AnalysisConfig)`` from a JSON object: RunConfig fields at the top level (sizes of
+    the experiments), AnalysisConfig fields under ``"analysis"`` (sites, Arditi scoring sizes,
+    selection and plane methods). Missing fields keep their defaults; ``None`` means all defaults."""
+    from .pipeline import AnalysisConfig
+
+    if path is None:
+        return RunConfig(), AnalysisConfig()
+    fields = json.loads(Path(path).read_text())
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} must hold a JSON object of RunConfig fields (and an \"analysis\" object)")
+    analysis = fields.pop("analysis", {})
+    if not isinstance(analysis, dict):
+        raise ValueError(f"\"analysis\" in {path} must be an object of AnalysisConfig fields")
+    return _fields(RunConfig, fields, str(path)), _fields(AnalysisConfig, analysis, f'"analysis" of {path}')
 
 
 def _stage(folder: Path, name: str, compute) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -108,9 +127,12 @@ def _manifest(folder: Path, analysis, spec: str, config: RunConfig) -> Manifest:
 
 
 def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConfig = RunConfig(),
-             prompts: data.PromptSplits | None = None, figures_dir: str | Path = "figures",
-             progress: bool = True) -> dict:
+             analysis_config=None, prompts: data.PromptSplits | None = None,
+             figures_dir: str | Path = "figures", progress: bool = True) -> dict:
     """Run everything for ``spec`` and write the figures; returns the key numbers.
+
+    ``analysis_config``: a :class:`workbench.pipeline.AnalysisConfig` (default: its defaults); each
+    distinct one gets its own run folder.
 
     ``prompts``: your own harmful/harmless sets (``data.PromptSplits.from_files``); default the
     shipped splits. Every stage is recorded in ``<run dir>/experiments/<config>/manifest.json``.
@@ -121,13 +143,13 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
     from . import figures as fg
     from .directions import cosine_matrix
     from .models import load_model
-    from .pipeline import Analysis
+    from .pipeline import Analysis, AnalysisConfig
     from .steering_math import special_cases
 
     t0, timings = time.perf_counter(), {}
     torch.manual_seed(config.seed)
     model = load_model(spec, device=device, dtype=dtype)
-    analysis = Analysis(model, prompts=prompts, progress=progress)
+    analysis = Analysis(model, analysis_config or AnalysisConfig(), prompts=prompts, progress=progress)
     prompts = analysis.prompts
     run_key = sha256_text(json.dumps(asdict(config), sort_keys=True))[:8]
     folder = analysis.dir / "experiments" / run_key  # a changed RunConfig never reuses stale tables
