@@ -69,3 +69,24 @@ def test_unsupported_architecture(tmp_path):
     hf.config.architectures = ["MadeUpForCausalLM"]
     with pytest.raises(ValueError, match="no converter for architecture 'MadeUpForCausalLM'"):
         hooked_from_hf(hf, None)
+
+
+@pytest.mark.slow
+def test_chunked_unembedding_is_bitwise_tls_and_keeps_its_hooks(smollm2):
+    import torch.nn.functional as F
+
+    unembed = smollm2.unembed
+    assert unembed.forward.__func__.__name__ == "_chunked_unembed"
+    tokens, mask = tokenize(smollm2.tokenizer, format_prompts(smollm2.tokenizer, PROMPTS * 22))
+    with torch.inference_mode():
+        resid = smollm2(tokens, attention_mask=mask, stop_at_layer=smollm2.cfg.n_layers)
+        normed = smollm2.ln_final(resid)
+        for rows, positions in ((1, slice(-1, None)), (16, slice(-1, None)), (66, slice(-1, None)), (3, slice(None))):
+            x = normed[:rows, positions]
+            expected = F.linear(x, unembed.W_U.T.contiguous(), unembed.b_U)  # TL's own forward
+            assert torch.equal(unembed(x), expected)
+        seen = []
+        with smollm2.hooks(fwd_hooks=[("unembed.hook_in", lambda x, hook: seen.append(x.shape)),
+                                      ("unembed.hook_out", lambda x, hook: seen.append(x.shape))]):
+            unembed(normed[:2, -1:])
+    assert seen == [(2, 1, smollm2.cfg.d_model), (2, 1, smollm2.cfg.d_vocab)]
