@@ -131,8 +131,8 @@ def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
 def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
     from workbench.artifacts import cpu_info
 
-    info = cpu_info()
-    cpu, flags = (info[0] if info and info[0] else platform.processor() or platform.machine()), (info[1] if info else set())
+    name, flags = cpu_info() or ("", set())
+    cpu = name or platform.processor() or platform.machine()
     # the "2-core CPU" differs ~3x between machines; these flags say which kind ran the numbers
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 

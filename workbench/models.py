@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .artifacts import atomic_write_text, cache_dir, sha256_file
 
@@ -269,8 +270,6 @@ def _chunked_unembed(self, residual):
     but by 1,024-row slices of it at ~48: each logit is the same dot product, so the result is
     bitwise TL's (tested); a decoding step spends a quarter of its time here at batch 64.
     """
-    import torch.nn.functional as F
-
     residual = self.hook_in(residual)
     weight = self.W_U.T  # [d_vocab, d_model]
     if residual.device.type != "cpu" or not weight.is_contiguous():
