@@ -59,14 +59,11 @@ direction = selection.direction("max_auc", cands)
 print(direction.site, direction.layer, direction.pos, round(direction.norm, 2))
 
 # %%
-import pandas as pd
+from workbench.directions import projection_table
 
-rows = []
-for layer in harmful_val.layers:
-    for label, acts in (("harmful", harmful_val), ("harmless", harmless_val)):
-        proj = acts.get("resid_pre", layer, -1).float() @ direction.unit
-        rows += [{"layer": layer, "label": label, "projection": float(p)} for p in proj]
-projection_histograms(pd.DataFrame(rows), model="organism")
+# every validation prompt's projection on r̂ at the direction's site and position, per layer
+projections = projection_table({"harmful": harmful_val, "harmless": harmless_val}, direction)
+projection_histograms(projections, model="organism")
 
 # %% [markdown]
 # ## The steering plane: b1 = chosen candidate, b2 = first principal component of all candidates

@@ -7,16 +7,15 @@
 # so the notebook runs in minutes on a CPU; raise `N` for publication-quality numbers.
 
 # %%
-import pandas as pd
 import torch
 
 from workbench import data
 from workbench import experiments as ex
 from workbench import figures as fg
-from workbench.directions import cosine_matrix
+from workbench.directions import cosine_matrix, projection_table
+from workbench.interventions import layer_subsets
 from workbench.models import load_model
 from workbench.pipeline import Analysis
-from workbench.run import _projections, _subsets
 from workbench.steering_math import special_cases
 
 torch.set_grad_enabled(False)
@@ -70,13 +69,14 @@ fg.angle_sweep_polar(sweep, model="organism")
 # ## 6 · Harmful vs harmless projections per layer
 
 # %%
-fg.projection_histograms(_projections(analysis, direction), model="organism")
+val = {"harmful": analysis.activations["harmful_val"], "harmless": analysis.activations["harmless_val"]}
+fg.projection_histograms(projection_table(val, direction), model="organism")
 
 # %% [markdown]
 # ## 7 · How many blocks does ablation need?
 
 # %%
-subsets, _ = ex.layer_subset_sweep(model, direction, test["harmful"], subsets=_subsets(model.cfg.n_layers, (8, 16, 24)),
+subsets, _ = ex.layer_subset_sweep(model, direction, test["harmful"], subsets=layer_subsets(model.cfg.n_layers, (8, 16, 24)),
                                    refusal_ids=ids, max_new_tokens=TOKENS)
 fg.layer_subset_figure(subsets, model="organism")
 

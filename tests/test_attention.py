@@ -8,7 +8,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from workbench import attention
+from workbench.fastpath import attention
 
 VOCAB = 50
 

@@ -34,8 +34,7 @@ def test_run_needs_both_prompt_files(capsys):
 
 
 def test_config_file_sets_run_and_analysis_fields(tmp_path, capsys):
-    from workbench.pipeline import AnalysisConfig
-    from workbench.run import RunConfig, load_configs
+    from workbench.config import AnalysisConfig, RunConfig, load_configs
 
     assert load_configs(None) == (RunConfig(), AnalysisConfig())
     path = tmp_path / "c.json"
@@ -55,7 +54,7 @@ def test_config_file_sets_run_and_analysis_fields(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    from workbench.run import load_configs
+    from workbench.config import load_configs
 
     run, analysis = load_configs(path)
     assert 360 % run.angle_step == 0 and analysis.arditi_prompts > 0
@@ -73,7 +72,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     argv = ["run", "--harmful", str(DATA / "unseen_harmful.txt"), "--harmless", str(DATA / "unseen_harmless.txt"),
             "--config", str(config), "--figures", str(tmp_path / "figures"), "--json"]
     assert main(argv) == 0
-    from workbench.run import RunConfig
+    from workbench.config import RunConfig
 
     summary = json.loads(_last_summary(tmp_path).read_text())
     assert summary["prompts"] == "files:unseen_harmful.txt,unseen_harmless.txt;seed=0"

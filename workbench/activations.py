@@ -16,8 +16,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .chat import (check_prompts, encode, format_prompts, length_sorted_batches, pad_left, post_instruction_tokens,
+                   shared_prefix_length)
 from .kv import run_prefix
-from .sites import SITES, check_layers, check_site, hook_name
+from .sites import SITES, check_hook_names, check_layers, check_site, hook_name
 
 __all__ = ["Activations", "cache_activations", "post_instruction_positions"]
 
@@ -72,8 +74,6 @@ class Activations:
 
 def post_instruction_positions(model, *, system: str | None = None) -> list[int]:
     """Negative offsets of the post-instruction template tokens, e.g. ``[-5, ..., -1]``."""
-    from .chat import post_instruction_tokens
-
     k = len(post_instruction_tokens(model.tokenizer, system=system))
     return list(range(-k, 0))
 
@@ -101,9 +101,6 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     pass stops after the deepest requested block and never unembeds. ``positions=None`` keeps the
     post-instruction template tokens.
     """
-    from .chat import check_prompts, encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
-    from .sites import check_hook_names
-
     prompts = check_prompts(prompts)
     sites = [check_site(s) for s in sites]
     if not sites:

@@ -21,8 +21,10 @@ def _emit(summary: dict, as_json: bool) -> None:
 
 
 def cmd_organism(args) -> dict:
+    from .config import Recipe
     from .models import hooked_from_hf, load_hf
-    from .organism import Recipe, build_organism, measure_refusal, organism_dir, ship_adapter
+    from .organism import organism_dir, ship_adapter
+    from .training import build_organism, measure_refusal
 
     recipe = Recipe()
     t0 = time.perf_counter()
@@ -39,7 +41,8 @@ def cmd_organism(args) -> dict:
 
 def cmd_run(args) -> dict:
     """The main job: every analysis, experiment and figure (see workbench.run)."""
-    from .run import load_configs, run_main
+    from .config import load_configs
+    from .run import run_main
 
     config, analysis_config = load_configs(args.config)
     return run_main(args.model, device=args.device, dtype=args.dtype, config=config,
@@ -57,8 +60,8 @@ def _prompt_splits(args):
 
 def _analysis(args):
     from .models import load_model
+    from .config import load_configs
     from .pipeline import Analysis
-    from .run import load_configs
 
     prompts = _prompt_splits(args)
     _, config = load_configs(args.config)  # before loading: a bad file fails fast
@@ -129,9 +132,9 @@ def cmd_generate(args) -> dict:
 
     from .artifacts import atomic_write_text
     from .data import read_prompts
-    from .evaluation import label_counts
     from .experiments import score_responses
     from .generation import generate
+    from .labels import label_counts
 
     prompts = read_prompts(args.prompts)
     model, analysis = _analysis(args)

@@ -24,7 +24,7 @@ from .activations import Activations
 from .artifacts import library_versions, load_tensors, save_tensors, sha256_text
 from .sites import SITES
 
-__all__ = ["CandidateKey", "Candidates", "Direction", "diff_in_means", "per_sample_candidates",
+__all__ = ["CandidateKey", "Candidates", "Direction", "diff_in_means", "per_sample_candidates", "projection_table",
            "cosine_matrix", "unit_rows", "check_d_model"]
 
 
@@ -307,6 +307,21 @@ def per_sample_candidates(harmful: Activations, harmless: Activations, site: str
     _check_pair(harmful, harmless, "per_sample_candidates")
     x = harmful.get(site, layer, pos).double()
     return (x - harmless.get(site, layer, pos).double().mean(0)).float()
+
+
+def projection_table(acts: dict[str, Activations], direction: Direction) -> pd.DataFrame:
+    """Every prompt's projection on ``direction``'s unit vector at its site and position, per layer.
+
+    ``acts`` maps a label (``"harmful"``, ``"harmless"``) to its activations. Columns: ``layer``,
+    ``label``, ``projection`` (activation units), ``prompt``; one row per label × layer × prompt.
+    """
+    rows = []
+    unit = direction.unit
+    for label, a in acts.items():
+        for layer in a.layers:
+            proj = (a.get(direction.site, layer, direction.pos).float().cpu() @ unit).tolist()
+            rows += [{"layer": layer, "label": label, "projection": p, "prompt": q} for p, q in zip(proj, a.prompts)]
+    return pd.DataFrame(rows)
 
 
 def cosine_matrix(cands: Candidates) -> Float[Tensor, "cand cand"]:

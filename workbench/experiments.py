@@ -16,78 +16,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import interventions as iv
-from .directions import Candidates
-from .evaluation import (first_token_kl, heuristic_label, is_empty, is_refusal, refusal_logodds,
-                         refusal_token_ids)
-from .generation import generate, last_token_logprobs
+from .chat import format_prompts, token_lengths, tokenize
+from .generation import generate, last_token_logprobs, repeat_prompts
+from .labels import heuristic_label, is_empty, is_refusal
+from .metrics import first_token_kl, refusal_logodds
 
-__all__ = ["model_refusal_tokens", "arditi_scores", "CONDITIONS", "condition_hooks", "compare_locations",
+__all__ = ["CONDITIONS", "condition_hooks", "compare_locations",
            "layer_subset_sweep", "angle_sweep", "score_responses", "reference_cross_entropy"]
 
 CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
-
-
-def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
-    """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
-    responses = generate(model, harmful, max_new_tokens=max_new_tokens)
-    refusals = [r for r in responses if is_refusal(r)]
-    if not refusals:
-        raise ValueError("the model refused none of the prompts; pass refusal token ids explicitly")
-    return refusal_token_ids(model.tokenizer, refusals)
-
-
-def _repeat(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, "row"]]:
-    """Prompts laid out as k consecutive blocks, and the block (setting) index of every row."""
-    n = len(prompts)
-    return list(prompts) * k, torch.arange(k).repeat_interleave(n)
-
-
-def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Sequence[str], *,
-                  refusal_ids: Sequence[int], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Arditi et al.'s three scores for every candidate, scored many candidates per forward pass.
-
-    ``bypass``: mean refusal log-odds on ``harmful`` with the candidate ablated everywhere
-    (``all``). ``induce``: on ``harmless`` with the raw candidate added at its own site and layer.
-    ``kl``: mean first-token KL(base ‖ ablated) on ``harmless``. Zero-norm candidates get NaN.
-    """
-    ok = cands.vectors.norm(dim=-1) > 0
-    idx = torch.nonzero(ok).flatten()
-    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
-    k = len(keys)
-    layers = torch.tensor([key.layer for key in keys])
-    sites = sorted({key.site for key in keys})
-    base = last_token_logprobs(model, harmless, batch_size=batch_size)
-
-    rows_h, cand_h = _repeat(harmful, k)
-    rows_s, cand_s = _repeat(harmless, k)
-    ablate = lambda cand: (lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all"))
-
-    def induce(rows):
-        c = cand_s[rows.cpu()]
-        hooks = []
-        for site in sites:  # rows of another site's candidates get α = 0 here
-            alpha = torch.tensor([float(keys[i].site == site) for i in c.tolist()])
-            hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
-        return hooks
-
-    score = lambda rows, hooks, groups: last_token_logprobs(  # noqa: E731
-        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress)
-    lp_bypass = score(rows_h, ablate(cand_h), cand_h)
-    lp_kl = score(rows_s, ablate(cand_s), cand_s)
-    lp_induce = score(rows_s, induce, cand_s)
-    n_h, n_s = len(harmful), len(harmless)
-    table = pd.DataFrame({
-        "site": [key.site for key in keys], "layer": layers.tolist(), "pos": [key.pos for key in keys],
-        "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
-        "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
-        "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
-    })
-    zero = [key for key, good in zip(cands.keys, ok.tolist()) if not good]
-    if zero:
-        nan = float("nan")
-        table = pd.concat([table, pd.DataFrame([{"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan,
-                                                 "induce": nan, "kl": nan} for z in zero])], ignore_index=True)
-    return table
 
 
 def condition_hooks(model, direction, condition_of_row: Int[Tensor, "row"], conditions: Sequence[str], *,
@@ -139,7 +76,7 @@ def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int,
     first-token scores come from the generation's own prefill)."""
     frames = []
     for split, prompts in prompt_sets.items():
-        rows, setting = _repeat(prompts, n_settings)
+        rows, setting = repeat_prompts(prompts, n_settings)
         hooks = hooks_for(setting)
         base = last_token_logprobs(model, prompts, batch_size=batch_size)
         responses, lp = generate(model, rows, hooks=hooks, groups=setting, max_new_tokens=max_new_tokens,
@@ -229,8 +166,6 @@ def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str
     Loss is taken on the answer tokens only; rows are right-aligned by left padding so one forward
     per batch scores every answer.
     """
-    from .chat import format_prompts, token_lengths, tokenize
-
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
     texts = format_prompts(model.tokenizer, prompts)

@@ -36,10 +36,17 @@ from tqdm.auto import tqdm
 from .chat import encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
 from .kv import PrefixKV, run_prefix, take_rows
 
-__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "shared_prefix_length"]
+__all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "repeat_prompts"]
 
 Hook = tuple[str, Callable]
 Hooks = Sequence[Hook] | Callable[[Int[Tensor, "batch"]], Sequence[Hook]] | None
+
+def repeat_prompts(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, "row"]]:
+    """Prompts laid out as k consecutive blocks, and the block (setting) index of every row: one
+    batched job then runs k settings, each row carrying its own (see ``groups``)."""
+    n = len(prompts)
+    return list(prompts) * k, torch.arange(k).repeat_interleave(n)
+
 
 def _hooks_for(hooks: Hooks, rows: list[int], device) -> list[Hook]:
     if hooks is None:

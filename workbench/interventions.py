@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -29,7 +30,7 @@ from .steering_math import (OnDevice, PerRow, _ablate_kernel, _rotate_kernel, _s
                             angle_settings, as_basis, as_vector, compute_dtype, per_token_plane_angle,
                             plane_angle, rotate, rotate_by, special_cases, unit_vector)
 
-__all__ = ["PerRow", "ablate", "add", "rotate", "rotate_by", "plane_angle", "per_token_plane_angle",
+__all__ = ["layer_subsets", "PerRow", "ablate", "add", "rotate", "rotate_by", "plane_angle", "per_token_plane_angle",
            "special_cases", "LOCATIONS", "first_k", "last_k", "window", "location_hook_names",
            "ablation_hooks", "addition_hooks", "rotation_hooks", "location_sweep_hooks",
            "candidate_sweep_hooks", "addition_sweep_hooks", "orthogonalize_weights"]
@@ -60,6 +61,21 @@ def window(start: int, stop: int) -> list[int]:
     if not 0 <= start < stop:
         raise ValueError(f"window({start}, {stop}) is empty or negative; need 0 ≤ start < stop")
     return list(range(start, stop))
+
+
+def layer_subsets(n_layers: int, sizes: Sequence[int]) -> dict[str, list[int]]:
+    """Named layer subsets for a sweep: for each size k < ``n_layers``, the first k, the last k and
+    the middle k blocks (``first:k``, ``last:k``, ``window:a-b``), then every block (``all:n``)."""
+    out = {}
+    for k in sizes:
+        if k >= n_layers:
+            continue
+        out[f"first:{k}"] = first_k(n_layers, k)
+        out[f"last:{k}"] = last_k(n_layers, k)
+        start = (n_layers - k) // 2
+        out[f"window:{start}-{start + k - 1}"] = window(start, start + k)
+    out[f"all:{n_layers}"] = list(range(n_layers))
+    return out
 
 
 def _cfg(model_or_cfg):

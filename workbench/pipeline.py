@@ -1,15 +1,16 @@
 """The analysis of one model as resumable stages: activations → candidates → selection → plane.
 
-Each stage saves its artifacts atomically in the run folder (``<cache>/runs/<model>/<config>/``) and is
-skipped when they exist, so an interrupted run resumes from the last finished stage and the CLI's
-"default direction/plane for that model" is computed once and reused.
+Each stage (:mod:`workbench.stages`) saves its artifacts atomically in the run folder
+(``<cache>/runs/<model>/<config>/``) and is skipped when they exist, so an interrupted run resumes
+from the last finished stage and the CLI's "default direction/plane for that model" is computed once
+and reused.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import torch
 from . import data
 from .activations import Activations, cache_activations
 from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
-from .directions import Candidates, Direction, diff_in_means
+from .config import AnalysisConfig
+from .directions import Candidates, Direction, diff_in_means, per_sample_candidates
 from .planes import Plane, build_plane
-from .selection import Selection, candidate_stats, select
+from .selection import Selection, arditi_scores, candidate_stats, model_refusal_tokens, select
+from .stages import Stages
 
 __all__ = ["AnalysisConfig", "Analysis", "model_key"]
 
@@ -29,32 +32,10 @@ SETS = {"harmful_train": ("harmful", "direction_train"), "harmless_train": ("har
         "harmful_val": ("harmful", "validation"), "harmless_val": ("harmless", "validation")}
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """What the analysis computes. Arditi scoring runs the model once per candidate × prompt, so on a
-    CPU it is restricted (positions, layer stride, prompts); statistics cover every candidate."""
-
-    sites: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
-    arditi_site: str = "resid_pre"
-    arditi_positions: tuple[int, ...] = (-1,)
-    arditi_layer_stride: int = 1
-    arditi_prompts: int = 32  # the paper's n_val; 12 prompts gave a noisier choice on the organism
-    kl_max: float = 0.1
-    fallback_rank: str = "balance"  # when Arditi's filters reject all: "balance" or "bypass" (see select)
-    direction_method: str = "arditi"
-    plane_b1_method: str = "max_sim"
-    plane_positions: tuple[int, ...] = (-1,)
-    batch_size: int = 64
-
-
 def model_key(model) -> str:
     """A folder-safe name for the model's run folder (the organism's includes its recipe hash; a
     dtype other than float32 is appended, so bf16 and fp32 stages never mix)."""
-    name = getattr(model, "workbench_name", None) or model.cfg.model_name
-    if name == "organism":
-        from .organism import Recipe
-
-        name = f"organism-{Recipe().key()}"
+    name = getattr(model, "workbench_key", None) or getattr(model, "workbench_name", None) or model.cfg.model_name
     dtype = str(model.cfg.dtype).removeprefix("torch.")
     if dtype != "float32":
         name = f"{name}-{dtype}"
@@ -65,8 +46,9 @@ class Analysis:
     """Lazy, cached stages for one model. ``Analysis(model).direction()`` is the default direction."""
 
     def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, prompts: data.PromptSplits | None = None,
-                 run_dir: str | Path | None = None, progress: bool = True):
+                 run_dir: str | Path | None = None, progress: bool = True, stages: Stages | None = None):
         self.model, self.config, self.progress = model, config, progress
+        self.stages = stages or Stages()
         self.prompts = prompts or data.PromptSplits.shipped()
         # one folder per (model, config, prompts): a changed config never reuses stale stages
         salt = "" if self.prompts.source == "shipped" else self.prompts.key()
@@ -81,15 +63,15 @@ class Analysis:
             {"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2))
 
     def stage_files(self, stage: str) -> list[Path]:
-        """The files that hold a stage of the default analysis (``activations``, ``selection``,
-        ``plane``); a stage is done when they all exist."""
-        files = {"activations": ["activations.safetensors"],
-                 "selection": ["refusal_tokens.json", "arditi_scores.csv",
-                               f"direction-{self.config.direction_method}.safetensors"]}
+        """The files that hold a stage of the default analysis (``activations``, ``refusal_tokens``,
+        ``arditi_scores``, ``selection``, ``plane``); a stage is done when they all exist."""
+        files = {"activations": ["activations.safetensors"], "refusal_tokens": ["refusal_tokens.json"],
+                 "arditi_scores": ["arditi_scores.csv"],
+                 "selection": [f"direction-{self.config.direction_method}.safetensors"]}
         if stage == "plane":
             return [self._plane_path(self.config.plane_b1_method, "pc1", None)]
         if stage not in files:
-            raise ValueError(f"unknown stage {stage!r}; choose activations, selection or plane")
+            raise ValueError(f"unknown stage {stage!r}; choose {', '.join([*files, 'plane'])}")
         return [self.dir / name for name in files[stage]]
 
     def _plane_path(self, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Path:
@@ -99,23 +81,29 @@ class Analysis:
     # ------------------------------------------------------------------ stage 1: activations
     @cached_property
     def activations(self) -> dict[str, Activations]:
+        """Cached sites × layers × post-instruction positions of the four prompt sets."""
         path = self.stage_files("activations")[0]
-        if path.exists():
+
+        def load() -> dict[str, Activations]:
             tensors, meta = load_tensors(path)
             return {name: Activations({s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
                                       meta["layers"], meta["positions"], meta["tokens"], meta["prompts"][name])
                     for name in SETS}
-        acts = {name: cache_activations(self.model, self.prompts.get(*SETS[name]), sites=self.config.sites,
-                                        batch_size=self.config.batch_size, progress=self.progress)
-                for name in SETS}
-        first = acts["harmful_train"]
-        save_tensors(path, {f"{n}.{s}": a.acts[s] for n, a in acts.items() for s in a.sites},
-                     {"sites": list(self.config.sites), "layers": first.layers, "positions": first.positions,
-                      "tokens": first.tokens, "prompts": {n: a.prompts for n, a in acts.items()},
-                      "versions": library_versions()})
-        return acts
 
-    # ------------------------------------------------------------------ stage 2: candidates
+        def compute() -> dict[str, Activations]:
+            acts = {name: cache_activations(self.model, self.prompts.get(*SETS[name]), sites=self.config.sites,
+                                            batch_size=self.config.batch_size, progress=self.progress)
+                    for name in SETS}
+            first = acts["harmful_train"]
+            save_tensors(path, {f"{n}.{s}": a.acts[s] for n, a in acts.items() for s in a.sites},
+                         {"sites": list(self.config.sites), "layers": first.layers, "positions": first.positions,
+                          "tokens": first.tokens, "prompts": {n: a.prompts for n, a in acts.items()},
+                          "versions": library_versions()})
+            return acts
+
+        return self.stages.run("activations", [path], compute, load)
+
+    # ------------------------------------------------------------------ candidates (computed, not stored)
     @cached_property
     def candidates(self) -> Candidates:
         """Arditi's raw difference-in-means for every (site, layer, pos), on direction_train."""
@@ -130,34 +118,36 @@ class Analysis:
     def stats(self) -> pd.DataFrame:
         return candidate_stats(self.candidates, self.activations["harmful_val"], self.activations["harmless_val"])
 
-    # ------------------------------------------------------------------ stage 3: selection
+    # ------------------------------------------------------------------ stage 2: selection
     @cached_property
     def refusal_ids(self) -> list[int]:
-        path = self.stage_files("selection")[0]
-        if path.exists():
-            return json.loads(path.read_text())["ids"]
-        from .experiments import model_refusal_tokens
+        """The first tokens of the model's own refusals of the direction_train harmful prompts."""
+        path = self.stage_files("refusal_tokens")[0]
 
-        ids = model_refusal_tokens(self.model, self.prompts.get("harmful", "direction_train"))
-        atomic_write_text(path, json.dumps({"ids": ids, "tokens": self.model.tokenizer.convert_ids_to_tokens(ids)}))
-        return ids
+        def compute() -> list[int]:
+            ids = model_refusal_tokens(self.model, self.prompts.get("harmful", "direction_train"))
+            atomic_write_text(path, json.dumps({"ids": ids, "tokens": self.model.tokenizer.convert_ids_to_tokens(ids)}))
+            return ids
+
+        return self.stages.run("refusal_tokens", [path], compute, lambda: json.loads(path.read_text())["ids"])
 
     @cached_property
     def arditi(self) -> pd.DataFrame:
-        path = self.stage_files("selection")[1]
-        if path.exists():
-            return pd.read_csv(path)
-        from .experiments import arditi_scores
+        """Arditi et al.'s bypass / induce / KL scores of the configured candidates (validation split)."""
+        path = self.stage_files("arditi_scores")[0]
 
-        cfg, n_layers = self.config, self.model.cfg.n_layers
-        layers = list(range(0, n_layers, cfg.arditi_layer_stride))
-        cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
-        n = cfg.arditi_prompts
-        table = arditi_scores(self.model, cands, self.prompts.get("harmful", "validation")[:n],
-                              self.prompts.get("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
-                              batch_size=cfg.batch_size, progress=self.progress)
-        atomic_write_text(path, table.to_csv(index=False))
-        return table
+        def compute() -> pd.DataFrame:
+            cfg, n_layers = self.config, self.model.cfg.n_layers
+            layers = list(range(0, n_layers, cfg.arditi_layer_stride))
+            cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
+            n = cfg.arditi_prompts
+            table = arditi_scores(self.model, cands, self.prompts.get("harmful", "validation")[:n],
+                                  self.prompts.get("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
+                                  batch_size=cfg.batch_size, progress=self.progress)
+            atomic_write_text(path, table.to_csv(index=False))
+            return table
+
+        return self.stages.run("arditi_scores", [path], compute, lambda: pd.read_csv(path))
 
     @cached_property
     def selection(self) -> Selection:
@@ -168,13 +158,16 @@ class Analysis:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
         method = method or self.config.direction_method
         path = self.dir / f"direction-{method}.safetensors"
-        if path.exists():
-            return Direction.load(path, d_model=self.model.cfg.d_model)
-        direction = self.selection.direction(method, self.candidates, model=model_key(self.model))
-        direction.save(path)
-        return direction
 
-    # ------------------------------------------------------------------ stage 4: plane
+        def compute() -> Direction:
+            direction = self.selection.direction(method, self.candidates, model=model_key(self.model))
+            direction.save(path)
+            return direction
+
+        name = "selection" if method == self.config.direction_method else f"selection-{method}"
+        return self.stages.run(name, [path], compute, lambda: Direction.load(path, d_model=self.model.cfg.d_model))
+
+    # ------------------------------------------------------------------ stage 3: plane
     def plane(self, *, b1_method: str | None = None, variant: str = "pc1",
               layer_range: tuple[int, int] | None = None) -> Plane:
         """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates.
@@ -186,8 +179,12 @@ class Analysis:
         """
         b1_method = b1_method or self.config.plane_b1_method
         path = self._plane_path(b1_method, variant, layer_range)
-        if path.exists():
-            return Plane.load(path, d_model=self.model.cfg.d_model)
+        default = (b1_method, variant, layer_range) == (self.config.plane_b1_method, "pc1", None)
+        return self.stages.run("plane" if default else path.stem, [path],
+                               lambda: self._build_plane(path, b1_method, variant, layer_range),
+                               lambda: Plane.load(path, d_model=self.model.cfg.d_model))
+
+    def _build_plane(self, path: Path, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Plane:
         cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
         stats = candidate_stats(cands, self.activations["harmful_val"], self.activations["harmless_val"])
         if b1_method == "arditi":
@@ -199,8 +196,6 @@ class Analysis:
             b1 = chosen.direction(b1_method, cands) if b1_method == "mean_of_candidates" else key
         per_sample = None
         if variant == "per_sample":
-            from .directions import per_sample_candidates
-
             per_sample = per_sample_candidates(self.activations["harmful_train"], self.activations["harmless_train"],
                                                key.site, key.layer, key.pos)
         plane = build_plane(cands, b1, variant=variant, layer_range=layer_range, per_sample=per_sample,

@@ -6,8 +6,8 @@ counter-clockwise toward b2 (b2 is at 90°), in [0, 360)**; ``angle = atan2(b2·
 
 The default plane (``variant="pc1"``) follows the reference: b1 is a chosen unit candidate and b2
 is the first principal component of the unit candidates, Gram–Schmidt-ed against b1. PC1 captures
-how the refusal direction drifts across depth. ``"last_two_pcs"`` reproduces the seed notes'
-failed idea for comparison, and ``"per_sample"`` fits the PCA on per-prompt candidates instead.
+how the refusal direction drifts across depth. ``"last_two_pcs"`` reproduces a
+failed idea (the plane of the last two principal components) for comparison, and ``"per_sample"`` fits the PCA on per-prompt candidates instead.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`candidate_stats` scores every candidate on held-out prompts without running the model
 (norm, mean cosine to the others, AUC and Cohen's d of the harmful/harmless projections);
 :func:`select` turns those scores (and optionally Arditi et al.'s model-based bypass/induce/KL
-table, from :func:`workbench.experiments.arditi_scores`) into one choice per method.
+table, from :func:`arditi_scores`, which runs the model on every candidate) into one choice per method.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from . import interventions as iv
 from .activations import Activations
 from .artifacts import library_versions
 from .directions import CandidateKey, Candidates, Direction, _check_pair, cosine_matrix
+from .generation import generate, last_token_logprobs, repeat_prompts
+from .labels import is_refusal
+from .metrics import first_token_kl, refusal_logodds, refusal_token_ids
 
-__all__ = ["METHODS", "KL_FALLBACK", "candidate_stats", "Selection", "select"]
+__all__ = ["METHODS", "KL_FALLBACK", "candidate_stats", "model_refusal_tokens", "arditi_scores", "Selection",
+           "select"]
 
 METHODS = ("max_sim", "max_norm", "max_auc", "mean_of_candidates", "arditi")
 _ARDITI_COLUMNS = ("bypass", "induce", "kl")
-KL_FALLBACK = 0.25  # organism.md §6: KL ≤ 0.1 rejects every candidate on small organisms
+KL_FALLBACK = 0.25  # KL ≤ 0.1 rejects every candidate on the 135M organism (see select)
 
 
 def _auc(pos: Float[Tensor, "cand n1"], neg: Float[Tensor, "cand n0"]) -> Float[Tensor, "cand"]:
@@ -90,6 +95,67 @@ def candidate_stats(cands: Candidates, harmful_val: Activations, harmless_val: A
     frame["cohens_d"] = torch.where(zero, torch.zeros_like(d), d).cpu().numpy()
     return frame
 
+
+# ---------------------------------------------------------------- Arditi's model-based scores
+
+def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
+    """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
+    responses = generate(model, harmful, max_new_tokens=max_new_tokens)
+    refusals = [r for r in responses if is_refusal(r)]
+    if not refusals:
+        raise ValueError("the model refused none of the prompts; pass refusal token ids explicitly")
+    return refusal_token_ids(model.tokenizer, refusals)
+
+
+def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Sequence[str], *,
+                  refusal_ids: Sequence[int], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Arditi et al.'s three scores for every candidate, scored many candidates per forward pass.
+
+    ``bypass``: mean refusal log-odds on ``harmful`` with the candidate ablated everywhere
+    (``all``). ``induce``: on ``harmless`` with the raw candidate added at its own site and layer.
+    ``kl``: mean first-token KL(base ‖ ablated) on ``harmless``. Zero-norm candidates get NaN.
+    """
+    ok = cands.vectors.norm(dim=-1) > 0
+    idx = torch.nonzero(ok).flatten()
+    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
+    k = len(keys)
+    layers = torch.tensor([key.layer for key in keys])
+    sites = sorted({key.site for key in keys})
+    base = last_token_logprobs(model, harmless, batch_size=batch_size)
+
+    rows_h, cand_h = repeat_prompts(harmful, k)
+    rows_s, cand_s = repeat_prompts(harmless, k)
+    ablate = lambda cand: (lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all"))
+
+    def induce(rows):
+        c = cand_s[rows.cpu()]
+        hooks = []
+        for site in sites:  # rows of another site's candidates get α = 0 here
+            alpha = torch.tensor([float(keys[i].site == site) for i in c.tolist()])
+            hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
+        return hooks
+
+    score = lambda rows, hooks, groups: last_token_logprobs(  # noqa: E731
+        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress)
+    lp_bypass = score(rows_h, ablate(cand_h), cand_h)
+    lp_kl = score(rows_s, ablate(cand_s), cand_s)
+    lp_induce = score(rows_s, induce, cand_s)
+    n_h, n_s = len(harmful), len(harmless)
+    table = pd.DataFrame({
+        "site": [key.site for key in keys], "layer": layers.tolist(), "pos": [key.pos for key in keys],
+        "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
+        "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
+        "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
+    })
+    zero = [key for key, good in zip(cands.keys, ok.tolist()) if not good]
+    if zero:
+        nan = float("nan")
+        table = pd.concat([table, pd.DataFrame([{"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan,
+                                                 "induce": nan, "kl": nan} for z in zero])], ignore_index=True)
+    return table
+
+
+# ---------------------------------------------------------------- choosing
 
 @dataclass(frozen=True, eq=False)
 class Selection:

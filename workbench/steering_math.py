@@ -5,7 +5,7 @@ a hook, ``[n, d]`` from a cache, or a single ``[d]`` vector. The math runs in fl
 float64) and the result is cast back to ``x.dtype``. Each token costs at most two dot products: no
 ``d×d`` projector is ever built (at d=3584 that is 51 MB per hook).
 
-Conventions (see ``angular_steering.md`` §1–2):
+Conventions (those of the angular-steering paper, Vu & Nguyen 2025):
 
 - A *direction* is a ``[d_model]`` tensor or any object with a ``.vector`` tensor (``Direction``).
 - A *plane* is a ``[2, d_model]`` orthonormal basis ``(b1, b2)`` or any object with ``.basis``
@@ -283,7 +283,7 @@ def per_token_plane_angle(x: Float[Tensor, "... d_model"], r) -> Float[Tensor, "
 def special_cases(x: Float[Tensor, "... d_model"], r, alphas) -> dict[str, Tensor]:
     """Show numerically that ablation and addition are rotations in each token's own plane.
 
-    Derivation (``angular_steering.md`` §2). Let ``r̂ = r/‖r‖``, ``a = r̂ᵀx``, ``x⊥ = x − a r̂``,
+    Derivation. Let ``r̂ = r/‖r‖``, ``a = r̂ᵀx``, ``x⊥ = x − a r̂``,
     ``n⊥ = ‖x⊥‖``, ``û = x⊥/n⊥``. In the token-dependent plane ``Π_x = span(r̂, û)`` x has coordinates
     ``(a, n⊥)`` and angle ``φ = atan2(n⊥, a) ∈ [0°, 180°]``.
 

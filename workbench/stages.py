@@ -1,0 +1,79 @@
+"""Stages: named steps whose results live in files, so that a run resumes where it stopped.
+
+A stage is *done* when every file it declares exists. :meth:`Stages.run` then loads the result
+instead of computing it; otherwise it computes it, and the compute function writes the files
+atomically (:mod:`workbench.artifacts`), the file that marks the stage done last. Either way the
+stage's wall time, whether it was reused and the sha256 of its files are recorded: in
+:attr:`Stages.seconds` and, once one is attached, in the run's :class:`~workbench.artifacts.Manifest`.
+Stages may run inside stages (the selection stage runs the refusal-token and Arditi-score stages);
+each is recorded under its own name, and :meth:`Stages.top_level` gives the times that add up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+
+from .artifacts import Manifest, atomic_write_text
+
+__all__ = ["Stages", "save_tables", "load_tables", "table_files"]
+
+T = TypeVar("T")
+
+
+class Stages:
+    """Runs and records the stages of one run folder (see the module docs)."""
+
+    def __init__(self, *, manifest: Manifest | None = None, progress: bool = False, label: str = "workbench"):
+        self.manifest, self.progress, self.label = manifest, progress, label
+        self.seconds: dict[str, float] = {}
+        self.reused: dict[str, bool] = {}
+        self._top: list[str] = []
+        self._depth = 0
+
+    def run(self, name: str, files: Sequence[Path], compute: Callable[[], T], load: Callable[[], T]) -> T:
+        """``load()`` when every file in ``files`` exists, else ``compute()`` (which writes them)."""
+        done = bool(files) and all(Path(f).exists() for f in files)
+        t0 = time.perf_counter()
+        self._depth += 1
+        try:
+            value = load() if done else compute()
+        finally:
+            self._depth -= 1
+        self.record(name, time.perf_counter() - t0, files, reused=done)
+        return value
+
+    def record(self, name: str, seconds: float, files: Sequence[Path] = (), *, reused: bool = False) -> None:
+        """Record a stage timed elsewhere (e.g. loading the model, before the run folder is known)."""
+        seconds = max(0.0, round(seconds, 1))  # never "-0.0"
+        self.seconds[name], self.reused[name] = seconds, reused
+        if self._depth == 0 and name not in self._top:
+            self._top.append(name)
+        if self.manifest is not None:
+            self.manifest.stage(name, seconds, list(files), reused=reused)
+        if self.progress:
+            print(f"[{self.label}] {name} {'reused' if reused else 'done'} ({seconds} s)", flush=True)
+
+    def top_level(self) -> dict[str, float]:
+        """Wall seconds of the stages not run inside another stage, in the order they ran."""
+        return {name: self.seconds[name] for name in self._top}
+
+
+def table_files(folder: Path, name: str) -> list[Path]:
+    """A table stage's files: the per-prompt table, then the summary (whose presence marks it done)."""
+    return [folder / f"{name}_per_prompt.csv", folder / f"{name}.csv"]
+
+
+def save_tables(files: Sequence[Path], tables: tuple[pd.DataFrame, ...]) -> tuple[pd.DataFrame, ...]:
+    """Write each table as CSV to its file, in order (so the last file marks the stage done)."""
+    for path, table in zip(files, tables, strict=True):
+        atomic_write_text(path, table.to_csv(index=False))
+    return tables
+
+
+def load_tables(files: Sequence[Path]) -> tuple[pd.DataFrame, ...]:
+    return tuple(pd.read_csv(path) for path in files)
