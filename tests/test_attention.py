@@ -162,3 +162,16 @@ def test_fast_attention_on_smollm2_matches_transformer_lens(smollm2):
         attention.install(smollm2)
     assert (fast - slow)[mask.bool()].abs().max().item() <= 1e-4
     assert fast_texts == slow_texts
+
+
+def test_fast_paths_stay_off_on_an_untested_transformer_lens(monkeypatch):
+    from workbench import fastpath
+
+    model = _tiny("rotary", 2)
+    monkeypatch.setattr(fastpath, "TESTED_TL", ("0.0",))
+    with pytest.warns(UserWarning, match="not a tested release"):
+        engaged = fastpath.install(model)
+    assert engaged == {"layout": False, "attention": 0, "unembed": False}
+    assert not hasattr(model.blocks[0].attn, "_workbench_tl_forward")
+    monkeypatch.undo()
+    assert fastpath.install(model)["attention"] == len(model.blocks)

@@ -76,7 +76,7 @@ def test_chunked_unembedding_is_bitwise_tls_and_keeps_its_hooks(smollm2):
     import torch.nn.functional as F
 
     unembed = smollm2.unembed
-    assert unembed.forward.__func__.__name__ == "_chunked_unembed"
+    assert unembed.forward.__func__.__name__ == "chunked_unembed"
     tokens, mask = tokenize(smollm2.tokenizer, format_prompts(smollm2.tokenizer, PROMPTS * 22))
     with torch.inference_mode():
         resid = smollm2(tokens, attention_mask=mask, stop_at_layer=smollm2.cfg.n_layers)
