@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import threading
 import warnings
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +18,7 @@ import pytest
 import torch
 
 from workbench import figures as F
-from workbench.evaluation import ALL_LABELS
+from workbench.labels import ALL_LABELS
 from workbench.steering_math import special_cases
 
 CONDS = ["addition", "none", "resid", "attn", "mlp", "all"]  # deliberately out of order
@@ -187,7 +192,7 @@ def test_save_figure(tmp_path, locations, monkeypatch):
         paths = F.save_figure(fig, "loc", tmp_path)
         assert [p.name for p in paths] == ["loc.html", "loc.png"]
         assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setattr(F, "_EXPORT", {"kaleido": None, "loop": None, "failed": None, "warned": False})
+    monkeypatch.setattr(F, "_EXPORT", {"up": False, "failed": None, "warned": False})
     monkeypatch.setattr(F, "_find_browser", lambda: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -206,3 +211,120 @@ def test_angle_sweep_partial_range_is_not_closed():
                             "refusal_rate": [0.9, 0.7, 0.5, 0.2, 0.1]})
     fig = F.angle_sweep_polar(summary)
     assert list(fig.data[0].theta) == [0.0, 45.0, 90.0, 135.0, 180.0]
+
+
+# ---------------------------------------------------------------------------------------------- byte-stable saving
+def needs_browser() -> None:
+    if not F._find_browser():
+        pytest.skip("no Chrome/Chromium for kaleido, so no PNG export (apt-get install chromium)")
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk, checking each CRC."""
+    out, i = [], 8
+    while i < len(png):
+        n, kind = int.from_bytes(png[i:i + 4], "big"), png[i + 4:i + 8]
+        data, crc = png[i + 8:i + 8 + n], png[i + 8 + n:i + 12 + n]
+        assert zlib.crc32(kind + data).to_bytes(4, "big") == crc, kind
+        out.append((kind, data))
+        i += 12 + n
+    return out
+
+
+TINY_PNG = (F._PNG_SIGNATURE + chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))  # 1×1 grey
+            + chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b""))
+
+
+def test_png_text_chunk(tmp_path):
+    tagged = F._png_with_text(TINY_PNG, F._SPEC_KEY, "abc123")
+    assert [k for k, _ in chunks(tagged)] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
+    assert chunks(tagged)[1][1] == F._SPEC_KEY + b"\0abc123"
+    assert [c for c in chunks(tagged) if c[0] != b"tEXt"] == chunks(TINY_PNG)
+    (tmp_path / "a.png").write_bytes(tagged)
+    (tmp_path / "old.png").write_bytes(TINY_PNG)
+    (tmp_path / "text.png").write_bytes(b"not a png")
+    assert F._png_text(tmp_path / "a.png", F._SPEC_KEY) == "abc123"
+    assert F._png_text(tmp_path / "a.png", b"other") is None
+    for name in ("old.png", "text.png", "missing.png"):
+        assert F._png_text(tmp_path / name, F._SPEC_KEY) is None
+    with pytest.raises(ValueError, match="not a PNG"):
+        F._png_with_text(b"not a png", F._SPEC_KEY, "x")
+
+
+def test_spec_hash_is_the_same_in_another_process(tmp_path, locations):
+    fig = F.location_comparison(locations[0], locations[1], model="m")
+    here = F._spec_hash(fig, F.PNG_SIZE)
+    pd.to_pickle(locations, tmp_path / "tables.pkl")
+    code = ("import pandas as pd, sys; from workbench import figures as F; s, p = pd.read_pickle(sys.argv[1]); "
+            "print(F._spec_hash(F.location_comparison(s, p, model='m'), F.PNG_SIZE))")
+    there = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tables.pkl")], capture_output=True,
+                           text=True, timeout=120, check=True).stdout.strip()
+    assert there == here
+    assert F._spec_hash(fig.update_layout(title="changed"), F.PNG_SIZE) != here
+
+
+def test_html_is_not_rewritten_when_unchanged(tmp_path, locations):
+    fig = F.location_comparison(locations[0])
+    html = F.save_figure(fig, "01 loc", tmp_path, png=False)[0]
+    assert 'id="01-loc"' in html.read_text()
+    os.utime(html, ns=(10**18, 10**18))
+    before = html.stat()
+    F.save_figure(F.location_comparison(locations[0]), "01 loc", tmp_path, png=False)
+    after = html.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_png_is_not_rewritten_when_unchanged(tmp_path, locations, monkeypatch):
+    needs_browser()
+    exports = []
+    png = F._png
+    monkeypatch.setattr(F, "_png", lambda fig, opts: exports.append(1) or png(fig, opts))
+    fig = F.location_comparison(locations[0])
+    path = F.save_figure(fig, "loc", tmp_path)[1]
+    assert len(exports) == 1 and F._png_text(path, F._SPEC_KEY) == F._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
+    data = path.read_bytes()
+    os.utime(path, ns=(10**18, 10**18))
+    before = path.stat()
+    assert F.save_figure(F.location_comparison(locations[0]), "loc", tmp_path)[1] == path
+    after = path.stat()
+    assert len(exports) == 1 and path.read_bytes() == data
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    F.save_figure(fig.update_layout(title="changed"), "loc", tmp_path)  # a changed figure is exported again
+    assert len(exports) == 2 and path.read_bytes() != data
+    assert F._png_text(path, F._SPEC_KEY) == F._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
+    path.write_bytes(TINY_PNG)  # a PNG from before the hash chunk
+    F.save_figure(fig, "loc", tmp_path)
+    assert len(exports) == 3 and F._png_text(path, F._SPEC_KEY) is not None
+
+
+def test_stuck_export_times_out_to_html_only(tmp_path, locations, monkeypatch):
+    kaleido = pytest.importorskip("kaleido")
+    release = threading.Event()
+    calls = []
+    monkeypatch.setattr(kaleido, "calc_fig_sync", lambda *a, **k: calls.append(1) or release.wait(30))
+    monkeypatch.setattr(F, "_EXPORT", {"up": True, "failed": None, "warned": False})  # as if the server were up
+    monkeypatch.setattr(F, "_TIMEOUT", 0.2)
+    fig = F.location_comparison(locations[0])
+    try:
+        with pytest.warns(RuntimeWarning, match="no PNG within 0.2 s"):
+            assert [p.name for p in F.save_figure(fig, "a", tmp_path)] == ["a.html"]
+        assert [p.name for p in F.save_figure(fig, "b", tmp_path)] == ["b.html"]
+    finally:
+        release.set()
+    assert len(calls) == 1  # a stuck server is not asked again
+
+
+def test_process_with_a_png_exits_promptly(tmp_path):
+    needs_browser()
+    code = ("import sys, plotly.graph_objects as go; from workbench import figures as F; "
+            "paths = F.save_figure(go.Figure(go.Bar(y=[1, 3, 2])), 'bar', sys.argv[1]); "
+            "assert [p.name for p in paths] == ['bar.html', 'bar.png'], paths; print('saved')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "saved", done.stderr
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    assert (tmp_path / "bar.png").read_bytes()[:8] == F._PNG_SIGNATURE

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,19 @@ def cache_dir(*parts: str) -> Path:
 
 
 def _atomic(path: Path, write) -> None:
+    """Call ``write(tmp)`` to fill a new temporary file beside ``path``, then move it into place with the
+    usual permissions (0o666 & ~umask). If anything fails, ``path`` is unchanged and ``tmp`` is gone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0o22)  # the only way to read it
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,7 +54,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda fh: fh.write(data))
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -60,10 +67,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     The sidecar is written last, so a readable sidecar means the tensors are complete.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2, sort_keys=True))
+    sidecar = json.dumps(metadata, indent=2, sort_keys=True)  # first: metadata that is not JSON changes nothing
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp))  # straight to the file: no second copy in memory
+    atomic_write_text(path.with_suffix(".json"), sidecar)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,8 +84,6 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that change numbers, for provenance."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for name in ("torch", "transformer-lens", "transformers", "refusal-workbench"):
         try:
@@ -126,7 +131,7 @@ class Manifest:
         self.data: dict[str, Any] = {**facts, "stages": old.get("stages", {})}
         self._write()
 
-    def stage(self, name: str, seconds: float, files: list[str | Path] = (), *, reused: bool = False) -> None:
+    def stage(self, name: str, seconds: float, files: Sequence[str | Path] = (), *, reused: bool = False) -> None:
         old = self.data["stages"].get(name)
         if reused and old is not None:  # same files as when they were made: skip re-hashing
             old.update(seconds=seconds, reused=True)

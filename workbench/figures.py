@@ -9,22 +9,30 @@ the plane convention: 0° = b1 (refusal) points east, angles grow counter-clockw
 
 from __future__ import annotations
 
-import asyncio
-import atexit
+import hashlib
 import html
-import os
+import json
 import re
-import tempfile
 import textwrap
 import threading
 import warnings
+import zlib
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+
+from .artifacts import atomic_write_bytes, atomic_write_text
+from .experiments import CONDITIONS
+from .labels import ALL_LABELS
 
 __all__ = ["TEMPLATE", "SPLIT_COLORS", "CONDITION_COLORS", "LABEL_COLORS", "CONDITION_ORDER", "LABEL_ORDER",
            "location_comparison", "selection_heatmaps", "cosine_matrix_figure", "plane_projection",
@@ -32,8 +40,8 @@ __all__ = ["TEMPLATE", "SPLIT_COLORS", "CONDITION_COLORS", "LABEL_COLORS", "COND
            "save_figure", "PNG_SIZE"]
 
 # ---------------------------------------------------------------------------------------------- style
-CONDITION_ORDER = ("none", "resid", "attn", "mlp", "all", "addition")  # = experiments.CONDITIONS
-LABEL_ORDER = ("refusal", "comply_with_warning", "ethical_redirect", "comply", "empty", "degenerate")
+CONDITION_ORDER = CONDITIONS
+LABEL_ORDER = ALL_LABELS
 SPLIT_COLORS = {"harmful": "#c0392b", "harmless": "#2874a6"}
 CONDITION_COLORS = {"none": "#7f8c8d", "resid": "#2e86c1", "attn": "#28b463", "mlp": "#d68910",
                     "all": "#8e44ad", "addition": "#c0392b"}
@@ -127,7 +135,7 @@ def location_comparison(summary: pd.DataFrame, per_prompt: pd.DataFrame | None =
     fig.update_layout(template=TEMPLATE, barmode="group", scattermode="group")
     for i, split in enumerate(_splits(summary)):
         rows = summary[summary["split"] == split].set_index("condition").reindex(order)
-        hover = [f"n = {'?' if 'n' not in rows else rows.at[c, 'n']}" for c in order]
+        hover = [f"n = {'?' if 'n' not in rows else str(rows.at[c, 'n'])}" for c in order]
         if per_prompt is not None:
             pp = per_prompt[per_prompt["split"] == split]
             for j, c in enumerate(order):
@@ -332,7 +340,7 @@ def projection_histograms(proj: pd.DataFrame, *, nbins: int = 40, model: str | N
                                      text=[_wrap(p, limit=200) for p in rows["prompt"]],
                                      hovertemplate="%{x:.3g}<br>%{text}<extra></extra>"), 1, 1)
     head = "Projection onto the refusal direction"
-    steps = [{"method": "update", "label": str(layer),
+    steps: list[dict[str, Any]] = [{"method": "update", "label": str(layer),
               "args": [{"visible": [j // per_layer == k for j in range(per_layer * len(layers))]},
                        {"title": _title(f"{head}, layer {layer}", model, f"|Cohen's d| = {d[layer]:.2f}")}]}
              for k, layer in enumerate(layers)]
@@ -408,8 +416,11 @@ def special_cases_figure(result: dict, *, max_tokens: int = 60, model: str | Non
 
 
 # ---------------------------------------------------------------------------------------------- saving
-_EXPORT: dict = {"kaleido": None, "loop": None, "failed": None, "warned": False}
+_EXPORT: dict = {"up": False, "failed": None, "warned": False}  # kaleido's sync server in this process
 _LOCK = threading.Lock()
+_TIMEOUT = 120  # s: the first PNG includes the browser's start; kaleido itself gives up on a render after 90 s
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SPEC_KEY = b"workbench-spec-sha256"
 
 
 def _find_browser() -> str | None:
@@ -422,50 +433,45 @@ def _find_browser() -> str | None:
         return None
 
 
-def _run(coro, timeout: float):
-    return asyncio.run_coroutine_threadsafe(coro, _EXPORT["loop"]).result(timeout)
-
-
-def _start_kaleido(browser: str) -> None:
-    """One headless Chromium for the whole process, on a private event loop (≈2 s once, then ≈0.3 s a PNG)."""
+def _calc_png(fig_dict: dict, opts: dict) -> bytes:
+    """``kaleido.calc_fig_sync``, or a TimeoutError after ``_TIMEOUT`` seconds."""
     import kaleido
 
-    async def start():
-        k = kaleido.Kaleido(n=1, mathjax=False, path=browser)  # no MathJax: it would come from a CDN
-        await k.open()
-        return k
+    result: Future = Future()
 
-    _EXPORT["loop"] = asyncio.new_event_loop()
-    threading.Thread(target=_EXPORT["loop"].run_forever, daemon=True, name="kaleido").start()
-    _EXPORT["kaleido"] = _run(start(), 60)
-    atexit.register(_stop_kaleido)
+    def call():
+        try:
+            result.set_result(kaleido.calc_fig_sync(fig_dict, opts=opts))
+        except BaseException as e:  # noqa: BLE001 handed to the caller
+            result.set_exception(e)
 
-
-def _stop_kaleido() -> None:
-    try:
-        if _EXPORT["kaleido"] is not None:
-            _run(_EXPORT["kaleido"].close(), 20)
-    except Exception:  # noqa: BLE001 best effort at exit
-        pass
-    _EXPORT["kaleido"] = None
+    # on a thread of its own: kaleido's server waits forever if its browser failed to start (plotly/Kaleido#422)
+    threading.Thread(target=call, daemon=True, name="kaleido-call").start()
+    return result.result(_TIMEOUT)
 
 
-def _png(fig: go.Figure) -> bytes | None:
+def _png(fig: go.Figure, opts: dict) -> bytes | None:
     """PNG bytes, or None (with one warning per process) when static export is unavailable."""
     with _LOCK:
-        if _EXPORT["kaleido"] is None and _EXPORT["failed"] is None:
+        if not _EXPORT["up"] and _EXPORT["failed"] is None:
             browser = _find_browser()
             try:
                 if browser is None:
                     raise RuntimeError("no Chrome/Chromium found for kaleido")
-                _start_kaleido(browser)
+                import kaleido
+
+                # one browser for the process: ≈2 s to start, then ≈0.3 s a PNG; kaleido closes it at exit.
+                # No MathJax: it would come from a CDN.
+                kaleido.start_sync_server(n=1, mathjax=False, path=browser, silence_warnings=True)
+                _EXPORT["up"] = True
             except Exception as e:  # noqa: BLE001
                 _EXPORT["failed"] = str(e) or repr(e)
-        if _EXPORT["kaleido"] is not None:
-            opts = {"format": "png", "width": fig.layout.width or PNG_SIZE["width"],
-                    "height": fig.layout.height or PNG_SIZE["height"], "scale": PNG_SIZE["scale"]}
+        if _EXPORT["up"]:
             try:
-                return _run(_EXPORT["kaleido"].calc_fig(fig.to_dict(), opts=opts), 120)
+                return _calc_png(fig.to_dict(), opts)
+            except FutureTimeout:
+                _EXPORT["up"] = False  # the server is stuck: send it nothing more
+                _EXPORT["failed"] = f"kaleido gave no PNG within {_TIMEOUT} s"
             except Exception as e:  # noqa: BLE001
                 _EXPORT["failed"] = f"kaleido export failed: {e!r}"
         if not _EXPORT["warned"]:
@@ -476,18 +482,42 @@ def _png(fig: go.Figure) -> bytes | None:
         return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _spec_hash(fig: go.Figure, opts: dict) -> str:
+    """sha256 of what a PNG is drawn from: the figure's JSON (keys sorted), the export options and the
+    plotly version (its plotly.js draws the figure)."""
+    spec = {"figure": json.loads(fig.to_json()), "opts": opts, "plotly": plotly.__version__}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _png_with_text(png: bytes, key: bytes, text: str) -> bytes:
+    """``png`` with a tEXt chunk ``key``/``text`` inserted right after its IHDR chunk."""
+    if png[:8] != _PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG (no signature and IHDR chunk at its start)")
+    end = 8 + 12 + int.from_bytes(png[8:12], "big")  # a chunk: length, type, data, CRC
+    body = b"tEXt" + key + b"\0" + text.encode("latin-1")
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:end] + chunk + png[end:]
+
+
+def _png_text(path: Path, key: bytes) -> str | None:
+    """The text of the tEXt chunk ``key`` before the image data of the PNG file ``path``, or None."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0o22)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return None
+            while len(head := f.read(8)) == 8 and head[4:] not in (b"IDAT", b"IEND"):
+                data = f.read(int.from_bytes(head[:4], "big") + 4)[:-4]  # data + CRC
+                if head[4:] == b"tEXt" and data.startswith(key + b"\0"):
+                    return data[len(key) + 1:].decode("latin-1")
+    except OSError:
+        pass
+    return None
+
+
+def _write_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically unless the file already holds exactly these bytes."""
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write_bytes(path, data)
 
 
 def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, png: bool = True) -> list[Path]:
@@ -497,18 +527,28 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
 
     Returns the paths written. Without a Chromium for kaleido the PNG is skipped, with one warning
     per process. ``png=False`` writes only the HTML.
+
+    A file that would not change is left untouched (bytes and mtime), so a rerun keeps ``git status``
+    clean: the HTML (div id taken from ``name``) is compared byte for byte; the PNG carries a sha256 of
+    the figure and export options in a tEXt chunk, and the same hash skips the export.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [outdir / f"{name}.html"]
     bundle = outdir / "plotly.min.js"
     if not bundle.exists():
-        from plotly.offline import get_plotlyjs
-
-        _atomic_write(bundle, get_plotlyjs().encode("utf-8"))
-    _atomic_write(paths[0], fig.to_html(include_plotlyjs="plotly.min.js", full_html=True).encode("utf-8"))
-    data = _png(fig) if png else None
-    if data is not None:
-        paths.append(outdir / f"{name}.png")
-        _atomic_write(paths[1], data)
+        atomic_write_text(bundle, get_plotlyjs())
+    div_id = re.sub(r"[^\w-]", "-", name)  # plotly's default is a random uuid
+    _write_changed(paths[0], fig.to_html(include_plotlyjs="plotly.min.js", full_html=True, div_id=div_id).encode())
+    if png:
+        target = outdir / f"{name}.png"
+        opts = {"format": "png", "width": fig.layout.width or PNG_SIZE["width"],
+                "height": fig.layout.height or PNG_SIZE["height"], "scale": PNG_SIZE["scale"]}
+        digest = _spec_hash(fig, opts)
+        if _png_text(target, _SPEC_KEY) != digest:  # Chromium's PNG bytes differ run to run: export only on change
+            data = _png(fig, opts)
+            if data is None:
+                return paths
+            atomic_write_bytes(target, _png_with_text(data, _SPEC_KEY, digest))
+        paths.append(target)
     return paths
