@@ -81,8 +81,11 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     assert summary["refusal_by_location"]["harmful/all"] <= 0.3
     manifest = json.loads(Path(summary["manifest"]).read_text())
     stages = manifest["stages"]
-    assert list(stages) == ["model", "activations", "selection", "plane", "locations", "layer_subsets",
-                            "angle_sweep", "figures"]
+    # the selection stage runs its own two (refusal tokens, Arditi scores) first
+    assert list(stages) == ["model", "activations", "refusal_tokens", "arditi_scores", "selection", "plane",
+                            "locations", "layer_subsets", "angle_sweep", "figures"]
+    assert list(summary["timings_s"]) == ["model", "activations", "selection", "plane", "locations",
+                                          "layer_subsets", "angle_sweep", "figures"]
     assert not any(s["reused"] for s in stages.values())
     assert "activations.safetensors" in "".join(stages["activations"]["files"])
     assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7 and manifest["seeds"]["splits"] == 0
@@ -93,7 +96,8 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
 
     assert main(argv) == 0  # a second run reuses every stage
     stages = json.loads(Path(summary["manifest"]).read_text())["stages"]
-    assert all(stages[s]["reused"] for s in ("activations", "selection", "plane", "locations", "angle_sweep"))
+    assert all(stages[s]["reused"] for s in ("activations", "refusal_tokens", "arditi_scores", "selection", "plane",
+                                             "locations", "layer_subsets", "angle_sweep"))
 
 
 def _last_summary(tmp_path: Path) -> Path:

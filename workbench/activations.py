@@ -16,8 +16,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chat import (check_prompts, encode, format_prompts, length_sorted_batches, pad_left, post_instruction_tokens,
-                   shared_prefix_length)
+from .chat import (
+    check_prompts,
+    encode,
+    format_prompts,
+    length_sorted_batches,
+    pad_left,
+    post_instruction_tokens,
+    shared_prefix_length,
+)
 from .kv import run_prefix
 from .sites import SITES, check_hook_names, check_layers, check_site, hook_name
 
@@ -67,7 +74,7 @@ class Activations:
         """Per-site mean over prompts, accumulated in float64."""
         return {s: a.double().mean(dim=1) for s, a in self.acts.items()}
 
-    def to(self, device: str | torch.device) -> "Activations":
+    def to(self, device: str | torch.device) -> Activations:
         return Activations({s: a.to(device) for s, a in self.acts.items()}, self.layers,
                            self.positions, self.tokens, self.prompts)
 
@@ -108,7 +115,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     layers = check_layers(layers, model.cfg.n_layers)
     positions = _check_positions(post_instruction_positions(model, system=system)
                                  if positions is None else list(positions))
-    names = {hook_name(s, l): (s, i) for s in sites for i, l in enumerate(layers)}
+    names = {hook_name(s, layer): (s, i) for s in sites for i, layer in enumerate(layers)}
     check_hook_names(model, list(names))
 
     texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)

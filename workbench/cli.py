@@ -59,8 +59,8 @@ def _prompt_splits(args):
 
 
 def _analysis(args):
-    from .models import load_model
     from .config import load_configs
+    from .models import load_model
     from .pipeline import Analysis
 
     prompts = _prompt_splits(args)
@@ -113,8 +113,8 @@ def _spec_hooks(spec: str, model, analysis):
         return iv.ablation_hooks(model, direction, rest), {"layer": direction.layer}
     if kind == "add":
         direction = analysis.direction()
-        alpha, _, layer = (rest or "1").partition("@")
-        layer = int(layer) if layer else direction.layer
+        alpha, _, at = (rest or "1").partition("@")
+        layer = int(at) if at else direction.where()[1]
         return iv.addition_hooks(direction, alpha=float(alpha), layers=[layer], model=model), \
             {"alpha": float(alpha), "layer": layer}
     if kind == "rotate" and rest:

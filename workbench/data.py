@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ _RECORD_COLUMNS = ("prompt", "instruction", "goal", "Goal", "Behavior", "text")
 _HARMBENCH_SKIP = {"contextual", "copyright"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shipped(name: str) -> tuple[str, ...]:
     path = PROMPT_DIR / f"{name}.txt"
     if not path.is_file():
@@ -66,7 +66,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _splits(kind: str) -> dict[str, tuple[str, ...]]:
     prompts = list(_shipped(kind))
     total = sum(SPLIT_SIZES.values())

@@ -53,7 +53,7 @@ class Direction:
     ``vector`` keeps its units (raw candidates are in activation units; use ``normalized()``).
     """
 
-    vector: Float[Tensor, "d_model"]
+    vector: Float[Tensor, " d_model"]
     site: str | None = None
     layer: int | None = None
     pos: int | None = None
@@ -77,12 +77,19 @@ class Direction:
     def d_model(self) -> int:
         return self.vector.shape[0]
 
+    def where(self) -> tuple[str, int, int]:
+        """``(site, layer, pos)`` of the candidate this direction was taken from."""
+        if self.site is None or self.layer is None or self.pos is None:
+            raise ValueError("this direction has no site/layer/position (it was not taken from a candidate); "
+                             "pass one from Analysis.direction() or Selection.direction()")
+        return self.site, self.layer, self.pos
+
     @property
     def norm(self) -> float:
         return float(torch.linalg.vector_norm(self.vector.double()))
 
     @property
-    def unit(self) -> Float[Tensor, "d_model"]:
+    def unit(self) -> Float[Tensor, " d_model"]:
         return self.normalized().vector
 
     def normalized(self) -> Direction:
@@ -222,7 +229,7 @@ class Candidates:
                              f"empty; widen the filters (see to_frame() for what exists)")
         return Candidates(self.vectors[rows], [self.keys[i] for i in rows], self.kind, self.prompt_hash)
 
-    def norms(self) -> Float[Tensor, "cand"]:
+    def norms(self) -> Float[Tensor, " cand"]:
         return torch.linalg.vector_norm(self.vectors.double(), dim=1).float()
 
     def unit(self) -> Float[Tensor, "cand d_model"]:
@@ -317,9 +324,10 @@ def projection_table(acts: dict[str, Activations], direction: Direction) -> pd.D
     """
     rows = []
     unit = direction.unit
+    site, _, pos = direction.where()
     for label, a in acts.items():
         for layer in a.layers:
-            proj = (a.get(direction.site, layer, direction.pos).float().cpu() @ unit).tolist()
+            proj = (a.get(site, layer, pos).float().cpu() @ unit).tolist()
             rows += [{"layer": layer, "label": label, "projection": p, "prompt": q} for p, q in zip(proj, a.prompts)]
     return pd.DataFrame(rows)
 

@@ -27,7 +27,7 @@ __all__ = ["CONDITIONS", "condition_hooks", "compare_locations",
 CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
 
 
-def condition_hooks(model, direction, condition_of_row: Int[Tensor, "row"], conditions: Sequence[str], *,
+def condition_hooks(model, direction, condition_of_row: Int[Tensor, " row"], conditions: Sequence[str], *,
                     layer: int, alpha: float = 1.0, layers=None):
     """A ``hooks(rows)`` callable: row i gets ``conditions[condition_of_row[i]]``.
 
@@ -159,7 +159,7 @@ def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Seq
 
 @torch.inference_mode()
 def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str], *, hooks=None,
-                            batch_size: int = 32) -> Float[Tensor, "prompt"]:
+                            batch_size: int = 32) -> Float[Tensor, " prompt"]:
     """Mean per-token cross-entropy (nats) of reference ``answers`` after each chat prompt, under
     ``hooks`` (Arditi et al.'s on-distribution CE: how much an intervention damages normal answers).
 

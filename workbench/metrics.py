@@ -34,7 +34,7 @@ def refusal_token_ids(tokenizer, refusals: Sequence[str] = REFUSAL_STARTS) -> li
 
 
 def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"],
-                    token_ids: Sequence[int]) -> Float[Tensor, "prompt"]:
+                    token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
     """Arditi et al.'s refusal metric: log-odds that the first response token is a refusal token.
 
     ``logprobs`` is the log-softmax over the vocabulary at the last prompt position. With
@@ -53,7 +53,7 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"],
 
 
 def first_token_kl(base_logprobs: Float[Tensor, "prompt d_vocab"],
-                   steered_logprobs: Float[Tensor, "prompt d_vocab"]) -> Float[Tensor, "prompt"]:
+                   steered_logprobs: Float[Tensor, "prompt d_vocab"]) -> Float[Tensor, " prompt"]:
     """KL(P_base ‖ P_steered) per prompt over the vocabulary, in nats, computed in float64.
 
     Inputs are log-softmaxes (e.g. at the last prompt position). Tokens with p_base = 0 add

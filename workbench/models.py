@@ -26,6 +26,9 @@ import warnings
 from pathlib import Path
 
 import torch
+import transformer_lens.loading_from_pretrained as loading
+from transformer_lens import HookedTransformer
+from transformer_lens.weight_processing import ProcessWeights
 
 from . import fastpath
 from .hub import SMOLLM2, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
@@ -63,9 +66,6 @@ def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
     Works for any architecture TransformerLens has a weight converter for, official name or not:
     TL reads the config from a ``config.json`` folder and dispatches on ``architectures[0]``.
     """
-    import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
-
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     cfg_dir = _neutral_tmpdir()
@@ -88,7 +88,8 @@ def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
                                   default_padding_side="left")
     _load_unprocessed(model, state)
     model.move_model_modules_to_device()
-    model.workbench_name = model.workbench_key = getattr(hf, "name_or_path", "") or "hf-model"
+    name: str = getattr(hf, "name_or_path", "") or "hf-model"
+    model.workbench_name = model.workbench_key = name  # type: ignore[assignment]
     fastpath.install(model)
     return model.eval()
 
@@ -97,8 +98,6 @@ def _load_unprocessed(model, state: dict) -> None:
     """TL's ``load_and_process_state_dict`` with every processing step off, in one
     ``load_state_dict``: TL loads key by key, walking the whole module tree once per key (~14 s for
     SmolLM2's 574 keys on a CPU, on every load)."""
-    from transformer_lens.weight_processing import ProcessWeights
-
     flags = dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                  fold_value_biases=False, refactor_factored_attn_matrices=False)
     if model.cfg.load_in_4bit:  # TL assigns quantised parameters its own way
@@ -130,9 +129,6 @@ def load_model(spec: str, *, device: str | torch.device | None = None,
 
 
 def _load_official(name: str, device: torch.device, dtype: torch.dtype):
-    import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
-
     try:
         loading.get_official_model_name(name)
     except ValueError:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from . import data
@@ -79,16 +81,7 @@ def shipped_adapter(recipe: Recipe = Recipe()) -> Path | None:
 
 
 def read_manifest(recipe: Recipe = Recipe()) -> dict:
-    return json.loads((organism_dir(recipe) / "manifest.json").read_text())
-
-
-def shipped_adapter(recipe: Recipe = Recipe()) -> Path | None:
-    """The package's adapter file for ``recipe`` (``organism_adapters/organism-<key>.safetensors``)."""
-    path = ADAPTERS / f"organism-{recipe_key(recipe)}.safetensors"
-    return path if path.exists() and path.with_suffix(".json").exists() else None
-
-
-def read_manifest(recipe: Recipe = Recipe()) -> dict:
+    """The organism's build manifest (recipe, metrics, timings, versions), installing it if needed."""
     return json.loads((organism_dir(recipe) / "manifest.json").read_text())
 
 
@@ -117,8 +110,6 @@ def merge_adapter(hf, factors: dict[str, Tensor], scale: float):
 def install_adapter(recipe: Recipe, adapter: Path) -> Path:
     """Install the organism from an adapter file (``ship_adapter``'s output): load the base, merge
     the factors, cache. The manifest is the adapter's build manifest plus where it came from."""
-    from safetensors import safe_open
-
     t0 = time.perf_counter()
     with safe_open(str(adapter), "pt") as f:
         meta = f.metadata() or {}
@@ -146,8 +137,6 @@ def ship_adapter(recipe: Recipe = Recipe(), dest: Path = ADAPTERS) -> Path:
 
 
 def save_organism(recipe: Recipe, hf, tok, factors: dict[str, Tensor], manifest: dict) -> Path:
-    from safetensors.torch import save_file
-
     final = cache_dir("models") / f"organism-{recipe_key(recipe)}"
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".organism-") as tmp:
         staged = Path(tmp) / "model"

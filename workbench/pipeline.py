@@ -15,13 +15,12 @@ from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from . import data
 from .activations import Activations, cache_activations
 from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
 from .config import AnalysisConfig
-from .directions import Candidates, Direction, diff_in_means, per_sample_candidates
+from .directions import CandidateKey, Candidates, Direction, diff_in_means, per_sample_candidates
 from .planes import Plane, build_plane
 from .selection import Selection, arditi_scores, candidate_stats, model_refusal_tokens, select
 from .stages import Stages
@@ -187,9 +186,9 @@ class Analysis:
     def _build_plane(self, path: Path, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Plane:
         cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
         stats = candidate_stats(cands, self.activations["harmful_val"], self.activations["harmless_val"])
+        b1: CandidateKey | Direction
         if b1_method == "arditi":
-            key = self.selection.choices["arditi"]
-            b1 = key
+            key = b1 = self.selection.choices["arditi"]
         else:
             chosen = select(cands, stats)
             key = chosen.choices[b1_method]

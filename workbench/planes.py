@@ -62,11 +62,11 @@ class Plane:
         object.__setattr__(self, "basis", self.basis.detach().float())
 
     @property
-    def b1(self) -> Float[Tensor, "d_model"]:
+    def b1(self) -> Float[Tensor, " d_model"]:
         return self.basis[0]
 
     @property
-    def b2(self) -> Float[Tensor, "d_model"]:
+    def b2(self) -> Float[Tensor, " d_model"]:
         return self.basis[1]
 
     @property
@@ -74,7 +74,7 @@ class Plane:
         return self.basis.shape[1]
 
     def coords(self, x: Float[Tensor, "... d_model"]
-               ) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
+               ) -> tuple[Float[Tensor, ...], Float[Tensor, ...]]:
         """In-plane polar coordinates of ``x``: (angle in degrees in [0, 360), radius in x's units).
 
         Computed in float64, returned as float32.
@@ -124,7 +124,7 @@ class Plane:
 
 
 def principal_components(rows: Float[Tensor, "n d_model"]
-                         ) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k"]]:
+                         ) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, " k"]]:
     """``sklearn.decomposition.PCA`` (which **centres** the rows) fit in float64 on the CPU.
 
     Returns the components (unit rows, sklearn's deterministic ``svd_flip`` sign) on ``rows``'
@@ -143,7 +143,7 @@ def _resolve_b1(cands: Candidates, b1: Direction | Tensor | CandidateKey
     if isinstance(b1, CandidateKey):
         return cands.vectors[cands.index(b1.site, b1.layer, b1.pos)], b1
     if isinstance(b1, Direction):
-        key = None if None in (b1.site, b1.layer, b1.pos) else CandidateKey(b1.site, b1.layer, b1.pos)
+        key = None if None in (b1.site, b1.layer, b1.pos) else CandidateKey(*b1.where())
         return b1.vector, key
     if isinstance(b1, Tensor) and b1.ndim == 1:
         return b1, None
@@ -161,7 +161,7 @@ def _gram_schmidt(v: Tensor, b1: Tensor) -> Tensor:
     return v / torch.linalg.vector_norm(v)
 
 
-def build_plane(cands: Candidates, b1: Direction | Float[Tensor, "d_model"] | CandidateKey, *,
+def build_plane(cands: Candidates, b1: Direction | Float[Tensor, " d_model"] | CandidateKey, *,
                 variant: str = "pc1", layer_range: tuple[int, int] | None = None,
                 per_sample: Float[Tensor, "n d_model"] | None = None, tol_deg: float = 1.0,
                 model: str | None = None) -> Plane:
@@ -241,8 +241,8 @@ def build_plane(cands: Candidates, b1: Direction | Float[Tensor, "d_model"] | Ca
                  library_versions(), report)
 
 
-def _apply_sign_rule(b2: Float[Tensor, "d_model"], unit_cands: Float[Tensor, "m d_model"],
-                     layers: Tensor) -> Float[Tensor, "d_model"]:
+def _apply_sign_rule(b2: Float[Tensor, " d_model"], unit_cands: Float[Tensor, "m d_model"],
+                     layers: Tensor) -> Float[Tensor, " d_model"]:
     """Flip ``b2`` per :data:`SIGN_RULE`; ties (mean exactly 0) → first non-zero entry positive.
 
     The deepest third = candidates at the top ⌈n/3⌉ of the n distinct layers used, so the rule

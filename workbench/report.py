@@ -33,7 +33,7 @@ def main_figures(analysis: Analysis, direction: Direction, plane: Plane, locatio
     last = analysis.candidates.subset(positions=[-1])
     unit = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
-    resid = acts["harmful_val"].get(direction.site, direction.layer, direction.pos)
+    resid = acts["harmful_val"].get(*direction.where())
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
     return {
         "01_location_comparison": (fg.location_comparison(locations, location_prompts, model=model),
@@ -60,7 +60,7 @@ def key_numbers(analysis: Analysis, direction: Direction, plane: Plane, location
                 sweep: pd.DataFrame) -> dict:
     """The run's key numbers: the direction, each method's choice, the plane, refusal rates."""
     selection = analysis.selection
-    loc = locations.set_index(["split", "condition"])["refusal_rate"].to_dict()
+    loc = {f"{s}/{c}": round(float(v), 3) for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)}
     harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
     return {
         "direction": {"site": direction.site, "layer": direction.layer, "pos": direction.pos,
@@ -68,7 +68,7 @@ def key_numbers(analysis: Analysis, direction: Direction, plane: Plane, location
         "choices": {m: str(k) for m, k in selection.choices.items()},
         "plane": {"b1": str(plane.b1_key), "pc1_explained_variance": round(plane.pc1_explained_variance, 3),
                   "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1)},
-        "refusal_by_location": {f"{s}/{c}": round(v, 3) for (s, c), v in loc.items()},
+        "refusal_by_location": loc,
         "harmful_refusal_by_angle": dict(zip(harmful_sweep.angle.astype(int).astype(str),
                                              harmful_sweep.refusal_rate.round(3))),
     }

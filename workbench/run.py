@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,10 +77,10 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
     stages.manifest = _manifest(folder, analysis, config)
     stages.record("model", time.perf_counter() - t0)
 
-    analysis.activations
+    analysis.activations  # noqa: B018  its own stage, timed apart from the selection that needs it
     direction, plane, ids = analysis.direction(), analysis.plane(), analysis.refusal_ids
     test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
-    sizes = dict(refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+    sizes: dict[str, Any] = dict(refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                  progress=progress)
 
     def tables(name: str, compute):
@@ -90,7 +91,7 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
         return summary, per_prompt
 
     locations, location_prompts = tables("locations", lambda: ex.compare_locations(
-        model, direction, {k: v[:config.n_eval] for k, v in test.items()}, layer=direction.layer, **sizes))
+        model, direction, {k: v[:config.n_eval] for k, v in test.items()}, layer=direction.where()[1], **sizes))
     subsets, _ = tables("layer_subsets", lambda: ex.layer_subset_sweep(
         model, direction, test["harmful"][:config.n_sweep],
         subsets=layer_subsets(model.cfg.n_layers, config.subset_sizes), **sizes))

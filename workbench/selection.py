@@ -8,6 +8,7 @@ table, from :func:`arditi_scores`, which runs the model on every candidate) into
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ _ARDITI_COLUMNS = ("bypass", "induce", "kl")
 KL_FALLBACK = 0.25  # KL ≤ 0.1 rejects every candidate on the 135M organism (see select)
 
 
-def _auc(pos: Float[Tensor, "cand n1"], neg: Float[Tensor, "cand n0"]) -> Float[Tensor, "cand"]:
+def _auc(pos: Float[Tensor, "cand n1"], neg: Float[Tensor, "cand n0"]) -> Float[Tensor, " cand"]:
     """Row-wise ROC AUC as the Mann–Whitney statistic P(pos > neg) + ½·P(pos = neg).
 
     Identical to ``sklearn.metrics.roc_auc_score`` (tested) but vectorised: 450 sklearn calls take
@@ -125,7 +126,8 @@ def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Se
 
     rows_h, cand_h = repeat_prompts(harmful, k)
     rows_s, cand_s = repeat_prompts(harmless, k)
-    ablate = lambda cand: (lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all"))
+    def ablate(cand):  # row i ablates its own candidate everywhere
+        return lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all")
 
     def induce(rows):
         c = cand_s[rows.cpu()]
@@ -168,7 +170,7 @@ class Selection:
 
     table: pd.DataFrame
     choices: dict[str, CandidateKey]
-    mean_direction: Float[Tensor, "d_model"]
+    mean_direction: Float[Tensor, " d_model"]
     notes: dict = field(default_factory=dict)
 
     def direction(self, method: str, cands: Candidates, *, model: str | None = None) -> Direction:
@@ -248,7 +250,7 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     early = table["layer"] < cutoff
     passed = ok & finite & early & (table["kl"] <= kl_max) & (table["induce"] >= 0)
     table["arditi_pass"] = passed
-    notes = {"fallback": False, "layer_cutoff": cutoff}
+    notes: dict[str, object] = {"fallback": False, "layer_cutoff": cutoff}
     if passed.any():
         return table, _argmax_key(table, passed, ["bypass"], ascending=True), notes
     notes["fallback"] = True
@@ -260,15 +262,13 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
     kl_fallback = max(kl_max, KL_FALLBACK)
     coherent = ok & finite & (table["induce"] >= 0)
-    for level, mask in ((f"kl ≤ {kl_fallback} (layer < {cutoff}, induce ≥ 0)", coherent & early & (table["kl"] <= kl_fallback)),
-                        (f"kl ≤ {kl_fallback}, any layer, induce ≥ 0", coherent & (table["kl"] <= kl_fallback)),
-                        ("kl ≤ 1, any layer, induce ≥ 0", coherent & (table["kl"] <= 1.0)),
-                        ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
-                        ("any finite score", ok & finite)):
-        if mask.any():
-            fallback = mask
-            break
-    else:
+    levels = ((f"kl ≤ {kl_fallback} (layer < {cutoff}, induce ≥ 0)", coherent & early & (table["kl"] <= kl_fallback)),
+              (f"kl ≤ {kl_fallback}, any layer, induce ≥ 0", coherent & (table["kl"] <= kl_fallback)),
+              ("kl ≤ 1, any layer, induce ≥ 0", coherent & (table["kl"] <= 1.0)),
+              ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
+              ("any finite score", ok & finite))
+    level, fallback = next(((name, mask) for name, mask in levels if mask.any()), ("", None))
+    if fallback is None:
         raise ValueError("arditi table has no finite scores for any non-zero candidate; "
                          "check that it was computed for these candidates")
     # Among relaxed candidates none is known to be a clean two-way mediator, so rank by the weaker

@@ -40,7 +40,7 @@ def _detached_copy(t: Tensor, dtype: torch.dtype, device=None) -> Tensor:
         return t.detach().to(device=device or t.device, dtype=dtype, copy=True)
 
 
-def as_vector(direction, d_model: int | None = None, name: str = "direction") -> Float[Tensor, "d_model"]:
+def as_vector(direction, d_model: int | None = None, name: str = "direction") -> Float[Tensor, " d_model"]:
     """The raw ``[d_model]`` vector of ``direction`` (tensor or ``.vector``) as a float32/64 copy.
 
     Raises ValueError for a non-tensor, a wrong shape, a d_model mismatch, non-finite entries or a
@@ -66,7 +66,7 @@ def as_vector(direction, d_model: int | None = None, name: str = "direction") ->
     return v
 
 
-def unit_vector(direction, d_model: int | None = None, name: str = "direction") -> Float[Tensor, "d_model"]:
+def unit_vector(direction, d_model: int | None = None, name: str = "direction") -> Float[Tensor, " d_model"]:
     """``r̂ = r/‖r‖`` (exact normalisation: zero norm raises instead of Arditi's ``+1e-8``)."""
     v = as_vector(direction, d_model, name)
     return v / v.norm()
@@ -174,8 +174,8 @@ def angle_settings(theta_deg) -> tuple:
     per_row = theta_deg if isinstance(theta_deg, PerRow) else PerRow(theta_deg)
     if per_row.values.ndim != 1:
         raise ValueError(f"per-row angles must be [K]; got {tuple(per_row.values.shape)}")
-    rad = torch.deg2rad(per_row.values.to(torch.float64))
-    return PerRow(rad.cos(), per_row.layout), PerRow(rad.sin(), per_row.layout)
+    rads = torch.deg2rad(per_row.values.to(torch.float64))
+    return PerRow(rads.cos(), per_row.layout), PerRow(rads.sin(), per_row.layout)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def rotate_by(x: Float[Tensor, "... d_model"], basis, delta_deg, *, adaptive: bo
     return _rotate_kernel(x.to(dt), b, cos, sin, by=True, adaptive=adaptive).to(x.dtype)
 
 
-def plane_angle(x: Float[Tensor, "... d_model"], basis) -> Float[Tensor, "..."]:
+def plane_angle(x: Float[Tensor, "... d_model"], basis) -> Float[Tensor, ...]:
     """The natural in-plane angle ``φ = atan2(b2ᵀx, b1ᵀx)`` of each token, in degrees [0, 360)."""
     dt = compute_dtype(x.dtype)
     c = x.to(dt) @ as_basis(basis, x.shape[-1]).to(x.device, dt).T
@@ -272,7 +272,7 @@ def _own_plane(x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return a, n_perp, x_perp / n_perp.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
 
 
-def per_token_plane_angle(x: Float[Tensor, "... d_model"], r) -> Float[Tensor, "..."]:
+def per_token_plane_angle(x: Float[Tensor, "... d_model"], r) -> Float[Tensor, ...]:
     """Angle of each token in its own plane ``span(r̂, x)``: ``φ = atan2(‖x⊥‖, r̂ᵀx)`` in degrees,
     in [0°, 180°] (0° = along r̂, 90° = orthogonal, 180° = along −r̂)."""
     dt = compute_dtype(x.dtype)

@@ -12,8 +12,10 @@ import math
 import time
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -131,8 +133,6 @@ def native_bf16() -> bool:
 
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``hf`` (left unchanged) and return its factors and the per-step losses."""
-    from peft import LoraConfig, get_peft_model
-
     if recipe.bf16_autocast and not native_bf16():
         warnings.warn("this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): the recipe's bf16 "
                       "autocast will make training take hours instead of minutes (13 of 80 steps took "

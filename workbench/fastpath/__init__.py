@@ -15,6 +15,7 @@ warning.
 from __future__ import annotations
 
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 
 from . import attention, layout, unembed
 
@@ -25,8 +26,6 @@ TESTED_TL = ("3.9",)  # major.minor releases of transformer-lens the fast paths 
 
 def tl_version_tested() -> bool:
     """Whether the installed transformer-lens is a release the fast paths are tested on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return ".".join(version("transformer-lens").split(".")[:2]) in TESTED_TL
     except PackageNotFoundError:

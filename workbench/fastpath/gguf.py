@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+
+import gguf
 
 __all__ = ["gguf_parsed_once"]
 
 
 @contextmanager
-def gguf_parsed_once():
+def gguf_parsed_once() -> Iterator[None]:
     """While active, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` return one object per
     argument set. transformers parses a GGUF three times (config, tokenizer, weights; ~13 s each
     for SmolLM2's 49k-token vocabulary on a CPU) and rebuilds the tensor-name map once per module
     (~400 times, ~14 s); both are read-only, so one of each does."""
-    import gguf
-
     real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
     memo: dict = {}
 
@@ -26,8 +27,9 @@ def gguf_parsed_once():
             return memo[key]
         return cached
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = once(real_reader), once(real_map)
+    # a deliberate monkeypatch of gguf's module attributes, undone on exit
+    gguf.GGUFReader, gguf.get_tensor_name_map = once(real_reader), once(real_map)  # type: ignore[misc]
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map  # type: ignore[misc]

@@ -6,6 +6,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from transformer_lens.components import Unembed
 
 __all__ = ["install", "chunked_unembed"]
 
@@ -31,8 +32,6 @@ def chunked_unembed(self, residual):
 def install(model) -> bool:
     """Use :func:`chunked_unembed` for ``model.unembed``, only where it runs TL's own forward;
     returns whether it was installed."""
-    from transformer_lens.components import Unembed
-
     if type(model.unembed).forward is not Unembed.forward:
         return False
     model.unembed.forward = types.MethodType(chunked_unembed, model.unembed)
