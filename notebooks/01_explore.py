@@ -13,11 +13,11 @@ from workbench import data
 from workbench import interventions as iv
 from workbench.activations import cache_activations
 from workbench.directions import diff_in_means
-from workbench.selection import candidate_stats, select
 from workbench.figures import cosine_matrix_figure, plane_projection, projection_histograms
 from workbench.generation import generate
 from workbench.models import load_model
 from workbench.planes import build_plane, plane_report
+from workbench.selection import candidate_stats, select
 
 torch.set_grad_enabled(False)
 model = load_model("organism")
@@ -105,8 +105,12 @@ folder = Path(tempfile.mkdtemp())
 (folder / "my_harmless.txt").write_text("\n".join(data.load_split("harmless", "test")[:30]))
 splits = data.PromptSplits.from_files(folder / "my_harmful.txt", folder / "my_harmless.txt")
 print({name: fp["n"] for name, fp in splits.fingerprints().items()})
-mine = diff_in_means(cache_activations(model, splits.get("harmful", "direction_train"), sites=["resid_pre"]),
-                     cache_activations(model, splits.get("harmless", "direction_train"), sites=["resid_pre"]))
+mine = diff_in_means(
+    cache_activations(model, splits.get("harmful", "direction_train"), sites=["resid_pre"]),
+    cache_activations(model, splits.get("harmless", "direction_train"), sites=["resid_pre"]),
+)
 same_place = mine.direction(mine.index(direction.site, direction.layer, direction.pos))
-print(f"{direction.site} L{direction.layer} pos {direction.pos}: cosine to the same candidate from your "
-      f"prompts = {direction.cosine(same_place):.3f}")
+print(
+    f"{direction.site} L{direction.layer} pos {direction.pos}: cosine to the same candidate from your "
+    f"prompts = {direction.cosine(same_place):.3f}"
+)

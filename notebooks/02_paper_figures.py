@@ -30,8 +30,9 @@ print("direction:", direction.site, direction.layer, direction.pos, "| plane b1:
 # ## 1 · Ablation location: residual only, attention only, MLP only, everywhere
 
 # %%
-locations, per_prompt = ex.compare_locations(model, direction, test, layer=direction.layer, refusal_ids=ids,
-                                             max_new_tokens=TOKENS)
+locations, per_prompt = ex.compare_locations(
+    model, direction, test, layer=direction.layer, refusal_ids=ids, max_new_tokens=TOKENS
+)
 fg.location_comparison(locations, per_prompt, model="organism")
 
 # %%
@@ -76,8 +77,14 @@ fg.projection_histograms(projection_table(val, direction), model="organism")
 # ## 7 · How many blocks does ablation need?
 
 # %%
-subsets, _ = ex.layer_subset_sweep(model, direction, test["harmful"], subsets=layer_subsets(model.cfg.n_layers, (8, 16, 24)),
-                                   refusal_ids=ids, max_new_tokens=TOKENS)
+subsets, _ = ex.layer_subset_sweep(
+    model,
+    direction,
+    test["harmful"],
+    subsets=layer_subsets(model.cfg.n_layers, (8, 16, 24)),
+    refusal_ids=ids,
+    max_new_tokens=TOKENS,
+)
 fg.layer_subset_figure(subsets, model="organism")
 
 # %% [markdown]
@@ -85,5 +92,6 @@ fg.layer_subset_figure(subsets, model="organism")
 
 # %%
 acts = analysis.activations["harmful_val"].get(direction.site, direction.layer, direction.pos)
-fg.special_cases_figure(special_cases(acts, direction.vector, [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]),
-                        model="organism")
+fg.special_cases_figure(
+    special_cases(acts, direction.vector, [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]), model="organism"
+)

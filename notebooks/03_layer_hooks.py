@@ -71,9 +71,14 @@ table
 # %%
 import plotly.express as px
 
-px.bar(table.melt(id_vars="intervention", var_name="prompt", value_name="projection"), x="intervention",
-       y="projection", color="prompt", barmode="group",
-       title=f"Projection of resid_post[{LAYER}] on the refusal direction under each intervention")
+px.bar(
+    table.melt(id_vars="intervention", var_name="prompt", value_name="projection"),
+    x="intervention",
+    y="projection",
+    color="prompt",
+    barmode="group",
+    title=f"Projection of resid_post[{LAYER}] on the refusal direction under each intervention",
+)
 
 # %% [markdown]
 # ## Rotation, addition and ablation as rotations (on this layer's real activations)

@@ -16,8 +16,9 @@ SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 @pytest.mark.slow
 def test_values_equal_run_with_cache(smollm2):
     layers, positions = [0, 7, 29], [-5, -3, -1]
-    acts = cache_activations(smollm2, PROMPTS, sites=SITES, layers=layers, positions=positions,
-                             batch_size=3, progress=False)
+    acts = cache_activations(
+        smollm2, PROMPTS, sites=SITES, layers=layers, positions=positions, batch_size=3, progress=False
+    )
     tokens, mask = tokenize(smollm2.tokenizer, format_prompts(smollm2.tokenizer, PROMPTS))
     with torch.inference_mode():
         _, full = smollm2.run_with_cache(tokens, attention_mask=mask, return_type=None)
@@ -46,7 +47,9 @@ def test_memory_scales_with_positions_not_sequence_length(smollm2):
     long = ["Please " + "tell me about the history of the printing press in detail. " * 20] * 2
     a = cache_activations(smollm2, short, layers=[1, 2], positions=[-2, -1], progress=False)
     b = cache_activations(smollm2, long, layers=[1, 2], positions=[-2, -1], progress=False)
-    size = lambda acts: sum(t.untyped_storage().nbytes() for t in acts.acts.values())
+    def size(acts):
+        return sum(t.untyped_storage().nbytes() for t in acts.acts.values())
+
     assert size(a) == size(b) == 2 * 2 * 2 * smollm2.cfg.d_model * 4
 
 

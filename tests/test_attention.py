@@ -16,9 +16,21 @@ VOCAB = 50
 def _tiny(pos_type: str, n_kv: int | None = None) -> HookedTransformer:
     rotary = pos_type == "rotary"
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=64, d_vocab=VOCAB, seed=0,
-        positional_embedding_type=pos_type, rotary_dim=8 if rotary else None, n_key_value_heads=n_kv,
-        normalization_type="RMS" if rotary else "LN", act_fn="silu" if rotary else "gelu", gated_mlp=rotary)
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=64,
+        d_vocab=VOCAB,
+        seed=0,
+        positional_embedding_type=pos_type,
+        rotary_dim=8 if rotary else None,
+        n_key_value_heads=n_kv,
+        normalization_type="RMS" if rotary else "LN",
+        act_fn="silu" if rotary else "gelu",
+        gated_mlp=rotary,
+    )
     return HookedTransformer(cfg).eval()
 
 
@@ -38,7 +50,7 @@ def _cached_logits(model, tokens, mask, split: int):
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
     out = [model(tokens[:, :split], attention_mask=mask[:, :split], past_kv_cache=cache)]
     for j in range(split, tokens.shape[1]):
-        out.append(model(tokens[:, j:j + 1], attention_mask=mask[:, j:j + 1], past_kv_cache=cache))
+        out.append(model(tokens[:, j : j + 1], attention_mask=mask[:, j : j + 1], past_kv_cache=cache))
     return torch.cat(out, dim=1)
 
 
@@ -98,7 +110,7 @@ def test_cache_grows_in_place_over_a_long_decode():
     model(tokens[:, :3], attention_mask=mask[:, :3], past_kv_cache=cache)
     entry, capacities = cache.entries[0], set()
     for j in range(3, 53):
-        model(tokens[:, j:j + 1], attention_mask=mask[:, j:j + 1], past_kv_cache=cache)
+        model(tokens[:, j : j + 1], attention_mask=mask[:, j : j + 1], past_kv_cache=cache)
         side = getattr(entry, attention._SIDE)
         capacities.add(side.capacity)
         assert entry.past_keys.shape[1] == j + 1
@@ -120,12 +132,14 @@ def test_hooks_inside_attention_run_transformer_lens_forward():
     assert calls == [1]
     pattern = cache["blocks.0.attn.hook_pattern"]
     assert pattern.shape == (3, 4, 12, 12)
-    torch.testing.assert_close(pattern.sum(-1)[mask.bool()[:, None, :].expand(3, 4, 12)],
-                               torch.ones(4 * int(mask.sum())))
+    torch.testing.assert_close(
+        pattern.sum(-1)[mask.bool()[:, None, :].expand(3, 4, 12)], torch.ones(4 * int(mask.sum()))
+    )
     # hook_q / hook_k / hook_v are TL's projections and fire on the fast path too
     seen = []
-    model.run_with_hooks(tokens, attention_mask=mask,
-                         fwd_hooks=[("blocks.0.attn.hook_v", lambda v, hook: seen.append(v.shape))])
+    model.run_with_hooks(
+        tokens, attention_mask=mask, fwd_hooks=[("blocks.0.attn.hook_v", lambda v, hook: seen.append(v.shape))]
+    )
     assert seen == [(3, 12, 2, 8)] and calls == [1]
 
 

@@ -65,9 +65,10 @@ def test_generation_matches_hugging_face_greedy(smollm2, smollm2_hf):
     ours = generate(smollm2, PROMPTS[:4], max_new_tokens=16, batch_size=4)
     tokens, mask = tokenize(tok, format_prompts(tok, PROMPTS[:4]))
     with torch.inference_mode():
-        out = hf.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                          pad_token_id=tok.pad_token_id)
-    theirs = [tok.decode(row[tokens.shape[1]:], skip_special_tokens=True).strip() for row in out]
+        out = hf.generate(
+            input_ids=tokens, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    theirs = [tok.decode(row[tokens.shape[1] :], skip_special_tokens=True).strip() for row in out]
     assert ours == theirs
 
 

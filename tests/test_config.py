@@ -15,15 +15,18 @@ def test_values_are_converted_to_the_field_types():
     assert isinstance(cfg.angle_step, float) and isinstance(cfg.subset_sizes, tuple)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"n_eval": "16"}, r"RunConfig.n_eval in the config must be an integer, got '16'"),
-    ({"n_eval": 1.5}, r"RunConfig.n_eval .* must be an integer"),
-    ({"n_eval": True}, r"RunConfig.n_eval .* must be an integer, got True"),
-    ({"adaptive": 1}, r"RunConfig.adaptive .* must be true or false"),
-    ({"angle_step": "30"}, r"RunConfig.angle_step .* must be a number"),
-    ({"subset_sizes": 6}, r"RunConfig.subset_sizes .* must be a list of int"),
-    ({"subset_sizes": [6, "x"]}, r"RunConfig.subset_sizes .* must be an integer, got 'x'"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"n_eval": "16"}, r"RunConfig.n_eval in the config must be an integer, got '16'"),
+        ({"n_eval": 1.5}, r"RunConfig.n_eval .* must be an integer"),
+        ({"n_eval": True}, r"RunConfig.n_eval .* must be an integer, got True"),
+        ({"adaptive": 1}, r"RunConfig.adaptive .* must be true or false"),
+        ({"angle_step": "30"}, r"RunConfig.angle_step .* must be a number"),
+        ({"subset_sizes": 6}, r"RunConfig.subset_sizes .* must be a list of int"),
+        ({"subset_sizes": [6, "x"]}, r"RunConfig.subset_sizes .* must be an integer, got 'x'"),
+    ],
+)
 def test_wrong_types_name_the_field(values, message):
     with pytest.raises(ValueError, match=message):
         from_dict(RunConfig, values)

@@ -12,8 +12,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from workbench.activations import Activations
-from workbench.directions import (CandidateKey, Candidates, Direction, cosine_matrix, diff_in_means,
-                                  per_sample_candidates)
+from workbench.directions import (
+    CandidateKey,
+    Candidates,
+    Direction,
+    cosine_matrix,
+    diff_in_means,
+    per_sample_candidates,
+)
 from workbench.selection import candidate_stats, select
 
 D, LAYERS, POSITIONS = 32, list(range(8)), [-3, -2, -1]
@@ -26,8 +32,17 @@ def planted_direction(d: int = D) -> torch.Tensor:
     return (r / r.norm()).float()
 
 
-def make_acts(n: int, harmful: bool, seed: int, *, d: int = D, layers=LAYERS, positions=POSITIONS,
-              sites=(SIGNAL, NULL), strength=None) -> Activations:
+def make_acts(
+    n: int,
+    harmful: bool,
+    seed: int,
+    *,
+    d: int = D,
+    layers=LAYERS,
+    positions=POSITIONS,
+    sites=(SIGNAL, NULL),
+    strength=None,
+) -> Activations:
     """``[layer, prompt, pos, d]`` N(0, I) per site; harmful adds strength[l]·r at the signal site.
 
     Layer 0 is the same constant vector for every prompt and class (as template tokens at the
@@ -60,8 +75,12 @@ def test_key_str_and_order(data):
     _, _, cands, _ = data
     assert str(CandidateKey("resid_pre", 12, -1)) == "resid_pre/L12/pos-1"
     assert len(cands) == 2 * len(LAYERS) * len(POSITIONS)
-    assert cands.keys[:4] == [CandidateKey(SIGNAL, 0, -3), CandidateKey(SIGNAL, 0, -2),
-                              CandidateKey(SIGNAL, 0, -1), CandidateKey(SIGNAL, 1, -3)]
+    assert cands.keys[:4] == [
+        CandidateKey(SIGNAL, 0, -3),
+        CandidateKey(SIGNAL, 0, -2),
+        CandidateKey(SIGNAL, 0, -1),
+        CandidateKey(SIGNAL, 1, -3),
+    ]
     assert cands.keys[len(LAYERS) * len(POSITIONS)].site == NULL
     assert cands.vectors.dtype == torch.float32 and cands.kind == "raw"
 
@@ -154,8 +173,12 @@ def test_stats_auc_and_nulls(data):
 def test_auc_equals_sklearn_with_ties(data):
     _, (hv, bv), cands, _ = data
     # coarse values force ties between the classes
-    hv = Activations({s: (a * 2).round() / 2 for s, a in hv.acts.items()}, hv.layers, hv.positions, hv.tokens, hv.prompts)
-    bv = Activations({s: (a * 2).round() / 2 for s, a in bv.acts.items()}, bv.layers, bv.positions, bv.tokens, bv.prompts)
+    hv = Activations(
+        {s: (a * 2).round() / 2 for s, a in hv.acts.items()}, hv.layers, hv.positions, hv.tokens, hv.prompts
+    )
+    bv = Activations(
+        {s: (a * 2).round() / 2 for s, a in bv.acts.items()}, bv.layers, bv.positions, bv.tokens, bv.prompts
+    )
     sub = cands.subset(layers=[1, 3, 7])
     stats = candidate_stats(sub, hv, bv)
     unit = sub.unit()
@@ -163,8 +186,9 @@ def test_auc_equals_sklearn_with_ties(data):
         ph, pb = hv.get(k.site, k.layer, k.pos) @ unit[i], bv.get(k.site, k.layer, k.pos) @ unit[i]
         y = np.r_[np.ones(len(ph)), np.zeros(len(pb))]
         assert stats.auc[i] == pytest.approx(roc_auc_score(y, torch.cat([ph, pb]).double().numpy()), abs=1e-12)
-        pooled = math.sqrt(((len(ph) - 1) * ph.double().var() + (len(pb) - 1) * pb.double().var())
-                           / (len(ph) + len(pb) - 2))
+        pooled = math.sqrt(
+            ((len(ph) - 1) * ph.double().var() + (len(pb) - 1) * pb.double().var()) / (len(ph) + len(pb) - 2)
+        )
         assert stats.cohens_d[i] == pytest.approx(float(ph.double().mean() - pb.double().mean()) / pooled, rel=1e-5)
 
 
@@ -181,8 +205,9 @@ def test_stats_is_fast():
     sites, layers, positions = ["resid_pre", "resid_mid", "resid_post"], list(range(30)), [-5, -4, -3, -2, -1]
 
     def acts():
-        return Activations({s: torch.randn(30, 64, 5, 576, generator=gen) for s in sites}, layers,
-                           positions, ["t"] * 5, ["p"] * 64)
+        return Activations(
+            {s: torch.randn(30, 64, 5, 576, generator=gen) for s in sites}, layers, positions, ["t"] * 5, ["p"] * 64
+        )
 
     keys = [CandidateKey(s, layer, pos) for s in sites for layer in layers for pos in positions]
     cands = Candidates(torch.randn(len(keys), 576, generator=gen), keys, "raw", "h")
@@ -233,12 +258,12 @@ def arditi_table(stats: pd.DataFrame) -> pd.DataFrame:
         for col, v in values.items():
             table.loc[mask, col] = v
 
-    at(SIGNAL, 3, -1, bypass=-10.0, kl=0.2)             # lowest eligible-looking: kl too high
-    at(SIGNAL, 7, -1, bypass=-20.0)                      # layer ≥ int(0.8·8) = 6
-    at(SIGNAL, 2, -1, bypass=-15.0, induce=-0.5)         # does not induce refusal
-    at(SIGNAL, 4, -1, bypass=-12.0, kl=float("nan"))     # NaN score
-    at(SIGNAL, 0, -1, bypass=-30.0)                      # zero-norm candidate
-    at(SIGNAL, 5, -2, bypass=-8.0, kl=0.1, induce=0.0)   # boundary values pass → the winner
+    at(SIGNAL, 3, -1, bypass=-10.0, kl=0.2)  # lowest eligible-looking: kl too high
+    at(SIGNAL, 7, -1, bypass=-20.0)  # layer ≥ int(0.8·8) = 6
+    at(SIGNAL, 2, -1, bypass=-15.0, induce=-0.5)  # does not induce refusal
+    at(SIGNAL, 4, -1, bypass=-12.0, kl=float("nan"))  # NaN score
+    at(SIGNAL, 0, -1, bypass=-30.0)  # zero-norm candidate
+    at(SIGNAL, 5, -2, bypass=-8.0, kl=0.1, induce=0.0)  # boundary values pass → the winner
     at(NULL, 5, -3, bypass=-7.0)
     return table
 
@@ -250,8 +275,13 @@ def test_select_arditi_filters(data):
     assert sel.choices["arditi"] == CandidateKey(SIGNAL, 5, -2)
     assert sel.notes["fallback"] is False
     t = sel.table
-    expected = ((t.norm > 0) & t[["bypass", "induce", "kl"]].notna().all(axis=1) & (t.layer < 6)
-                & (t.kl <= 0.1) & (t.induce >= 0))
+    expected = (
+        (t.norm > 0)
+        & t[["bypass", "induce", "kl"]].notna().all(axis=1)
+        & (t.layer < 6)
+        & (t.kl <= 0.1)
+        & (t.induce >= 0)
+    )
     assert t.arditi_pass.tolist() == expected.tolist()
     assert not t.loc[(t.layer == 3) & (t.pos == -1) & (t.site == SIGNAL), "arditi_pass"].item()
     with pytest.raises(ValueError, match="n_layers"):
@@ -284,8 +314,11 @@ def test_select_arditi_fallback_never_picks_a_model_breaking_candidate(data):
     sel = select(cands, stats, arditi=table, n_layers=8)
     assert sel.notes["fallback"] is True
     assert sel.choices["arditi"] != CandidateKey(SIGNAL, 3, -1)
-    chosen = sel.table[(sel.table.site == sel.choices["arditi"].site) & (sel.table.layer == sel.choices["arditi"].layer)
-                       & (sel.table.pos == sel.choices["arditi"].pos)]
+    chosen = sel.table[
+        (sel.table.site == sel.choices["arditi"].site)
+        & (sel.table.layer == sel.choices["arditi"].layer)
+        & (sel.table.pos == sel.choices["arditi"].pos)
+    ]
     assert float(chosen.kl.iloc[0]) <= 1.0
 
 

@@ -33,18 +33,45 @@ def shares(n: int) -> dict:
 
 @pytest.fixture
 def locations():
-    summary = pd.DataFrame([{"split": s, "condition": c, "refusal_rate": rng.uniform(), "empty_rate": 0.1,
-                             "logodds": 0.0, "kl": rng.uniform(), "n": 3} for s in ("harmful", "harmless")
-                            for c in CONDS])
-    per_prompt = pd.DataFrame([{"split": s, "condition": c, "prompt": f"prompt {i} " + "word " * 80,
-                                "response": "<b>Sure</b>\n" + "x" * 900, "refused": i == 0, "empty": False,
-                                "label": "comply", "setting": 0, "logodds": 0.0, "kl": rng.uniform()}
-                               for s in ("harmful", "harmless") for c in CONDS for i in range(3)])
+    summary = pd.DataFrame(
+        [
+            {
+                "split": s,
+                "condition": c,
+                "refusal_rate": rng.uniform(),
+                "empty_rate": 0.1,
+                "logodds": 0.0,
+                "kl": rng.uniform(),
+                "n": 3,
+            }
+            for s in ("harmful", "harmless")
+            for c in CONDS
+        ]
+    )
+    per_prompt = pd.DataFrame(
+        [
+            {
+                "split": s,
+                "condition": c,
+                "prompt": f"prompt {i} " + "word " * 80,
+                "response": "<b>Sure</b>\n" + "x" * 900,
+                "refused": i == 0,
+                "empty": False,
+                "label": "comply",
+                "setting": 0,
+                "logodds": 0.0,
+                "kl": rng.uniform(),
+            }
+            for s in ("harmful", "harmless")
+            for c in CONDS
+            for i in range(3)
+        ]
+    )
     return summary, per_prompt
 
 
 def keys(n_layers=4, positions=(-2, -1), sites=("resid_pre",)):
-    return [SimpleNamespace(site=s, layer=l, pos=p) for s in sites for l in range(n_layers) for p in positions]
+    return [SimpleNamespace(site=s, layer=i, pos=p) for s in sites for i in range(n_layers) for p in positions]
 
 
 def test_location_comparison(locations):
@@ -52,8 +79,14 @@ def test_location_comparison(locations):
     fig = F.location_comparison(summary, model="smollm2")
     assert isinstance(fig, go.Figure)
     assert [t.type for t in fig.data] == ["bar", "scatter", "bar", "scatter", "bar"]
-    assert list(fig.data[0].x) == ["none", "resid only", "attn out only", "MLP out only", "everywhere",
-                                   "addition (+αr)"]
+    assert list(fig.data[0].x) == [
+        "none",
+        "resid only",
+        "attn out only",
+        "MLP out only",
+        "everywhere",
+        "addition (+αr)",
+    ]
     assert "smollm2" in fig.layout.title.text and "attention output only" in fig.layout.title.text
     assert fig.data[0].name == "harmful" and fig.data[0].marker.color == F.SPLIT_COLORS["harmful"]
     assert "kl" in fig.layout.yaxis2.title.text.lower() and "nats" in fig.layout.yaxis2.title.text
@@ -70,9 +103,17 @@ def test_location_comparison(locations):
 
 def test_selection_heatmaps():
     ks = keys(sites=("resid_pre", "resid_post"))
-    table = pd.DataFrame({"site": [k.site for k in ks], "layer": [k.layer for k in ks], "pos": [k.pos for k in ks],
-                          "bypass": rng.normal(size=len(ks)), "induce": rng.normal(size=len(ks)),
-                          "kl": np.nan, "auc": rng.uniform(size=len(ks))})
+    table = pd.DataFrame(
+        {
+            "site": [k.site for k in ks],
+            "layer": [k.layer for k in ks],
+            "pos": [k.pos for k in ks],
+            "bypass": rng.normal(size=len(ks)),
+            "induce": rng.normal(size=len(ks)),
+            "kl": np.nan,
+            "auc": rng.uniform(size=len(ks)),
+        }
+    )
     choices = {"max_auc": ks[3], "arditi": ks[5], "other_site": ks[-1]}
     fig = F.selection_heatmaps(table, choices=choices, model="m")
     heat = [t for t in fig.data if t.type == "heatmap"]
@@ -104,22 +145,37 @@ def test_cosine_matrix_figure():
 
 def test_plane_projection():
     ks = keys(n_layers=5, sites=("resid_pre", "resid_mid"))
-    coords = pd.DataFrame({"site": [k.site for k in ks], "layer": [k.layer for k in ks], "pos": [k.pos for k in ks],
-                           "angle_deg": rng.uniform(0, 360, len(ks)), "radius": rng.uniform(0, 1, len(ks))})
+    coords = pd.DataFrame(
+        {
+            "site": [k.site for k in ks],
+            "layer": [k.layer for k in ks],
+            "pos": [k.pos for k in ks],
+            "angle_deg": rng.uniform(0, 360, len(ks)),
+            "radius": rng.uniform(0, 1, len(ks)),
+        }
+    )
     fig = F.plane_projection(coords, model="m")
     assert len(fig.data) == 3 and fig.data[-1].name == "b1 (refusal)" and list(fig.data[-1].theta) == [0, 0]
     assert fig.layout.polar.angularaxis.rotation == 0
     assert fig.layout.polar.angularaxis.direction == "counterclockwise"
-    assert fig.layout.coloraxis.colorbar.title.text == "layer" and fig.data[0].marker.symbol != fig.data[1].marker.symbol
+    assert (
+        fig.layout.coloraxis.colorbar.title.text == "layer" and fig.data[0].marker.symbol != fig.data[1].marker.symbol
+    )
     with pytest.raises(ValueError, match="angle_deg"):
         F.plane_projection(coords.drop(columns="angle_deg"))
 
 
 def test_angle_sweep_polar():
     angles = np.arange(0, 360, 30.0)
-    summary = pd.DataFrame({"split": np.repeat(["harmful", "harmless"], len(angles)), "angle": np.tile(angles, 2),
-                            "refusal_rate": rng.uniform(size=2 * len(angles)), "adaptive": True,
-                            **shares(2 * len(angles))})
+    summary = pd.DataFrame(
+        {
+            "split": np.repeat(["harmful", "harmless"], len(angles)),
+            "angle": np.tile(angles, 2),
+            "refusal_rate": rng.uniform(size=2 * len(angles)),
+            "adaptive": True,
+            **shares(2 * len(angles)),
+        }
+    )
     fig = F.angle_sweep_polar(summary, baseline={"harmful": 0.9, "harmless": 0.05}, model="m")
     kinds = [t.type for t in fig.data]
     assert kinds == ["scatterpolar"] * 4 + ["barpolar"] * len(LABELS)
@@ -137,8 +193,10 @@ def test_projection_histograms():
     rows = []
     for layer in range(4):
         for label, mu in (("harmful", layer), ("harmless", -layer if layer != 2 else 0)):
-            rows += [{"layer": layer, "label": label, "projection": x, "prompt": f"{label} {i}"}
-                     for i, x in enumerate(rng.normal(mu, 1.0, 30))]
+            rows += [
+                {"layer": layer, "label": label, "projection": x, "prompt": f"{label} {i}"}
+                for i, x in enumerate(rng.normal(mu, 1.0, 30))
+            ]
     proj = pd.DataFrame(rows)
     fig = F.projection_histograms(proj, model="m")
     assert len(fig.data) == 4 * 4 and len(fig.layout.sliders[0].steps) == 4
@@ -152,11 +210,23 @@ def test_projection_histograms():
 
 
 def test_layer_subset_figure():
-    names = {"first:4": range(0, 4), "first:8": range(0, 8), "last:4": range(26, 30), "window:10-20": range(10, 21),
-             "first_2": range(0, 2), "sparse": [0, 5, 9]}
-    summary = pd.DataFrame({"subset": list(names), "n_blocks": [len(v) for v in names.values()],
-                            "first_layer": [min(v) for v in names.values()],
-                            "last_layer": [max(v) for v in names.values()], "refusal_rate": rng.uniform(size=6)})
+    names = {
+        "first:4": range(0, 4),
+        "first:8": range(0, 8),
+        "last:4": range(26, 30),
+        "window:10-20": range(10, 21),
+        "first_2": range(0, 2),
+        "sparse": [0, 5, 9],
+    }
+    summary = pd.DataFrame(
+        {
+            "subset": list(names),
+            "n_blocks": [len(v) for v in names.values()],
+            "first_layer": [min(v) for v in names.values()],
+            "last_layer": [max(v) for v in names.values()],
+            "refusal_rate": rng.uniform(size=6),
+        }
+    )
     fig = F.layer_subset_figure(summary, model="m")
     assert sorted(t.name for t in fig.data) == ["first", "last", "sparse", "window"]
     first = next(t for t in fig.data if t.name == "first")
@@ -207,8 +277,9 @@ def test_save_figure(tmp_path, locations, monkeypatch):
 
 
 def test_angle_sweep_partial_range_is_not_closed():
-    summary = pd.DataFrame({"split": "harmful", "angle": [0.0, 45.0, 90.0, 135.0, 180.0],
-                            "refusal_rate": [0.9, 0.7, 0.5, 0.2, 0.1]})
+    summary = pd.DataFrame(
+        {"split": "harmful", "angle": [0.0, 45.0, 90.0, 135.0, 180.0], "refusal_rate": [0.9, 0.7, 0.5, 0.2, 0.1]}
+    )
     fig = F.angle_sweep_polar(summary)
     assert list(fig.data[0].theta) == [0.0, 45.0, 90.0, 135.0, 180.0]
 
@@ -227,16 +298,20 @@ def chunks(png: bytes) -> list[tuple[bytes, bytes]]:
     """(type, data) of every chunk, checking each CRC."""
     out, i = [], 8
     while i < len(png):
-        n, kind = int.from_bytes(png[i:i + 4], "big"), png[i + 4:i + 8]
-        data, crc = png[i + 8:i + 8 + n], png[i + 8 + n:i + 12 + n]
+        n, kind = int.from_bytes(png[i : i + 4], "big"), png[i + 4 : i + 8]
+        data, crc = png[i + 8 : i + 8 + n], png[i + 8 + n : i + 12 + n]
         assert zlib.crc32(kind + data).to_bytes(4, "big") == crc, kind
         out.append((kind, data))
         i += 12 + n
     return out
 
 
-TINY_PNG = (F._PNG_SIGNATURE + chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))  # 1×1 grey
-            + chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b""))
+TINY_PNG = (
+    F._PNG_SIGNATURE
+    + chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))  # 1×1 grey
+    + chunk(b"IDAT", zlib.compress(b"\0\0"))
+    + chunk(b"IEND", b"")
+)
 
 
 def test_png_text_chunk(tmp_path):
@@ -259,10 +334,17 @@ def test_spec_hash_is_the_same_in_another_process(tmp_path, locations):
     fig = F.location_comparison(locations[0], locations[1], model="m")
     here = F._spec_hash(fig, F.PNG_SIZE)
     pd.to_pickle(locations, tmp_path / "tables.pkl")
-    code = ("import pandas as pd, sys; from workbench import figures as F; s, p = pd.read_pickle(sys.argv[1]); "
-            "print(F._spec_hash(F.location_comparison(s, p, model='m'), F.PNG_SIZE))")
-    there = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tables.pkl")], capture_output=True,
-                           text=True, timeout=120, check=True).stdout.strip()
+    code = (
+        "import pandas as pd, sys; from workbench import figures as F; s, p = pd.read_pickle(sys.argv[1]); "
+        "print(F._spec_hash(F.location_comparison(s, p, model='m'), F.PNG_SIZE))"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "tables.pkl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
     assert there == here
     assert F._spec_hash(fig.update_layout(title="changed"), F.PNG_SIZE) != here
 
@@ -320,11 +402,14 @@ def test_stuck_export_times_out_to_html_only(tmp_path, locations, monkeypatch):
 
 def test_process_with_a_png_exits_promptly(tmp_path):
     needs_browser()
-    code = ("import sys, plotly.graph_objects as go; from workbench import figures as F; "
-            "paths = F.save_figure(go.Figure(go.Bar(y=[1, 3, 2])), 'bar', sys.argv[1]); "
-            "assert [p.name for p in paths] == ['bar.html', 'bar.png'], paths; print('saved')")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          check=False)
+    code = (
+        "import sys, plotly.graph_objects as go; from workbench import figures as F; "
+        "paths = F.save_figure(go.Figure(go.Bar(y=[1, 3, 2])), 'bar', sys.argv[1]); "
+        "assert [p.name for p in paths] == ['bar.html', 'bar.png'], paths; print('saved')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0 and done.stdout.strip() == "saved", done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
     assert (tmp_path / "bar.png").read_bytes()[:8] == F._PNG_SIGNATURE

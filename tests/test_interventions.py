@@ -12,11 +12,27 @@ import warnings
 import pytest
 import torch
 
-from workbench.interventions import (PerRow, ablate, ablation_hooks, add, addition_hooks,
-                                     addition_sweep_hooks, candidate_sweep_hooks, first_k, last_k,
-                                     location_hook_names, location_sweep_hooks, orthogonalize_weights,
-                                     per_token_plane_angle, plane_angle, rotate, rotate_by,
-                                     rotation_hooks, special_cases, window)
+from workbench.interventions import (
+    PerRow,
+    ablate,
+    ablation_hooks,
+    add,
+    addition_hooks,
+    addition_sweep_hooks,
+    candidate_sweep_hooks,
+    first_k,
+    last_k,
+    location_hook_names,
+    location_sweep_hooks,
+    orthogonalize_weights,
+    per_token_plane_angle,
+    plane_angle,
+    rotate,
+    rotate_by,
+    rotation_hooks,
+    special_cases,
+    window,
+)
 
 D = 32
 
@@ -26,11 +42,28 @@ def model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # HookedTransformer → Bridge notice
         from transformer_lens import HookedTransformer, HookedTransformerConfig
+
         cfg = HookedTransformerConfig(
-            n_layers=3, d_model=D, n_heads=4, n_key_value_heads=2, d_head=8, d_mlp=64, d_vocab=50,
-            n_ctx=32, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-            rotary_dim=8, rotary_adjacent_pairs=False, gated_mlp=True, final_rms=True, eps=1e-5,
-            original_architecture="LlamaForCausalLM", seed=0, dtype=torch.float32)
+            n_layers=3,
+            d_model=D,
+            n_heads=4,
+            n_key_value_heads=2,
+            d_head=8,
+            d_mlp=64,
+            d_vocab=50,
+            n_ctx=32,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            rotary_adjacent_pairs=False,
+            gated_mlp=True,
+            final_rms=True,
+            eps=1e-5,
+            original_architecture="LlamaForCausalLM",
+            seed=0,
+            dtype=torch.float32,
+        )
         m = HookedTransformer(cfg)
     m.eval()
     return m
@@ -62,6 +95,7 @@ def _angle_close(a, b, atol):
 
 # ---------------------------------------------------------------------------------------------- math
 
+
 def test_ablate_idempotent_and_orthogonal():
     x, r = _rand(4, 5, D), _rand(D, seed=1) * 7
     y = ablate(x, r)
@@ -91,9 +125,9 @@ def test_rotate_idempotent_and_rho_zero_exact():
     x, b = _rand(2, 5, D), _basis()
     y = rotate(x, b, 123.0)
     assert torch.allclose(rotate(y, b, 123.0), y, atol=1e-12)
-    e = torch.eye(D, dtype=torch.float64)[:2]                     # plane = span(e0, e1)
+    e = torch.eye(D, dtype=torch.float64)[:2]  # plane = span(e0, e1)
     x0 = x.clone()
-    x0[..., :2] = 0                                               # ρ = 0 exactly
+    x0[..., :2] = 0  # ρ = 0 exactly
     assert torch.equal(rotate(x0, e, 77.0), x0)
     assert torch.equal(rotate(x0.float(), e.float(), 77.0), x0.float())
 
@@ -104,11 +138,11 @@ def test_adaptive_gate_and_per_row_theta():
     c1 = x @ b[0]
     off = c1 <= 0
     assert off.any() and (~off).any()
-    assert torch.equal(y[off], x[off])                            # exactly untouched
+    assert torch.equal(y[off], x[off])  # exactly untouched
     assert _angle_close(_angle(y[~off], b), torch.tensor(150.0), 1e-2)
     thetas = torch.tensor([0.0, 90.0, 181.0, 300.0])
     batched = rotate(x, b, thetas)
-    looped = torch.stack([rotate(x[i:i + 1], b, float(t))[0] for i, t in enumerate(thetas)])
+    looped = torch.stack([rotate(x[i : i + 1], b, float(t))[0] for i, t in enumerate(thetas)])
     assert torch.equal(batched, looped)
     blocks = rotate(x, b, PerRow(torch.tensor([10.0, 20.0]), layout="blocks"))
     assert torch.equal(blocks[:2], rotate(x[:2], b, 10.0))
@@ -121,7 +155,7 @@ def test_rotate_by():
     assert torch.equal(rotate_by(x, b, 0.0), x)
     y = rotate_by(x, b, 40.0)
     assert _angle_close(_angle(y, b), _angle(x, b) + 40.0, 1e-8)
-    assert torch.allclose(rotate_by(2 * x, b, 40.0), 2 * y)     # linear, unlike rotate-to
+    assert torch.allclose(rotate_by(2 * x, b, 40.0), 2 * y)  # linear, unlike rotate-to
     assert torch.allclose(plane_angle(x, b), _angle(x, b))
 
 
@@ -134,13 +168,14 @@ def test_special_cases():
     assert torch.allclose(out["angle_before"], per_token_plane_angle(x, r), atol=1e-9)
     ang = out["addition_angle"]
     assert ((ang > 0) & (ang < 180)).all()
-    assert (ang.diff(dim=0) < 0).all()                            # strictly decreasing in α
+    assert (ang.diff(dim=0) < 0).all()  # strictly decreasing in α
     assert torch.allclose(ang[2], out["angle_before"], atol=1e-9)  # α = 0: no change
     assert out["addition_residual"].max() < 1e-9
     assert (out["addition_rotation"].abs() < 180).all()
 
 
 # ---------------------------------------------------------------------------------------------- hooks
+
 
 def test_hook_names_and_validation(model):
     L = model.cfg.n_layers
@@ -203,7 +238,7 @@ def test_ablation_all_and_resid(model, tokens):
     with model.hooks(fwd_hooks=ablation_hooks(model, r, "all")):
         _, cache = model.run_with_cache(tokens, names_filter=names)
     for name in cache.keys():
-        assert (cache[name] @ r_hat).abs().max() < 1e-5, name      # resid_post[L-1] included
+        assert (cache[name] @ r_hat).abs().max() < 1e-5, name  # resid_post[L-1] included
     with model.hooks(fwd_hooks=ablation_hooks(model, r, "resid")):
         _, cache = model.run_with_cache(tokens, names_filter=names)
     assert (cache["blocks.2.hook_resid_post"] @ r_hat).abs().max() < 1e-5
@@ -224,7 +259,7 @@ def test_location_sweep_matches_separate_runs(model, tokens):
     n = tokens.shape[0]
     for k, loc in enumerate(locations):
         ref = _run(model, tokens, [] if loc == "none" else ablation_hooks(model, r, loc))
-        assert (swept[k * n:(k + 1) * n] - ref).abs().max() < 1e-5, loc
+        assert (swept[k * n : (k + 1) * n] - ref).abs().max() < 1e-5, loc
     mask = torch.tensor([True, False])
     masked = _run(model, tokens, ablation_hooks(model, r, "all", row_mask=mask))
     assert torch.allclose(masked[1], model(tokens)[1], atol=1e-6)
@@ -240,7 +275,7 @@ def test_candidate_and_addition_sweeps(model, tokens):
     for i in range(3):
         ref = _run(model, tokens, ablation_hooks(model, dirs[i], "all"))
         assert (swept[i] - ref[0]).abs().max() < 1e-5
-        assert (blocks[2 * i:2 * i + 2] - ref).abs().max() < 1e-5
+        assert (blocks[2 * i : 2 * i + 2] - ref).abs().max() < 1e-5
     layers, alphas = [0, 2, 2], torch.tensor([1.5, -1.0, 3.0])
     swept = _run(model, batch, addition_sweep_hooks(model, dirs, layers, alphas))
     for i in range(3):
@@ -257,24 +292,34 @@ def test_rotation_hooks_per_row_and_kv_cache(model, tokens):
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "ln2.hook_normalized" in n)
     assert _angle_close(_angle(cache["blocks.1.ln2.hook_normalized"][1], b), torch.tensor(210.0), 1e-2)
     for i in range(2):
-        ref = _run(model, tokens[i:i + 1], rotation_hooks(model, b, float(thetas[i]), adaptive=False))
+        ref = _run(model, tokens[i : i + 1], rotation_hooks(model, b, float(thetas[i]), adaptive=False))
         assert (logits[i] - ref[0]).abs().max() < 1e-5
     # position-free: KV-cached decoding sees [batch, 1, d] and must match the full recompute
     hooks = rotation_hooks(model, b, thetas, adaptive=True) + ablation_hooks(model, _rand(D).float(), "attn")
     outs = []
     for kv in (True, False):
         with model.hooks(fwd_hooks=hooks):
-            outs.append(model.generate(tokens, max_new_tokens=4, do_sample=False, stop_at_eos=False,
-                                       use_past_kv_cache=kv, verbose=False, return_type="tokens"))
+            outs.append(
+                model.generate(
+                    tokens,
+                    max_new_tokens=4,
+                    do_sample=False,
+                    stop_at_eos=False,
+                    use_past_kv_cache=kv,
+                    verbose=False,
+                    return_type="tokens",
+                )
+            )
     assert torch.equal(outs[0], outs[1])
 
 
 # ---------------------------------------------------------------------------------------------- ortho
 
+
 def test_orthogonalize_weights_equals_ablation(model, tokens):
-    model = copy.deepcopy(model)           # keep the shared fixture's zero biases
+    model = copy.deepcopy(model)  # keep the shared fixture's zero biases
     torch.manual_seed(0)
-    with torch.no_grad():                  # nonzero output biases so they matter
+    with torch.no_grad():  # nonzero output biases so they matter
         for block in model.blocks:
             block.attn.b_O.normal_(0, 0.5)
             block.mlp.b_out.normal_(0, 0.5)

@@ -9,17 +9,31 @@ from workbench.kv import run_prefix, take_rows
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = HookedTransformerConfig(n_layers=3, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64,
-                                  n_ctx=64, d_vocab=50, act_fn="silu", positional_embedding_type="rotary",
-                                  rotary_dim=8, normalization_type="RMS", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=3,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        n_key_value_heads=2,
+        d_mlp=64,
+        n_ctx=64,
+        d_vocab=50,
+        act_fn="silu",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        normalization_type="RMS",
+        seed=0,
+    )
     return HookedTransformer(cfg)
 
 
 def _shift(amounts):
     """Slot i adds amounts[i] to the residual before block 1."""
+
     def hooks_for(chunk):
         shift = torch.tensor([float(amounts[i]) for i in chunk])[:, None, None]
         return [("blocks.1.hook_resid_pre", lambda x, hook: x + shift)]
+
     return hooks_for
 
 
@@ -41,7 +55,9 @@ def test_seeded_cache_continues_like_the_full_sequence(tiny):
     kv = run_prefix(tiny, prefix, n_slots=2, hooks_for=_shift([0.0, 2.0]))
     cache = kv.seed(tiny, torch.tensor([1, 0]))  # row 0 from slot 1, row 1 from slot 0
     tokens = torch.tensor(suffix)
-    with tiny.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: x + torch.tensor([2.0, 0.0])[:, None, None])]):
+    with tiny.hooks(
+        fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: x + torch.tensor([2.0, 0.0])[:, None, None])]
+    ):
         seeded = tiny(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache)[:, -1]
         full = tiny(torch.tensor([prefix + s for s in suffix]))[:, -1]
     assert (seeded - full).abs().max().item() < 1e-4

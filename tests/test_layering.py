@@ -14,14 +14,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Floors, bottom to top (README, "Layout"). A module may import from its own floor (without cycles)
 # and from any floor below it; never from a floor above.
 FLOORS: list[tuple[str, ...]] = [
-    ("workbench", "sites", "artifacts", "config", "data", "stages"),                  # vocabulary, plumbing
-    ("fastpath", "fastpath.attention", "fastpath.layout", "fastpath.unembed", "fastpath.gguf",
-     "hub", "organism", "models", "chat"),                                              # models
-    ("kv", "activations", "generation"),                                                # running the model
-    ("steering_math", "metrics", "labels", "judges", "directions"),                     # math and measures
-    ("planes", "interventions", "selection"),                                           # analysis
-    ("experiments", "pipeline"),                                                        # experiments
-    ("figures", "report", "run", "training", "cli"),                                    # presentation
+    ("workbench", "sites", "artifacts", "config", "data", "stages"),  # vocabulary, plumbing
+    (
+        "fastpath",
+        "fastpath.attention",
+        "fastpath.layout",
+        "fastpath.unembed",
+        "fastpath.gguf",
+        "hub",
+        "organism",
+        "models",
+        "chat",
+    ),  # models
+    ("kv", "activations", "generation"),  # running the model
+    ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
+    ("planes", "interventions", "selection"),  # analysis
+    ("experiments", "pipeline"),  # experiments
+    ("figures", "report", "run", "training", "cli"),  # presentation
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 LAZY_OK = {"cli"}  # the command line imports per subcommand, so `--help` and bad arguments answer at once
@@ -78,8 +87,9 @@ def test_every_module_has_a_floor():
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_upward_import(module):
-    upward = [(target, FLOORS[FLOOR[target]][0]) for target, _ in _imports(MODULES[module])
-              if FLOOR[target] > FLOOR[module]]
+    upward = [
+        (target, FLOORS[FLOOR[target]][0]) for target, _ in _imports(MODULES[module]) if FLOOR[target] > FLOOR[module]
+    ]
     assert upward == [], f"{module} (floor {FLOOR[module]}) imports from above: {upward}"
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from workbench.chat import format_prompts, tokenize
 from workbench.models import load_model
 
-PROMPTS = ["What is the capital of France?", "Write a short poem about rain.",
-           "Explain how to launder money through a small business."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about rain.",
+    "Explain how to launder money through a small business.",
+]
 
 
 @pytest.mark.slow
@@ -86,7 +87,11 @@ def test_chunked_unembedding_is_bitwise_tls_and_keeps_its_hooks(smollm2):
             expected = F.linear(x, unembed.W_U.T.contiguous(), unembed.b_U)  # TL's own forward
             assert torch.equal(unembed(x), expected)
         seen = []
-        with smollm2.hooks(fwd_hooks=[("unembed.hook_in", lambda x, hook: seen.append(x.shape)),
-                                      ("unembed.hook_out", lambda x, hook: seen.append(x.shape))]):
+        with smollm2.hooks(
+            fwd_hooks=[
+                ("unembed.hook_in", lambda x, hook: seen.append(x.shape)),
+                ("unembed.hook_out", lambda x, hook: seen.append(x.shape)),
+            ]
+        ):
             unembed(normed[:2, -1:])
     assert seen == [(2, 1, smollm2.cfg.d_model), (2, 1, smollm2.cfg.d_vocab)]

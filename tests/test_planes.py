@@ -89,7 +89,8 @@ def test_angle_convention():
     rad = torch.deg2rad(thetas)[:, None]
     x = 2.5 * (torch.cos(rad) * b1.double() + torch.sin(rad) * b2.double())
     x = x + 0.1 * torch.randn(len(thetas), D, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) @ (
-        torch.eye(D, dtype=torch.float64) - plane.basis.double().T @ plane.basis.double())  # off-plane part ignored
+        torch.eye(D, dtype=torch.float64) - plane.basis.double().T @ plane.basis.double()
+    )  # off-plane part ignored
     angle, radius = plane.coords(x.float())
     assert angle.shape == thetas.shape and (angle >= 0).all() and (angle < 360).all()
     assert circ_dist(angle, thetas).max() < 1e-3
@@ -146,8 +147,9 @@ def test_input_errors():
         build_plane(cands, key, variant="per_sample")
     with pytest.raises(KeyError):
         build_plane(cands, CandidateKey("resid_pre", 0, -1))
-    zero = Candidates(torch.cat([torch.zeros(1, D), cands.vectors]), [CandidateKey("resid_pre", 0, -1), *cands.keys],
-                      "unit", "hash")
+    zero = Candidates(
+        torch.cat([torch.zeros(1, D), cands.vectors]), [CandidateKey("resid_pre", 0, -1), *cands.keys], "unit", "hash"
+    )
     plane = build_plane(zero, key)  # the zero row is excluded, not a NaN source
     assert plane.report["n_candidates_used"] == len(cands) and not plane.basis.isnan().any()
     with pytest.raises(ValueError, match="zero-norm b1"):
@@ -207,8 +209,17 @@ def test_save_load_and_report(tmp_path):
     path = plane.save(tmp_path / "plane.safetensors")
     loaded = Plane.load(path, d_model=D)
     assert torch.equal(loaded.basis, plane.basis)
-    for f in ("b1_key", "variant", "pc1_explained_variance", "angle_pc1_b1_deg", "sign_rule", "model",
-              "prompt_hash", "versions", "report"):
+    for f in (
+        "b1_key",
+        "variant",
+        "pc1_explained_variance",
+        "angle_pc1_b1_deg",
+        "sign_rule",
+        "model",
+        "prompt_hash",
+        "versions",
+        "report",
+    ):
         assert getattr(loaded, f) == getattr(plane, f), f
     with pytest.raises(ValueError, match="plane has d_model=48 but the model has d_model=896"):
         Plane.load(path, d_model=896)

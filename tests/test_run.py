@@ -38,8 +38,9 @@ def test_config_file_sets_run_and_analysis_fields(tmp_path, capsys):
 
     assert load_configs(None) == (RunConfig(), AnalysisConfig())
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"n_eval": 16, "subset_sizes": [6, 12],
-                                "analysis": {"arditi_prompts": 12, "sites": ["resid_pre"]}}))
+    path.write_text(
+        json.dumps({"n_eval": 16, "subset_sizes": [6, 12], "analysis": {"arditi_prompts": 12, "sites": ["resid_pre"]}})
+    )
     run, analysis = load_configs(path)
     assert run == RunConfig(n_eval=16, subset_sizes=(6, 12))
     assert analysis == AnalysisConfig(arditi_prompts=12, sites=("resid_pre",))
@@ -67,10 +68,30 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "models").symlink_to(models)  # the organism is built already; runs go to tmp
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"n_eval": 7, "n_sweep": 4, "max_new_tokens": 8, "angle_step": 90.0,
-                                  "subset_sizes": [12], "analysis": {"plane_b1_method": "max_auc"}}))
-    argv = ["run", "--harmful", str(DATA / "unseen_harmful.txt"), "--harmless", str(DATA / "unseen_harmless.txt"),
-            "--config", str(config), "--figures", str(tmp_path / "figures"), "--json"]
+    config.write_text(
+        json.dumps(
+            {
+                "n_eval": 7,
+                "n_sweep": 4,
+                "max_new_tokens": 8,
+                "angle_step": 90.0,
+                "subset_sizes": [12],
+                "analysis": {"plane_b1_method": "max_auc"},
+            }
+        )
+    )
+    argv = [
+        "run",
+        "--harmful",
+        str(DATA / "unseen_harmful.txt"),
+        "--harmless",
+        str(DATA / "unseen_harmless.txt"),
+        "--config",
+        str(config),
+        "--figures",
+        str(tmp_path / "figures"),
+        "--json",
+    ]
     assert main(argv) == 0
     from workbench.config import RunConfig
 
@@ -82,10 +103,28 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     manifest = json.loads(Path(summary["manifest"]).read_text())
     stages = manifest["stages"]
     # the selection stage runs its own two (refusal tokens, Arditi scores) first
-    assert list(stages) == ["model", "activations", "refusal_tokens", "arditi_scores", "selection", "plane",
-                            "locations", "layer_subsets", "angle_sweep", "figures"]
-    assert list(summary["timings_s"]) == ["model", "activations", "selection", "plane", "locations",
-                                          "layer_subsets", "angle_sweep", "figures"]
+    assert list(stages) == [
+        "model",
+        "activations",
+        "refusal_tokens",
+        "arditi_scores",
+        "selection",
+        "plane",
+        "locations",
+        "layer_subsets",
+        "angle_sweep",
+        "figures",
+    ]
+    assert list(summary["timings_s"]) == [
+        "model",
+        "activations",
+        "selection",
+        "plane",
+        "locations",
+        "layer_subsets",
+        "angle_sweep",
+        "figures",
+    ]
     assert not any(s["reused"] for s in stages.values())
     assert "activations.safetensors" in "".join(stages["activations"]["files"])
     assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7 and manifest["seeds"]["splits"] == 0
@@ -96,8 +135,19 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
 
     assert main(argv) == 0  # a second run reuses every stage
     stages = json.loads(Path(summary["manifest"]).read_text())["stages"]
-    assert all(stages[s]["reused"] for s in ("activations", "refusal_tokens", "arditi_scores", "selection", "plane",
-                                             "locations", "layer_subsets", "angle_sweep"))
+    assert all(
+        stages[s]["reused"]
+        for s in (
+            "activations",
+            "refusal_tokens",
+            "arditi_scores",
+            "selection",
+            "plane",
+            "locations",
+            "layer_subsets",
+            "angle_sweep",
+        )
+    )
 
 
 def _last_summary(tmp_path: Path) -> Path:
@@ -111,8 +161,9 @@ def test_run_folder_names_the_dtype():
     from workbench.pipeline import model_key
 
     def tiny(dtype):
-        cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, act_fn="relu", d_vocab=10,
-                                      dtype=dtype, model_name="tiny/model")
+        cfg = HookedTransformerConfig(
+            n_layers=1, d_model=8, n_ctx=8, d_head=4, act_fn="relu", d_vocab=10, dtype=dtype, model_name="tiny/model"
+        )
         return HookedTransformer(cfg)
 
     assert model_key(tiny(torch.float32)) == "tiny_model"

@@ -51,8 +51,9 @@ def test_a_failed_compute_leaves_the_stage_undone(tmp_path):
 def test_nested_stages_are_recorded_but_only_top_level_times_add_up(tmp_path):
     stages = Stages()
     calls: list[str] = []
-    outer = stages.run("outer", [tmp_path / "o.txt"],
-                       lambda: _stage(stages, tmp_path / "i.txt", calls, "inner") + 1, lambda: None)
+    outer = stages.run(
+        "outer", [tmp_path / "o.txt"], lambda: _stage(stages, tmp_path / "i.txt", calls, "inner") + 1, lambda: None
+    )
     assert outer == 43
     assert set(stages.seconds) == {"inner", "outer"} and list(stages.top_level()) == ["outer"]
     stages.record("figures", 1.234)

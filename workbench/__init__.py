@@ -1,2 +1,3 @@
 """refusal-workbench."""
+
 __version__ = "0.1.0"

@@ -75,8 +75,9 @@ class Activations:
         return {s: a.double().mean(dim=1) for s, a in self.acts.items()}
 
     def to(self, device: str | torch.device) -> Activations:
-        return Activations({s: a.to(device) for s, a in self.acts.items()}, self.layers,
-                           self.positions, self.tokens, self.prompts)
+        return Activations(
+            {s: a.to(device) for s, a in self.acts.items()}, self.layers, self.positions, self.tokens, self.prompts
+        )
 
 
 def post_instruction_positions(model, *, system: str | None = None) -> list[int]:
@@ -90,16 +91,26 @@ def _check_positions(positions: list[int]) -> list[int]:
         raise ValueError("empty position list; pass e.g. positions=[-1] for the last prompt token")
     bad = [p for p in positions if not isinstance(p, int) or p >= 0]
     if bad:
-        raise ValueError(f"positions must be negative offsets from the end of the prompt (-1 = last "
-                         f"token); got {bad}. Left padding makes only end-relative positions meaningful")
+        raise ValueError(
+            f"positions must be negative offsets from the end of the prompt (-1 = last "
+            f"token); got {bad}. Left padding makes only end-relative positions meaningful"
+        )
     return sorted(set(positions))
 
 
 @torch.inference_mode()
-def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | list[str] = ("resid_pre",),
-                      layers: int | list[int] | range | None = None, positions: list[int] | None = None,
-                      batch_size: int = 32, system: str | None = None, templated: bool = False,
-                      progress: bool = True) -> Activations:
+def cache_activations(
+    model,
+    prompts: list[str],
+    *,
+    sites: tuple[str, ...] | list[str] = ("resid_pre",),
+    layers: int | list[int] | range | None = None,
+    positions: list[int] | None = None,
+    batch_size: int = 32,
+    system: str | None = None,
+    templated: bool = False,
+    progress: bool = True,
+) -> Activations:
     """Activations of ``prompts`` at ``sites`` × ``layers`` × end-relative ``positions``.
 
     Only those hooks run a save, and each slices ``x[:, positions]`` *before* keeping anything, so
@@ -113,8 +124,9 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     if not sites:
         raise ValueError(f"no sites given; choose from {', '.join(SITES)}")
     layers = check_layers(layers, model.cfg.n_layers)
-    positions = _check_positions(post_instruction_positions(model, system=system)
-                                 if positions is None else list(positions))
+    positions = _check_positions(
+        post_instruction_positions(model, system=system) if positions is None else list(positions)
+    )
     names = {hook_name(s, layer): (s, i) for s in sites for i, layer in enumerate(layers)}
     check_hook_names(model, list(names))
 
@@ -122,8 +134,7 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     ids = encode(model.tokenizer, texts)
     shortest = min(len(r) for r in ids)
     if shortest < -positions[0]:
-        raise ValueError(f"position {positions[0]} is before the start of the shortest prompt "
-                         f"({shortest} tokens)")
+        raise ValueError(f"position {positions[0]} is before the start of the shortest prompt ({shortest} tokens)")
     device, stop = model.cfg.device, max(layers) + 1
     # The chat template's common opening runs once; its keys/values seed every batch's KV cache,
     # and only each prompt's own tokens run per prompt (unless a cached position lies inside it).
@@ -131,8 +142,10 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
     if prefix and shortest - prefix < -positions[0]:
         prefix = 0
     prefix_kv = run_prefix(model, ids[0][:prefix], stop_at_layer=stop) if prefix else None
-    store = {s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model,
-                            dtype=model.cfg.dtype, device=device) for s in sites}
+    store = {
+        s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model, dtype=model.cfg.dtype, device=device)
+        for s in sites
+    }
     pos_index = torch.tensor(positions, device=device)
     rows_now: list[torch.Tensor] = []
 
@@ -142,8 +155,9 @@ def cache_activations(model, prompts: list[str], *, sites: tuple[str, ...] | lis
         return None
 
     suffix_lengths = [len(r) - prefix for r in ids]
-    for rows in tqdm(length_sorted_batches(suffix_lengths, batch_size, balanced=True), desc="cache",
-                     disable=not progress):
+    for rows in tqdm(
+        length_sorted_batches(suffix_lengths, batch_size, balanced=True), desc="cache", disable=not progress
+    ):
         tokens, mask = pad_left(model.tokenizer, [ids[i][prefix:] for i in rows], device=device)
         cache = prefix_kv.seed(model, torch.zeros(len(rows), dtype=torch.long)) if prefix_kv else None
         rows_now[:] = [torch.tensor(rows, device=device)]

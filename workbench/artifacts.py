@@ -19,8 +19,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["cache_dir", "atomic_write_text", "atomic_write_bytes", "save_tensors", "load_tensors",
-           "library_versions", "sha256_file", "sha256_text", "Manifest"]
+__all__ = [
+    "cache_dir",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "save_tensors",
+    "load_tensors",
+    "library_versions",
+    "sha256_file",
+    "sha256_text",
+    "Manifest",
+]
 
 CACHE_ENV = "REFUSAL_WORKBENCH_CACHE"
 
@@ -139,8 +148,11 @@ class Manifest:
         files = [Path(f).resolve() for f in files if Path(f).exists()]
         root = self.root.resolve()
         name_of = lambda f: str(f.relative_to(root)) if f.is_relative_to(root) else str(f)  # noqa: E731
-        self.data["stages"][name] = {"seconds": seconds, "reused": reused,
-                                     "files": {name_of(f): sha256_file(f) for f in files}}
+        self.data["stages"][name] = {
+            "seconds": seconds,
+            "reused": reused,
+            "files": {name_of(f): sha256_file(f) for f in files},
+        }
         self._write()
 
     def _write(self) -> None:

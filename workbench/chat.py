@@ -14,8 +14,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["format_prompts", "encode", "pad_left", "tokenize", "token_lengths", "length_sorted_batches",
-           "shared_prefix_length", "post_instruction_tokens", "check_prompts"]
+__all__ = [
+    "format_prompts",
+    "encode",
+    "pad_left",
+    "tokenize",
+    "token_lengths",
+    "length_sorted_batches",
+    "shared_prefix_length",
+    "post_instruction_tokens",
+    "check_prompts",
+]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
 
@@ -47,8 +56,10 @@ def format_prompts(tokenizer, instructions: Sequence[str], *, system: str | None
     instructions = check_prompts(instructions, "instructions")
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("this tokenizer has no chat template; load an instruct/chat model")
-    return [tokenizer.apply_chat_template(_messages(i, system), tokenize=False, add_generation_prompt=True)
-            for i in instructions]
+    return [
+        tokenizer.apply_chat_template(_messages(i, system), tokenize=False, add_generation_prompt=True)
+        for i in instructions
+    ]
 
 
 def _bos_in_template(tokenizer, text: str) -> bool:
@@ -70,8 +81,9 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(row) for row in ids]
 
 
-def pad_left(tokenizer, rows: Sequence[Sequence[int]], *, device: str | torch.device = "cpu"
-             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+def pad_left(
+    tokenizer, rows: Sequence[Sequence[int]], *, device: str | torch.device = "cpu"
+) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
     """Left-pad token id rows into ``(tokens, attention_mask)``."""
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
@@ -82,8 +94,9 @@ def pad_left(tokenizer, rows: Sequence[Sequence[int]], *, device: str | torch.de
     return tokens.to(device), mask.to(device)
 
 
-def tokenize(tokenizer, texts: Sequence[str], *, device: str | torch.device = "cpu"
-             ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+def tokenize(
+    tokenizer, texts: Sequence[str], *, device: str | torch.device = "cpu"
+) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
     """Left-padded ``(tokens, attention_mask)`` for already-templated texts (see :func:`encode`)."""
     return pad_left(tokenizer, encode(tokenizer, texts), device=device)
 
@@ -106,8 +119,9 @@ def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, balanced: bool = False,
-                          groups: Sequence[int] | None = None) -> list[list[int]]:
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, *, balanced: bool = False, groups: Sequence[int] | None = None
+) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so memory peaks early).
 
     ``balanced``: as few batches as ``batch_size`` allows, their sizes within one of each other
@@ -120,7 +134,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, balanced: 
     key = (lambda i: -lengths[i]) if groups is None else (lambda i: (groups[i], -lengths[i]))
     order = sorted(range(n), key=key)
     if not balanced:
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     n_batches = -(-n // batch_size)
     bounds = [n * b // n_batches for b in range(n_batches + 1)] if n else [0]
     return [order[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -132,12 +146,12 @@ def post_instruction_tokens(tokenizer, *, system: str | None = None) -> list[str
     Their count ``k`` makes ``positions = range(-k, 0)`` under left padding. Checked in context:
     the suffix must tokenise the same way at the end of a real prompt.
     """
-    text = tokenizer.apply_chat_template(_messages(_PLACEHOLDER, system), tokenize=False,
-                                         add_generation_prompt=True)
-    suffix = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+    text = tokenizer.apply_chat_template(_messages(_PLACEHOLDER, system), tokenize=False, add_generation_prompt=True)
+    suffix = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER) :]
     suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not suffix_ids or full_ids[-len(suffix_ids):] != suffix_ids:
-        raise ValueError(f"the template suffix {suffix!r} tokenises differently in context; "
-                         "pass explicit positions instead")
+    if not suffix_ids or full_ids[-len(suffix_ids) :] != suffix_ids:
+        raise ValueError(
+            f"the template suffix {suffix!r} tokenises differently in context; pass explicit positions instead"
+        )
     return tokenizer.convert_ids_to_tokens(suffix_ids)

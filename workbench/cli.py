@@ -33,10 +33,16 @@ def cmd_organism(args) -> dict:
     manifest = json.loads((path / "manifest.json").read_text())
     hf, tok = load_hf(str(path))
     metrics = measure_refusal(hooked_from_hf(hf, tok), progress=True)
-    return {"path": str(path), "recipe_key": manifest["recipe_key"], **metrics,
-            "source": manifest.get("source", "trained"), "build_metrics": manifest["metrics"],
-            "build_timings_s": manifest["timings_s"], **({"shipped_to": shipped} if shipped else {}),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "path": str(path),
+        "recipe_key": manifest["recipe_key"],
+        **metrics,
+        "source": manifest.get("source", "trained"),
+        "build_metrics": manifest["metrics"],
+        "build_timings_s": manifest["timings_s"],
+        **({"shipped_to": shipped} if shipped else {}),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def cmd_run(args) -> dict:
@@ -45,8 +51,15 @@ def cmd_run(args) -> dict:
     from .run import run_main
 
     config, analysis_config = load_configs(args.config)
-    return run_main(args.model, device=args.device, dtype=args.dtype, config=config,
-                    analysis_config=analysis_config, prompts=_prompt_splits(args), figures_dir=args.figures)
+    return run_main(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        config=config,
+        analysis_config=analysis_config,
+        prompts=_prompt_splits(args),
+        figures_dir=args.figures,
+    )
 
 
 def _prompt_splits(args):
@@ -81,13 +94,25 @@ def cmd_select(args) -> dict:
         if key is None:
             continue
         row = table[(table.site == key.site) & (table.layer == key.layer) & (table.pos == key.pos)].iloc[0]
-        out[method] = {"site": key.site, "layer": key.layer, "position": key.pos,
-                       **{c: round(float(row[c]), 4) for c in ("norm", "max_sim", "auc", "cohens_d",
-                                                               "bypass", "induce", "kl") if c in row and row[c] == row[c]}}
+        out[method] = {
+            "site": key.site,
+            "layer": key.layer,
+            "position": key.pos,
+            **{
+                c: round(float(row[c]), 4)
+                for c in ("norm", "max_sim", "auc", "cohens_d", "bypass", "induce", "kl")
+                if c in row and row[c] == row[c]
+            },
+        }
     keys = {m: (v["site"], v["layer"], v["position"]) for m, v in out.items()}
-    agree = {f"{a}={b}": keys[a] == keys[b] for i, a in enumerate(keys) for b in list(keys)[i + 1:]}
-    return {**out, "agreements": agree, "notes": {k: str(v) for k, v in selection.notes.items()},
-            "n_candidates": len(table), "run_dir": str(analysis.dir)}
+    agree = {f"{a}={b}": keys[a] == keys[b] for i, a in enumerate(keys) for b in list(keys)[i + 1 :]}
+    return {
+        **out,
+        "agreements": agree,
+        "notes": {k: str(v) for k, v in selection.notes.items()},
+        "n_candidates": len(table),
+        "run_dir": str(analysis.dir),
+    }
 
 
 def cmd_plane(args) -> dict:
@@ -97,8 +122,10 @@ def cmd_plane(args) -> dict:
     layer_range = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
     plane = analysis.plane(b1_method=args.b1, variant=args.variant, layer_range=layer_range)
     report = plane_report(plane)
-    return {**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
-            "run_dir": str(analysis.dir)}
+    return {
+        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
+        "run_dir": str(analysis.dir),
+    }
 
 
 def _spec_hooks(spec: str, model, analysis):
@@ -115,16 +142,22 @@ def _spec_hooks(spec: str, model, analysis):
         direction = analysis.direction()
         alpha, _, at = (rest or "1").partition("@")
         layer = int(at) if at else direction.where()[1]
-        return iv.addition_hooks(direction, alpha=float(alpha), layers=[layer], model=model), \
-            {"alpha": float(alpha), "layer": layer}
+        return iv.addition_hooks(direction, alpha=float(alpha), layers=[layer], model=model), {
+            "alpha": float(alpha),
+            "layer": layer,
+        }
     if kind == "rotate" and rest:
         angle, _, mode = rest.partition(":")
         if mode not in ("", "adaptive"):
             raise ValueError(f"rotate takes ':adaptive' or nothing after the angle, got {mode!r}")
-        return iv.rotation_hooks(model, analysis.plane(), float(angle), adaptive=mode == "adaptive"), \
-            {"angle": float(angle), "adaptive": mode == "adaptive"}
-    raise ValueError(f"bad intervention {spec!r}; use none, ablate:all|resid|attn|mlp, add, "
-                     "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive")
+        return iv.rotation_hooks(model, analysis.plane(), float(angle), adaptive=mode == "adaptive"), {
+            "angle": float(angle),
+            "adaptive": mode == "adaptive",
+        }
+    raise ValueError(
+        f"bad intervention {spec!r}; use none, ablate:all|resid|attn|mlp, add, "
+        "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive"
+    )
 
 
 def cmd_generate(args) -> dict:
@@ -139,29 +172,54 @@ def cmd_generate(args) -> dict:
     prompts = read_prompts(args.prompts)
     model, analysis = _analysis(args)
     hooks, params = _spec_hooks(args.intervention, model, analysis)
-    responses = generate(model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size, progress=True)
+    responses = generate(
+        model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True
+    )
     table = score_responses(prompts, responses)  # prompt, response, refused, empty, label
-    out = Path(args.out) if args.out else Path(args.prompts).with_suffix(f".{args.intervention.replace(':', '_')}.jsonl")
+    out = (
+        Path(args.out) if args.out else Path(args.prompts).with_suffix(f".{args.intervention.replace(':', '_')}.jsonl")
+    )
     atomic_write_text(out, table.to_json(orient="records", lines=True, force_ascii=False))
     shares = {k: v for k, v in label_counts(list(table["label"])).items() if v > 0}
-    return {"intervention": args.intervention, **params, "n": len(table),
-            "refusal_rate": float(table["refused"].mean()), "empty_rate": float(table["empty"].mean()),
-            "labels": shares, "output": str(out)}
+    return {
+        "intervention": args.intervention,
+        **params,
+        "n": len(table),
+        "refusal_rate": float(table["refused"].mean()),
+        "empty_rate": float(table["empty"].mean()),
+        "labels": shares,
+        "output": str(out),
+    }
 
 
 def _model_args(p) -> None:
-    p.add_argument("--model", default="organism", help="organism (default), smollm2-135m-instruct, "
-                   "a Hugging Face folder, a .gguf file or an official TransformerLens name")
+    p.add_argument(
+        "--model",
+        default="organism",
+        help="organism (default), smollm2-135m-instruct, "
+        "a Hugging Face folder, a .gguf file or an official TransformerLens name",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, "
-                   "bfloat16 on GPU); each dtype gets its own run folder")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32, bfloat16, float16 (default: float32 on CPU, "
+        "bfloat16 on GPU); each dtype gets its own run folder",
+    )
     p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-    p.add_argument("--harmful", default=None, help="your harmful prompts (txt/csv/json/jsonl), split "
-                   "64:32:54 into direction_train/validation/test; needs --harmless too")
+    p.add_argument(
+        "--harmful",
+        default=None,
+        help="your harmful prompts (txt/csv/json/jsonl), split "
+        "64:32:54 into direction_train/validation/test; needs --harmless too",
+    )
     p.add_argument("--harmless", default=None, help="your harmless prompts, same formats")
-    p.add_argument("--config", default=None, help="JSON file: RunConfig fields (sizes, angles...; used by "
-                   "run) and an \"analysis\" object of AnalysisConfig fields (sites, arditi_prompts...)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="JSON file: RunConfig fields (sizes, angles...; used by "
+        'run) and an "analysis" object of AnalysisConfig fields (sites, arditi_prompts...)',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("organism", help="build or load the refusal model organism and measure it")
     p.add_argument("--rebuild", action="store_true", help="train again from scratch, even if cached or shipped")
-    p.add_argument("--ship", action="store_true", help="copy the adapter into the package's organism_adapters/ "
-                   "(maintainers: cold caches then install it instead of training)")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the adapter into the package's organism_adapters/ "
+        "(maintainers: cold caches then install it instead of training)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_organism)
 
@@ -194,8 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate under an intervention; writes JSONL")
     _model_args(p)
     p.add_argument("--prompts", required=True, help="a file of prompts (txt: one per line; csv/json/jsonl)")
-    p.add_argument("--intervention", default="none", help="none | ablate:all|resid|attn|mlp | add | "
-                   "add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive]")
+    p.add_argument(
+        "--intervention",
+        default="none",
+        help="none | ablate:all|resid|attn|mlp | add | add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive]",
+    )
     p.add_argument("--out", default=None, help="JSONL output (default: next to the prompts)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)

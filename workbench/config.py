@@ -45,14 +45,14 @@ class AnalysisConfig:
 class RunConfig:
     """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes)."""
 
-    n_eval: int = 54                 # test prompts per split for the location comparison
-    n_sweep: int = 24                # test prompts per split for the angle and layer-subset sweeps
+    n_eval: int = 54  # test prompts per split for the location comparison
+    n_sweep: int = 24  # test prompts per split for the angle and layer-subset sweeps
     max_new_tokens: int = 24
     angle_step: float = 30.0
     adaptive: bool = False
     batch_size: int = 64
     subset_sizes: tuple[int, ...] = (6, 12, 18, 24)
-    seed: int = 0                    # torch seed (decoding is greedy; recorded in the manifest)
+    seed: int = 0  # torch seed (decoding is greedy; recorded in the manifest)
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
@@ -81,6 +81,7 @@ class Recipe:
 
 def _check_value(cls: type, name: str, hint: Any, value: Any, where: str) -> Any:
     """``value`` converted to the field's type (lists → tuples, ints → floats), or a ValueError."""
+
     def bad(expected: str) -> ValueError:
         return ValueError(f"{cls.__name__}.{name} in {where} must be {expected}, got {value!r}")
 
@@ -130,7 +131,6 @@ def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read config file {path}: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object of RunConfig fields (and an \"analysis\" object)")
+        raise ValueError(f'{path} must hold a JSON object of RunConfig fields (and an "analysis" object)')
     analysis = values.pop("analysis", {})
-    return (from_dict(RunConfig, values, str(path)),
-            from_dict(AnalysisConfig, analysis, f'"analysis" of {path}'))
+    return (from_dict(RunConfig, values, str(path)), from_dict(AnalysisConfig, analysis, f'"analysis" of {path}'))

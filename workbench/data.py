@@ -123,19 +123,22 @@ class PromptSplits:
         return cls({(k, s): tuple(load_split(k, s)) for k in ("harmful", "harmless") for s in ANALYSIS_SPLITS})
 
     @classmethod
-    def from_files(cls, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str], *,
-                   seed: int = 0) -> PromptSplits:
+    def from_files(
+        cls, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str], *, seed: int = 0
+    ) -> PromptSplits:
         """Read two prompt files (any :func:`read_prompts` format) and split each one."""
         sets = {}
         for kind, path in (("harmful", harmful), ("harmless", harmless)):
             prompts = read_prompts(path)
             need = MIN_PER_SPLIT * len(ANALYSIS_SPLITS)
             if len(prompts) < need:
-                raise ValueError(f"{path} has {len(prompts)} {kind} prompts; at least {need} are needed "
-                                 f"({MIN_PER_SPLIT} per split: {', '.join(ANALYSIS_SPLITS)})")
+                raise ValueError(
+                    f"{path} has {len(prompts)} {kind} prompts; at least {need} are needed "
+                    f"({MIN_PER_SPLIT} per split: {', '.join(ANALYSIS_SPLITS)})"
+                )
             random.Random(seed).shuffle(prompts)
             sizes = [SPLIT_SIZES[s] for s in ANALYSIS_SPLITS]
-            cuts = [round(len(prompts) * sum(sizes[:i + 1]) / sum(sizes)) for i in range(len(sizes))]
+            cuts = [round(len(prompts) * sum(sizes[: i + 1]) / sum(sizes)) for i in range(len(sizes))]
             for split, start, stop in zip(ANALYSIS_SPLITS, [0] + cuts[:-1], cuts):
                 sets[(kind, split)] = tuple(prompts[start:stop])
         return cls(sets, source=f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}", seed=seed)
@@ -235,7 +238,9 @@ def _finish(prompts: Iterable[str], limit: int | None, source: object) -> list[s
             if limit is not None and len(out) >= limit:
                 break
     if not out:
-        raise ValueError(f"{source} contains no prompts (after dropping blanks and filtered rows); check the file and column")
+        raise ValueError(
+            f"{source} contains no prompts (after dropping blanks and filtered rows); check the file and column"
+        )
     return out
 
 
@@ -254,7 +259,9 @@ def read_prompts(path: str | os.PathLike[str], *, column: str | None = None, lim
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"unsupported prompt file {path} (suffix {path.suffix!r}); supported: {', '.join(SUPPORTED_SUFFIXES)}")
+        raise ValueError(
+            f"unsupported prompt file {path} (suffix {path.suffix!r}); supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}; check the path (relative to {Path.cwd()})")
     if suffix == ".txt":
@@ -268,7 +275,9 @@ def read_prompts(path: str | os.PathLike[str], *, column: str | None = None, lim
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: line {err.lineno}: {err.msg}; fix the file or save it as .jsonl") from err
+            raise ValueError(
+                f"{path} is not valid JSON: line {err.lineno}: {err.msg}; fix the file or save it as .jsonl"
+            ) from err
         if not isinstance(data, list):
             raise ValueError(f"{path} must hold a JSON list of strings or objects, got a {type(data).__name__}")
         prompts = _from_records(data, column, path)
@@ -279,12 +288,16 @@ def read_prompts(path: str | os.PathLike[str], *, column: str | None = None, lim
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: line {n} is not valid JSON ({err.msg}); each line must be one JSON object or string") from err
+                    raise ValueError(
+                        f"{path}: line {n} is not valid JSON ({err.msg}); each line must be one JSON object or string"
+                    ) from err
         prompts = _from_records(records, column, path)
     return _finish(prompts, limit, path)
 
 
-def load_hf_dataset(name: str, *, split: str = "train", column: str | None = None, limit: int | None = None) -> list[str]:
+def load_hf_dataset(
+    name: str, *, split: str = "train", column: str | None = None, limit: int | None = None
+) -> list[str]:
     """Load prompts from a Hugging Face dataset (needs the ``datasets`` library and network access).
 
     Same column auto-detection, row filters (Alpaca empty ``input``, HarmBench standard behaviours)

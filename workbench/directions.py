@@ -24,13 +24,20 @@ from .activations import Activations
 from .artifacts import library_versions, load_tensors, save_tensors, sha256_text
 from .sites import SITES
 
-__all__ = ["CandidateKey", "Candidates", "Direction", "diff_in_means", "per_sample_candidates", "projection_table",
-           "cosine_matrix", "unit_rows", "check_d_model"]
+__all__ = [
+    "CandidateKey",
+    "Candidates",
+    "Direction",
+    "diff_in_means",
+    "per_sample_candidates",
+    "projection_table",
+    "cosine_matrix",
+    "unit_rows",
+    "check_d_model",
+]
 
 
-
-def unit_rows(x: Float[Tensor, "... d_model"],
-              dtype: torch.dtype = torch.float32) -> Float[Tensor, "... d_model"]:
+def unit_rows(x: Float[Tensor, "... d_model"], dtype: torch.dtype = torch.float32) -> Float[Tensor, "... d_model"]:
     """Normalise the last axis in float64 and return ``dtype``; zero rows stay zero (no NaN)."""
     x64 = x.double()
     norm = torch.linalg.vector_norm(x64, dim=-1, keepdim=True)
@@ -40,8 +47,9 @@ def unit_rows(x: Float[Tensor, "... d_model"],
 def check_d_model(what: str, have: int, want: int | None) -> None:
     """ValueError naming both sizes when ``want`` is given and differs from ``have``."""
     if want is not None and have != want:
-        raise ValueError(f"{what} has d_model={have} but the model has d_model={want}: "
-                         f"it was computed on another model")
+        raise ValueError(
+            f"{what} has d_model={have} but the model has d_model={want}: it was computed on another model"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,8 +75,10 @@ class Direction:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vector, Tensor) or self.vector.ndim != 1:
-            raise ValueError(f"Direction.vector must be a 1-D tensor [d_model], got "
-                             f"{getattr(self.vector, 'shape', type(self.vector))}")
+            raise ValueError(
+                f"Direction.vector must be a 1-D tensor [d_model], got "
+                f"{getattr(self.vector, 'shape', type(self.vector))}"
+            )
         if not torch.isfinite(self.vector).all():
             raise ValueError("Direction.vector contains NaN/inf")
         object.__setattr__(self, "vector", self.vector.detach().float())
@@ -80,8 +90,10 @@ class Direction:
     def where(self) -> tuple[str, int, int]:
         """``(site, layer, pos)`` of the candidate this direction was taken from."""
         if self.site is None or self.layer is None or self.pos is None:
-            raise ValueError("this direction has no site/layer/position (it was not taken from a candidate); "
-                             "pass one from Analysis.direction() or Selection.direction()")
+            raise ValueError(
+                "this direction has no site/layer/position (it was not taken from a candidate); "
+                "pass one from Analysis.direction() or Selection.direction()"
+            )
         return self.site, self.layer, self.pos
 
     @property
@@ -94,14 +106,18 @@ class Direction:
 
     def normalized(self) -> Direction:
         if self.norm == 0:
-            raise ValueError("zero-norm direction (e.g. a layer-0 template-position candidate) "
-                             "cannot be normalised; choose another candidate")
+            raise ValueError(
+                "zero-norm direction (e.g. a layer-0 template-position candidate) "
+                "cannot be normalised; choose another candidate"
+            )
         return replace(self, vector=unit_rows(self.vector))
 
     def _other(self, other: Direction) -> Direction:
         if other.d_model != self.d_model:
-            raise ValueError(f"cannot combine directions with d_model={self.d_model} and "
-                             f"d_model={other.d_model}: they come from different models")
+            raise ValueError(
+                f"cannot combine directions with d_model={self.d_model} and "
+                f"d_model={other.d_model}: they come from different models"
+            )
         return other
 
     def _combine(self, other: Direction, vector: Tensor) -> Direction:
@@ -138,8 +154,13 @@ class Direction:
         return float(self.normalized().vector.double() @ self._other(other).normalized().vector.double())
 
     def metadata(self) -> dict[str, Any]:
-        return {"type": "Direction", "d_model": self.d_model, "norm": self.norm,
-                **{f: getattr(self, f) for f in self._PROVENANCE}, "saved_with": library_versions()}
+        return {
+            "type": "Direction",
+            "d_model": self.d_model,
+            "norm": self.norm,
+            **{f: getattr(self, f) for f in self._PROVENANCE},
+            "saved_with": library_versions(),
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (``.safetensors`` added if missing) and its ``.json`` provenance sidecar."""
@@ -160,7 +181,6 @@ class Direction:
 def _safetensors_path(path: str | Path) -> Path:
     path = Path(path)
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-
 
 
 @dataclass(frozen=True)
@@ -190,8 +210,10 @@ class Candidates:
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.keys):
-            raise ValueError(f"vectors must be [cand, d_model] with one row per key; got shape "
-                             f"{tuple(self.vectors.shape)} for {len(self.keys)} keys")
+            raise ValueError(
+                f"vectors must be [cand, d_model] with one row per key; got shape "
+                f"{tuple(self.vectors.shape)} for {len(self.keys)} keys"
+            )
         if not self.keys:
             raise ValueError("empty candidate set; cache at least one site/layer/position")
         if self.kind not in ("raw", "unit"):
@@ -215,18 +237,26 @@ class Candidates:
             sites = sorted({k.site for k in self.keys})
             layers = sorted({k.layer for k in self.keys})
             positions = sorted({k.pos for k in self.keys})
-            raise KeyError(f"no candidate at {site}/L{layer}/pos{pos}; sites {sites}, "
-                           f"layers {layers}, positions {positions}") from None
+            raise KeyError(
+                f"no candidate at {site}/L{layer}/pos{pos}; sites {sites}, layers {layers}, positions {positions}"
+            ) from None
 
-    def subset(self, sites: list[str] | None = None, layers: list[int] | None = None,
-               positions: list[int] | None = None) -> Candidates:
+    def subset(
+        self, sites: list[str] | None = None, layers: list[int] | None = None, positions: list[int] | None = None
+    ) -> Candidates:
         """The candidates whose site, layer and pos are in the given lists (``None`` = any)."""
-        rows = [i for i, k in enumerate(self.keys)
-                if (sites is None or k.site in sites) and (layers is None or k.layer in layers)
-                and (positions is None or k.pos in positions)]
+        rows = [
+            i
+            for i, k in enumerate(self.keys)
+            if (sites is None or k.site in sites)
+            and (layers is None or k.layer in layers)
+            and (positions is None or k.pos in positions)
+        ]
         if not rows:
-            raise ValueError(f"subset(sites={sites}, layers={layers}, positions={positions}) is "
-                             f"empty; widen the filters (see to_frame() for what exists)")
+            raise ValueError(
+                f"subset(sites={sites}, layers={layers}, positions={positions}) is "
+                f"empty; widen the filters (see to_frame() for what exists)"
+            )
         return Candidates(self.vectors[rows], [self.keys[i] for i in rows], self.kind, self.prompt_hash)
 
     def norms(self) -> Float[Tensor, " cand"]:
@@ -238,18 +268,35 @@ class Candidates:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per candidate: site, layer, pos, norm (L2, activation units)."""
-        return pd.DataFrame({"site": [k.site for k in self.keys], "layer": [k.layer for k in self.keys],
-                             "pos": [k.pos for k in self.keys], "norm": self.norms().cpu().numpy()})
+        return pd.DataFrame(
+            {
+                "site": [k.site for k in self.keys],
+                "layer": [k.layer for k in self.keys],
+                "pos": [k.pos for k in self.keys],
+                "norm": self.norms().cpu().numpy(),
+            }
+        )
 
-    def direction(self, i_or_key: int | CandidateKey, *, method: str | None = None,
-                  model: str | None = None) -> Direction:
+    def direction(
+        self, i_or_key: int | CandidateKey, *, method: str | None = None, model: str | None = None
+    ) -> Direction:
         """Candidate ``i_or_key`` (row index or key) as a :class:`Direction`, vector unchanged."""
-        i = self.index(i_or_key.site, i_or_key.layer, i_or_key.pos) \
-            if isinstance(i_or_key, CandidateKey) else int(i_or_key)
+        i = (
+            self.index(i_or_key.site, i_or_key.layer, i_or_key.pos)
+            if isinstance(i_or_key, CandidateKey)
+            else int(i_or_key)
+        )
         k = self.keys[i]
-        return Direction(self.vectors[i], site=k.site, layer=k.layer, pos=k.pos,
-                         method=method or f"candidate:{self.kind}", model=model,
-                         prompt_hash=self.prompt_hash, versions=library_versions())
+        return Direction(
+            self.vectors[i],
+            site=k.site,
+            layer=k.layer,
+            pos=k.pos,
+            method=method or f"candidate:{self.kind}",
+            model=model,
+            prompt_hash=self.prompt_hash,
+            versions=library_versions(),
+        )
 
 
 def _check_pair(a: Activations, b: Activations, what: str) -> None:
@@ -257,17 +304,23 @@ def _check_pair(a: Activations, b: Activations, what: str) -> None:
     for acts, name in ((a, "first"), (b, "second")):
         if not acts.acts or acts.n_prompts == 0 or any(t.shape[1] == 0 for t in acts.acts.values()):
             raise ValueError(f"{what}: the {name} Activations are empty; cache at least one prompt")
-    if set(a.sites) != set(b.sites) or sorted(a.layers) != sorted(b.layers) \
-            or sorted(a.positions) != sorted(b.positions):
-        raise ValueError(f"{what}: the two caches differ (sites {a.sites} vs {b.sites}, layers "
-                         f"{a.layers} vs {b.layers}, positions {a.positions} vs {b.positions}); "
-                         f"cache both classes with the same sites/layers/positions")
+    if (
+        set(a.sites) != set(b.sites)
+        or sorted(a.layers) != sorted(b.layers)
+        or sorted(a.positions) != sorted(b.positions)
+    ):
+        raise ValueError(
+            f"{what}: the two caches differ (sites {a.sites} vs {b.sites}, layers "
+            f"{a.layers} vs {b.layers}, positions {a.positions} vs {b.positions}); "
+            f"cache both classes with the same sites/layers/positions"
+        )
     if a.d_model != b.d_model:
         raise ValueError(f"{what}: d_model {a.d_model} vs {b.d_model}: the caches come from different models")
 
 
-def _class_mean(acts: Activations, site: str, layers: list[int], positions: list[int],
-                unit: bool) -> Float[Tensor, "layer pos d_model"]:
+def _class_mean(
+    acts: Activations, site: str, layers: list[int], positions: list[int], unit: bool
+) -> Float[Tensor, "layer pos d_model"]:
     """Mean over prompts in float64, axes ordered as ``layers``/``positions``; ``unit`` normalises
     each sample first and the mean after (zero vectors stay zero). Loops over layers to bound memory."""
     pos_idx = [acts.positions.index(p) for p in positions]
@@ -298,8 +351,9 @@ def diff_in_means(harmful: Activations, harmless: Activations, *, kind: str = "r
     layers, positions = sorted(harmful.layers), sorted(harmful.positions)
     blocks, keys = [], []
     for site in sites:
-        diff = (_class_mean(harmful, site, layers, positions, kind == "unit")
-                - _class_mean(harmless, site, layers, positions, kind == "unit"))
+        diff = _class_mean(harmful, site, layers, positions, kind == "unit") - _class_mean(
+            harmless, site, layers, positions, kind == "unit"
+        )
         blocks.append(einops.rearrange(diff, "layer pos d -> (layer pos) d"))
         keys += [CandidateKey(site, layer, pos) for layer in layers for pos in positions]
     vectors = torch.cat(blocks).float()
@@ -308,8 +362,9 @@ def diff_in_means(harmful: Activations, harmless: Activations, *, kind: str = "r
     return Candidates(vectors, keys, kind, _prompt_hash(harmful, harmless))
 
 
-def per_sample_candidates(harmful: Activations, harmless: Activations, site: str, layer: int,
-                          pos: int) -> Float[Tensor, "prompt d_model"]:
+def per_sample_candidates(
+    harmful: Activations, harmless: Activations, site: str, layer: int, pos: int
+) -> Float[Tensor, "prompt d_model"]:
     """Each harmful sample minus the harmless mean at (site, layer, pos), float32 (for planes)."""
     _check_pair(harmful, harmless, "per_sample_candidates")
     x = harmful.get(site, layer, pos).double()

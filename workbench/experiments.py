@@ -21,14 +21,29 @@ from .generation import generate, last_token_logprobs, repeat_prompts
 from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
 
-__all__ = ["CONDITIONS", "condition_hooks", "compare_locations",
-           "layer_subset_sweep", "angle_sweep", "score_responses", "reference_cross_entropy"]
+__all__ = [
+    "CONDITIONS",
+    "condition_hooks",
+    "compare_locations",
+    "layer_subset_sweep",
+    "angle_sweep",
+    "score_responses",
+    "reference_cross_entropy",
+]
 
 CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
 
 
-def condition_hooks(model, direction, condition_of_row: Int[Tensor, " row"], conditions: Sequence[str], *,
-                    layer: int, alpha: float = 1.0, layers=None):
+def condition_hooks(
+    model,
+    direction,
+    condition_of_row: Int[Tensor, " row"],
+    conditions: Sequence[str],
+    *,
+    layer: int,
+    alpha: float = 1.0,
+    layers=None,
+):
     """A ``hooks(rows)`` callable: row i gets ``conditions[condition_of_row[i]]``.
 
     Conditions: ``none``; ablation at ``resid``/``attn``/``mlp``/``all`` over ``layers``;
@@ -50,28 +65,47 @@ def condition_hooks(model, direction, condition_of_row: Int[Tensor, " row"], con
             else:
                 out += iv.ablation_hooks(model, direction, name, layers, row_mask=mask)
         return out
+
     return hooks
 
 
 def score_responses(prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
-    return pd.DataFrame({"prompt": list(prompts), "response": list(responses),
-                         "refused": [is_refusal(r) for r in responses],
-                         "empty": [is_empty(r) for r in responses],
-                         "label": [heuristic_label(p, r) for p, r in zip(prompts, responses)]})
+    return pd.DataFrame(
+        {
+            "prompt": list(prompts),
+            "response": list(responses),
+            "refused": [is_refusal(r) for r in responses],
+            "empty": [is_empty(r) for r in responses],
+            "label": [heuristic_label(p, r) for p, r in zip(prompts, responses)],
+        }
+    )
 
 
 def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     grouped = per_prompt.groupby(keys, sort=False)
-    out = grouped.agg(refusal_rate=("refused", "mean"), empty_rate=("empty", "mean"),
-                      logodds=("logodds", "mean"), kl=("kl", "mean"), n=("refused", "size")).reset_index()
-    shares = per_prompt.pivot_table(index=keys, columns="label", values="refused", aggfunc="size",
-                                    fill_value=0)
+    out = grouped.agg(
+        refusal_rate=("refused", "mean"),
+        empty_rate=("empty", "mean"),
+        logodds=("logodds", "mean"),
+        kl=("kl", "mean"),
+        n=("refused", "size"),
+    ).reset_index()
+    shares = per_prompt.pivot_table(index=keys, columns="label", values="refused", aggfunc="size", fill_value=0)
     shares = shares.div(shares.sum(axis=1), axis=0).add_prefix("share_").reset_index()
     return out.merge(shares, on=keys, how="left")
 
 
-def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int, hooks_for, *,
-                  refusal_ids, max_new_tokens: int, batch_size: int, progress: bool) -> pd.DataFrame:
+def _run_settings(
+    model,
+    prompt_sets: dict[str, Sequence[str]],
+    n_settings: int,
+    hooks_for,
+    *,
+    refusal_ids,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+) -> pd.DataFrame:
     """Score and generate every prompt set under every setting in one batched job per set (the
     first-token scores come from the generation's own prefill)."""
     frames = []
@@ -79,8 +113,16 @@ def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int,
         rows, setting = repeat_prompts(prompts, n_settings)
         hooks = hooks_for(setting)
         base = last_token_logprobs(model, prompts, batch_size=batch_size)
-        responses, lp = generate(model, rows, hooks=hooks, groups=setting, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, return_logprobs=True, progress=progress)
+        responses, lp = generate(
+            model,
+            rows,
+            hooks=hooks,
+            groups=setting,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            return_logprobs=True,
+            progress=progress,
+        )
         frame = score_responses(rows, responses)
         frame["split"], frame["setting"] = split, setting.numpy()
         frame["logodds"] = refusal_logodds(lp, refusal_ids).numpy()
@@ -89,10 +131,19 @@ def _run_settings(model, prompt_sets: dict[str, Sequence[str]], n_settings: int,
     return pd.concat(frames, ignore_index=True)
 
 
-def compare_locations(model, direction, prompt_sets: dict[str, Sequence[str]], *, layer: int,
-                      refusal_ids: Sequence[int], conditions: Sequence[str] = CONDITIONS, alpha: float = 1.0,
-                      max_new_tokens: int = 32, batch_size: int = 64, progress: bool = True
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare_locations(
+    model,
+    direction,
+    prompt_sets: dict[str, Sequence[str]],
+    *,
+    layer: int,
+    refusal_ids: Sequence[int],
+    conditions: Sequence[str] = CONDITIONS,
+    alpha: float = 1.0,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablation at each location (plus none and addition) on each prompt set, side by side.
 
     Returns ``(summary, per_prompt)``: summary has one row per (split, condition) with
@@ -101,16 +152,31 @@ def compare_locations(model, direction, prompt_sets: dict[str, Sequence[str]], *
     """
     conditions = list(conditions)
     per_prompt = _run_settings(
-        model, prompt_sets, len(conditions),
+        model,
+        prompt_sets,
+        len(conditions),
         lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha),
-        refusal_ids=refusal_ids, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        refusal_ids=refusal_ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     per_prompt["condition"] = [conditions[s] for s in per_prompt["setting"]]
     return _summarise(per_prompt, ["split", "condition"]), per_prompt
 
 
-def layer_subset_sweep(model, direction, prompts: Sequence[str], *, subsets: dict[str, list[int]],
-                       location: str = "all", refusal_ids: Sequence[int], max_new_tokens: int = 32,
-                       batch_size: int = 64, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def layer_subset_sweep(
+    model,
+    direction,
+    prompts: Sequence[str],
+    *,
+    subsets: dict[str, list[int]],
+    location: str = "all",
+    refusal_ids: Sequence[int],
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablation at ``location`` restricted to each named layer subset (``first_k``/``last_k``/``window``).
 
     Summary columns: ``subset``, ``n_blocks``, ``first_layer``, ``last_layer`` plus the scores.
@@ -120,12 +186,25 @@ def layer_subset_sweep(model, direction, prompts: Sequence[str], *, subsets: dic
     def hooks_for(setting):
         def hooks(rows):
             s = setting[rows.cpu()]
-            return [h for i, name in enumerate(names) if bool((s == i).any())
-                    for h in iv.ablation_hooks(model, direction, location, subsets[name], row_mask=s == i)]
+            return [
+                h
+                for i, name in enumerate(names)
+                if bool((s == i).any())
+                for h in iv.ablation_hooks(model, direction, location, subsets[name], row_mask=s == i)
+            ]
+
         return hooks
 
-    per_prompt = _run_settings(model, {"harmful": prompts}, len(names), hooks_for, refusal_ids=refusal_ids,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    per_prompt = _run_settings(
+        model,
+        {"harmful": prompts},
+        len(names),
+        hooks_for,
+        refusal_ids=refusal_ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     per_prompt["subset"] = [names[s] for s in per_prompt["setting"]]
     summary = _summarise(per_prompt, ["subset"])
     summary["n_blocks"] = [len(subsets[s]) for s in summary["subset"]]
@@ -134,10 +213,19 @@ def layer_subset_sweep(model, direction, prompts: Sequence[str], *, subsets: dic
     return summary, per_prompt
 
 
-def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Sequence[float], *,
-                refusal_ids: Sequence[int], adaptive: bool = False, site: str = "normalized",
-                max_new_tokens: int = 32, batch_size: int = 64, progress: bool = True
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def angle_sweep(
+    model,
+    plane,
+    prompt_sets: dict[str, Sequence[str]],
+    angles: Sequence[float],
+    *,
+    refusal_ids: Sequence[int],
+    adaptive: bool = False,
+    site: str = "normalized",
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Angular steering to each angle (degrees, 0° = b1, counter-clockwise toward b2), batched.
 
     Summary: one row per (split, angle) with refusal rate, log-odds, KL and label shares.
@@ -146,11 +234,18 @@ def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Seq
     theta = torch.tensor(angles)
 
     def hooks_for(setting):
-        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site,
-                                              adaptive=adaptive)
+        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site, adaptive=adaptive)
 
-    per_prompt = _run_settings(model, prompt_sets, len(angles), hooks_for, refusal_ids=refusal_ids,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    per_prompt = _run_settings(
+        model,
+        prompt_sets,
+        len(angles),
+        hooks_for,
+        refusal_ids=refusal_ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
     summary = _summarise(per_prompt, ["split", "angle"])
     summary["adaptive"] = adaptive
@@ -158,8 +253,9 @@ def angle_sweep(model, plane, prompt_sets: dict[str, Sequence[str]], angles: Seq
 
 
 @torch.inference_mode()
-def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str], *, hooks=None,
-                            batch_size: int = 32) -> Float[Tensor, " prompt"]:
+def reference_cross_entropy(
+    model, prompts: Sequence[str], answers: Sequence[str], *, hooks=None, batch_size: int = 32
+) -> Float[Tensor, " prompt"]:
     """Mean per-token cross-entropy (nats) of reference ``answers`` after each chat prompt, under
     ``hooks`` (Arditi et al.'s on-distribution CE: how much an intervention damages normal answers).
 
@@ -183,5 +279,5 @@ def reference_cross_entropy(model, prompts: Sequence[str], answers: Sequence[str
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         nll = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
         for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
-            out[i] = nll[j, -n_answer[i]:].mean().cpu()
+            out[i] = nll[j, -n_answer[i] :].mean().cpu()
     return out

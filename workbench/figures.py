@@ -34,36 +34,78 @@ from .artifacts import atomic_write_bytes, atomic_write_text
 from .experiments import CONDITIONS
 from .labels import ALL_LABELS
 
-__all__ = ["TEMPLATE", "SPLIT_COLORS", "CONDITION_COLORS", "LABEL_COLORS", "CONDITION_ORDER", "LABEL_ORDER",
-           "location_comparison", "selection_heatmaps", "cosine_matrix_figure", "plane_projection",
-           "angle_sweep_polar", "projection_histograms", "layer_subset_figure", "special_cases_figure",
-           "save_figure", "PNG_SIZE"]
+__all__ = [
+    "TEMPLATE",
+    "SPLIT_COLORS",
+    "CONDITION_COLORS",
+    "LABEL_COLORS",
+    "CONDITION_ORDER",
+    "LABEL_ORDER",
+    "location_comparison",
+    "selection_heatmaps",
+    "cosine_matrix_figure",
+    "plane_projection",
+    "angle_sweep_polar",
+    "projection_histograms",
+    "layer_subset_figure",
+    "special_cases_figure",
+    "save_figure",
+    "PNG_SIZE",
+]
 
 # ---------------------------------------------------------------------------------------------- style
 CONDITION_ORDER = CONDITIONS
 LABEL_ORDER = ALL_LABELS
 SPLIT_COLORS = {"harmful": "#c0392b", "harmless": "#2874a6"}
-CONDITION_COLORS = {"none": "#7f8c8d", "resid": "#2e86c1", "attn": "#28b463", "mlp": "#d68910",
-                    "all": "#8e44ad", "addition": "#c0392b"}
-CONDITION_NAMES = {"none": "none", "resid": "resid only", "attn": "attn out only",
-                   "mlp": "MLP out only", "all": "everywhere", "addition": "addition (+αr)"}
-LABEL_COLORS = {"refusal": "#c0392b", "comply_with_warning": "#f39c12", "ethical_redirect": "#8e44ad",
-                "comply": "#27ae60", "empty": "#bdc3c7", "degenerate": "#566573"}
+CONDITION_COLORS = {
+    "none": "#7f8c8d",
+    "resid": "#2e86c1",
+    "attn": "#28b463",
+    "mlp": "#d68910",
+    "all": "#8e44ad",
+    "addition": "#c0392b",
+}
+CONDITION_NAMES = {
+    "none": "none",
+    "resid": "resid only",
+    "attn": "attn out only",
+    "mlp": "MLP out only",
+    "all": "everywhere",
+    "addition": "addition (+αr)",
+}
+LABEL_COLORS = {
+    "refusal": "#c0392b",
+    "comply_with_warning": "#f39c12",
+    "ethical_redirect": "#8e44ad",
+    "comply": "#27ae60",
+    "empty": "#bdc3c7",
+    "degenerate": "#566573",
+}
 _OTHER = ("#16a085", "#d35400", "#2c3e50", "#7d3c98", "#a93226", "#1abc9c")
 SITE_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star")
 PNG_SIZE = {"width": 1100, "height": 650, "scale": 2}
 
 TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
-TEMPLATE.layout.update(font={"family": "Helvetica, Arial, sans-serif", "size": 13}, title={"x": 0.02},
-                       colorway=list(SPLIT_COLORS.values()) + list(_OTHER), hoverlabel={"align": "left"},
-                       legend={"bgcolor": "rgba(255,255,255,0.6)"}, margin={"t": 90})
+TEMPLATE.layout.update(
+    font={"family": "Helvetica, Arial, sans-serif", "size": 13},
+    title={"x": 0.02},
+    colorway=list(SPLIT_COLORS.values()) + list(_OTHER),
+    hoverlabel={"align": "left"},
+    legend={"bgcolor": "rgba(255,255,255,0.6)"},
+    margin={"t": 90},
+)
 pio.templates["workbench"] = TEMPLATE
 
-STAT_TITLES = {"bypass": "bypass: refusal log-odds on harmful, candidate ablated (nats, lower = better)",
-               "induce": "induce: refusal log-odds on harmless, candidate added (nats, higher = better)",
-               "kl": "KL on harmless, candidate ablated (nats)", "auc": "AUC of harmful vs harmless projections",
-               "norm": "‖candidate‖ (activation units)", "max_sim": "mean cosine to all candidates",
-               "cohens_d": "Cohen's d of the projections", "cos_to_mean": "cosine to the mean direction"}
+STAT_TITLES = {
+    "bypass": "bypass: refusal log-odds on harmful, candidate ablated (nats, lower = better)",
+    "induce": "induce: refusal log-odds on harmless, candidate added (nats, higher = better)",
+    "kl": "KL on harmless, candidate ablated (nats)",
+    "auc": "AUC of harmful vs harmless projections",
+    "norm": "‖candidate‖ (activation units)",
+    "max_sim": "mean cosine to all candidates",
+    "cohens_d": "Cohen's d of the projections",
+    "cos_to_mean": "cosine to the mean direction",
+}
 _DIVERGING = {"bypass", "induce", "cohens_d", "cos_to_mean"}
 
 
@@ -81,8 +123,10 @@ def _require(df: pd.DataFrame, cols, what: str, hint: str = "") -> None:
         raise ValueError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; it needs {list(cols)}, has "
-                         f"{list(df.columns)}" + (f" ({hint})" if hint else ""))
+        raise ValueError(
+            f"{what} lacks column(s) {missing}; it needs {list(cols)}, has "
+            f"{list(df.columns)}" + (f" ({hint})" if hint else "")
+        )
 
 
 def _wrap(text, width: int = 70, limit: int = 300) -> str:
@@ -113,8 +157,9 @@ def _fig(**layout) -> go.Figure:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def location_comparison(summary: pd.DataFrame, per_prompt: pd.DataFrame | None = None, *,
-                        model: str | None = None) -> go.Figure:
+def location_comparison(
+    summary: pd.DataFrame, per_prompt: pd.DataFrame | None = None, *, model: str | None = None
+) -> go.Figure:
     """Refusal rate under ablation at each location, harmful and harmless side by side.
 
     Left: grouped bars of ``refusal_rate`` per condition (none / resid / attn / mlp / all /
@@ -130,8 +175,13 @@ def location_comparison(summary: pd.DataFrame, per_prompt: pd.DataFrame | None =
     names = [CONDITION_NAMES.get(c, c) for c in order]
     if per_prompt is not None:
         _require(per_prompt, ["split", "condition", "prompt", "response", "kl"], "per_prompt")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
-                        subplot_titles=("refusal rate", "first-token KL vs unsteered"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.1,
+        subplot_titles=("refusal rate", "first-token KL vs unsteered"),
+    )
     fig.update_layout(template=TEMPLATE, barmode="group", scattermode="group")
     for i, split in enumerate(_splits(summary)):
         rows = summary[summary["split"] == split].set_index("condition").reindex(order)
@@ -142,37 +192,90 @@ def location_comparison(summary: pd.DataFrame, per_prompt: pd.DataFrame | None =
                 ex = pp[pp["condition"] == c].head(2)
                 hover[j] += "".join("<br>" + _hover(p, r) for p, r in zip(ex["prompt"], ex["response"]))
         color = _color(SPLIT_COLORS, split, i)
-        fig.add_trace(go.Bar(x=names, y=rows["refusal_rate"], name=split, marker_color=color, offsetgroup=split,
-                             legendgroup=split, hovertext=hover,
-                             hovertemplate="%{x}: %{y:.0%}<br>%{hovertext}<extra>" + split + "</extra>"), 1, 1)
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=rows["refusal_rate"],
+                name=split,
+                marker_color=color,
+                offsetgroup=split,
+                legendgroup=split,
+                hovertext=hover,
+                hovertemplate="%{x}: %{y:.0%}<br>%{hovertext}<extra>" + split + "</extra>",
+            ),
+            1,
+            1,
+        )
         if "empty_rate" in rows:
-            fig.add_trace(go.Scatter(x=names, y=rows["empty_rate"], mode="markers", offsetgroup=split,
-                                     name=f"{split}: empty rate", legendgroup=split,
-                                     marker={"symbol": "x", "size": 11, "color": "black"},
-                                     hovertemplate="empty: %{y:.0%}<extra>" + split + "</extra>"), 1, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=names,
+                    y=rows["empty_rate"],
+                    mode="markers",
+                    offsetgroup=split,
+                    name=f"{split}: empty rate",
+                    legendgroup=split,
+                    marker={"symbol": "x", "size": 11, "color": "black"},
+                    hovertemplate="empty: %{y:.0%}<extra>" + split + "</extra>",
+                ),
+                1,
+                1,
+            )
     kl_split = "harmless" if "harmless" in set(summary["split"]) else _splits(summary)[0]
     kl = summary[summary["split"] == kl_split].set_index("condition").reindex(order)["kl"]
-    fig.add_trace(go.Bar(x=names, y=kl, name=f"mean KL ({kl_split})", showlegend=False,
-                         marker_color=[_color(CONDITION_COLORS, c, j) for j, c in enumerate(order)],
-                         hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>"), 1, 2)
+    fig.add_trace(
+        go.Bar(
+            x=names,
+            y=kl,
+            name=f"mean KL ({kl_split})",
+            showlegend=False,
+            marker_color=[_color(CONDITION_COLORS, c, j) for j, c in enumerate(order)],
+            hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
+        ),
+        1,
+        2,
+    )
     if per_prompt is not None:
         pp = per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
-        fig.add_trace(go.Box(x=[CONDITION_NAMES.get(c, c) for c in pp["condition"]], y=pp["kl"],
-                             boxpoints="all", jitter=0.5, pointpos=0, fillcolor="rgba(0,0,0,0)",
-                             line={"width": 0}, marker={"size": 4, "color": "rgba(0,0,0,0.45)"},
-                             name="per prompt", showlegend=False,
-                             text=[_hover(p, r) for p, r in zip(pp["prompt"], pp["response"])],
-                             hovertemplate="KL %{y:.3g} nats<br>%{text}<extra></extra>"), 1, 2)
+        fig.add_trace(
+            go.Box(
+                x=[CONDITION_NAMES.get(c, c) for c in pp["condition"]],
+                y=pp["kl"],
+                boxpoints="all",
+                jitter=0.5,
+                pointpos=0,
+                fillcolor="rgba(0,0,0,0)",
+                line={"width": 0},
+                marker={"size": 4, "color": "rgba(0,0,0,0.45)"},
+                name="per prompt",
+                showlegend=False,
+                text=[_hover(p, r) for p, r in zip(pp["prompt"], pp["response"])],
+                hovertemplate="KL %{y:.3g} nats<br>%{text}<extra></extra>",
+            ),
+            1,
+            2,
+        )
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=names)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
-        title=_title("Refusal vs ablation location", model, "ablation location: residual only, attention output "
-                     "only, MLP output only, everywhere; plus none and activation addition"))
+        title=_title(
+            "Refusal vs ablation location",
+            model,
+            "ablation location: residual only, attention output "
+            "only, MLP output only, everywhere; plus none and activation addition",
+        ),
+    )
 
 
-def selection_heatmaps(table: pd.DataFrame, *, stats=("bypass", "induce", "kl", "auc", "norm"),
-                       site: str = "resid_pre", choices: dict | None = None, model: str | None = None) -> go.Figure:
+def selection_heatmaps(
+    table: pd.DataFrame,
+    *,
+    stats=("bypass", "induce", "kl", "auc", "norm"),
+    site: str = "resid_pre",
+    choices: dict | None = None,
+    model: str | None = None,
+) -> go.Figure:
     """Layer (x) × position (y) heatmaps of candidate scores at one ``site``, one row per statistic.
 
     ``table``: columns site (optional), layer, pos and any of ``stats`` — e.g.
@@ -188,31 +291,65 @@ def selection_heatmaps(table: pd.DataFrame, *, stats=("bypass", "induce", "kl", 
         table = table[table["site"] == site]
     shown = [s for s in stats if s in table and table[s].notna().any()]
     if not shown:
-        raise ValueError(f"none of the statistics {list(stats)} has a value in the table (columns "
-                         f"{list(table.columns)})")
-    fig = make_subplots(rows=len(shown), cols=1, shared_xaxes=True, vertical_spacing=0.22 / len(shown),
-                        subplot_titles=[STAT_TITLES.get(s, s) for s in shown])
+        raise ValueError(
+            f"none of the statistics {list(stats)} has a value in the table (columns {list(table.columns)})"
+        )
+    fig = make_subplots(
+        rows=len(shown),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.22 / len(shown),
+        subplot_titles=[STAT_TITLES.get(s, s) for s in shown],
+    )
     marks = [(m, k) for m, k in (choices or {}).items() if getattr(k, "site", site) == site]
     for i, stat in enumerate(shown, start=1):
         grid = table.pivot_table(index="pos", columns="layer", values=stat, aggfunc="mean", dropna=False)
         dom = fig.layout[f"yaxis{'' if i == 1 else i}"].domain
         diverging = stat in _DIVERGING
-        fig.add_trace(go.Heatmap(z=grid.values, x=grid.columns, y=grid.index, name=stat,
-                                 colorscale="RdBu_r" if diverging else "Viridis", zmid=0 if diverging else None,
-                                 colorbar={"title": {"text": stat}, "len": dom[1] - dom[0],
-                                           "y": (dom[0] + dom[1]) / 2, "yanchor": "middle", "thickness": 14},
-                                 hovertemplate="layer %{x}, pos %{y}<br>" + stat + " = %{z:.4g}<extra></extra>"),
-                      i, 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.values,
+                x=grid.columns,
+                y=grid.index,
+                name=stat,
+                colorscale="RdBu_r" if diverging else "Viridis",
+                zmid=0 if diverging else None,
+                colorbar={
+                    "title": {"text": stat},
+                    "len": dom[1] - dom[0],
+                    "y": (dom[0] + dom[1]) / 2,
+                    "yanchor": "middle",
+                    "thickness": 14,
+                },
+                hovertemplate="layer %{x}, pos %{y}<br>" + stat + " = %{z:.4g}<extra></extra>",
+            ),
+            i,
+            1,
+        )
         if marks:
-            fig.add_trace(go.Scatter(x=[k.layer for _, k in marks], y=[k.pos for _, k in marks], mode="markers+text",
-                                     text=[m for m, _ in marks], textposition="top center", name="chosen",
-                                     showlegend=False, textfont={"size": 11},
-                                     marker={"symbol": "x-thin", "size": 13, "line": {"width": 2.5, "color": "black"}},
-                                     hovertemplate="%{text}: layer %{x}, pos %{y}<extra></extra>"), i, 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=[k.layer for _, k in marks],
+                    y=[k.pos for _, k in marks],
+                    mode="markers+text",
+                    text=[m for m, _ in marks],
+                    textposition="top center",
+                    name="chosen",
+                    showlegend=False,
+                    textfont={"size": 11},
+                    marker={"symbol": "x-thin", "size": 13, "line": {"width": 2.5, "color": "black"}},
+                    hovertemplate="%{text}: layer %{x}, pos %{y}<extra></extra>",
+                ),
+                i,
+                1,
+            )
         fig.update_yaxes(title_text="pos (tokens from end)", dtick=1, row=i, col=1)
     fig.update_xaxes(title_text="layer", row=len(shown), col=1)
-    return fig.update_layout(template=TEMPLATE, height=max(420, 230 * len(shown)),
-                             title=_title(f"Candidate directions at {site}: scores by layer and position", model))
+    return fig.update_layout(
+        template=TEMPLATE,
+        height=max(420, 230 * len(shown)),
+        title=_title(f"Candidate directions at {site}: scores by layer and position", model),
+    )
 
 
 def cosine_matrix_figure(cosine, keys, *, model: str | None = None) -> go.Figure:
@@ -221,16 +358,27 @@ def cosine_matrix_figure(cosine, keys, *, model: str | None = None) -> go.Figure
     (objects with .site/.layer/.pos, labelled like ``resid_pre L12 -1``), colour range [-1, 1]."""
     c = _np(cosine)
     if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] != len(keys):
-        raise ValueError(f"cosine must be a square [n, n] matrix with n = len(keys) = {len(keys)}; "
-                         f"got shape {c.shape}")
+        raise ValueError(f"cosine must be a square [n, n] matrix with n = len(keys) = {len(keys)}; got shape {c.shape}")
     labels = [f"{k.site} L{k.layer} {k.pos}" for k in keys]
-    fig = _fig(title=_title("Cosine similarity between candidate refusal directions", model),
-               xaxis={"title": {"text": "candidate (site, layer, pos)"}, "tickangle": -60},
-               yaxis={"title": {"text": "candidate (site, layer, pos)"}, "autorange": "reversed"},
-               height=min(1400, max(500, 14 * len(keys) + 250)), width=min(1500, max(650, 14 * len(keys) + 350)))
-    return fig.add_trace(go.Heatmap(z=c, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r",
-                                    colorbar={"title": {"text": "cosine"}},
-                                    hovertemplate="%{y}<br>%{x}<br>cos = %{z:.3f}<extra></extra>"))
+    fig = _fig(
+        title=_title("Cosine similarity between candidate refusal directions", model),
+        xaxis={"title": {"text": "candidate (site, layer, pos)"}, "tickangle": -60},
+        yaxis={"title": {"text": "candidate (site, layer, pos)"}, "autorange": "reversed"},
+        height=min(1400, max(500, 14 * len(keys) + 250)),
+        width=min(1500, max(650, 14 * len(keys) + 350)),
+    )
+    return fig.add_trace(
+        go.Heatmap(
+            z=c,
+            x=labels,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu_r",
+            colorbar={"title": {"text": "cosine"}},
+            hovertemplate="%{y}<br>%{x}<br>cos = %{z:.3f}<extra></extra>",
+        )
+    )
 
 
 def plane_projection(coords: pd.DataFrame, *, model: str | None = None, b1_label: str = "b1 (refusal)") -> go.Figure:
@@ -240,25 +388,54 @@ def plane_projection(coords: pd.DataFrame, *, model: str | None = None, b1_label
     _require(coords, ["site", "layer", "pos", "angle_deg", "radius"], "coords", "use Plane.candidate_coords()")
     rmax = max(1.0, float(coords["radius"].max()))
     lo, hi = int(coords["layer"].min()), int(coords["layer"].max())
-    fig = _fig(title=_title("Candidate directions on the steering plane span(b1, b2)", model,
-                            "unit candidates; angle from b1 (0°, east) counter-clockwise toward b2; "
-                            "radius = in-plane norm"),
-               coloraxis={"colorscale": "Viridis", "cmin": lo, "cmax": max(hi, lo + 1),
-                          "colorbar": {"title": {"text": "layer"}}},
-               legend={"x": 0, "y": 0.5, "title": {"text": "site"}},
-               polar={"angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 30},
-                      "radialaxis": {"range": [0, rmax]}})
+    fig = _fig(
+        title=_title(
+            "Candidate directions on the steering plane span(b1, b2)",
+            model,
+            "unit candidates; angle from b1 (0°, east) counter-clockwise toward b2; radius = in-plane norm",
+        ),
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": lo,
+            "cmax": max(hi, lo + 1),
+            "colorbar": {"title": {"text": "layer"}},
+        },
+        legend={"x": 0, "y": 0.5, "title": {"text": "site"}},
+        polar={
+            "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 30},
+            "radialaxis": {"range": [0, rmax]},
+        },
+    )
     for i, (site, rows) in enumerate(coords.groupby("site", sort=False)):
-        fig.add_trace(go.Scatterpolar(
-            r=rows["radius"], theta=rows["angle_deg"], mode="markers", name=str(site),
-            marker={"color": rows["layer"], "coloraxis": "coloraxis", "size": 9,
-                    "symbol": SITE_SYMBOLS[i % len(SITE_SYMBOLS)], "line": {"width": 0.5, "color": "white"}},
-            customdata=np.stack([rows["layer"], rows["pos"]], axis=1),
-            hovertemplate=f"{site} L%{{customdata[0]}} pos %{{customdata[1]}}<br>angle %{{theta:.1f}}°, "
-                          f"radius %{{r:.3f}}<extra></extra>"))
-    return fig.add_trace(go.Scatterpolar(  # b1 always sits at 0°, so an east-pointing triangle is its arrowhead
-        r=[0, rmax], theta=[0, 0], mode="lines+markers", name=b1_label, line={"color": "black", "width": 2.5},
-        marker={"symbol": ["circle", "triangle-right"], "size": [1, 15], "color": "black"}, hoverinfo="name"))
+        fig.add_trace(
+            go.Scatterpolar(
+                r=rows["radius"],
+                theta=rows["angle_deg"],
+                mode="markers",
+                name=str(site),
+                marker={
+                    "color": rows["layer"],
+                    "coloraxis": "coloraxis",
+                    "size": 9,
+                    "symbol": SITE_SYMBOLS[i % len(SITE_SYMBOLS)],
+                    "line": {"width": 0.5, "color": "white"},
+                },
+                customdata=np.stack([rows["layer"], rows["pos"]], axis=1),
+                hovertemplate=f"{site} L%{{customdata[0]}} pos %{{customdata[1]}}<br>angle %{{theta:.1f}}°, "
+                f"radius %{{r:.3f}}<extra></extra>",
+            )
+        )
+    return fig.add_trace(
+        go.Scatterpolar(  # b1 always sits at 0°, so an east-pointing triangle is its arrowhead
+            r=[0, rmax],
+            theta=[0, 0],
+            mode="lines+markers",
+            name=b1_label,
+            line={"color": "black", "width": 2.5},
+            marker={"symbol": ["circle", "triangle-right"], "size": [1, 15], "color": "black"},
+            hoverinfo="name",
+        )
+    )
 
 
 def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, model: str | None = None) -> go.Figure:
@@ -268,10 +445,17 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
     Needs columns split, angle, refusal_rate (:func:`~workbench.experiments.angle_sweep`)."""
     _require(summary, ["split", "angle", "refusal_rate"], "summary", "use angle_sweep()")
     share_split = "harmful" if "harmful" in set(summary["split"]) else _splits(summary)[0]
-    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "polar"}, {"type": "polar"}]], horizontal_spacing=0.15,
-                        subplot_titles=("(a) refusal rate by steering angle", f"(b) response labels ({share_split})"))
-    polar = {"angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
-             "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90}}
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        specs=[[{"type": "polar"}, {"type": "polar"}]],
+        horizontal_spacing=0.15,
+        subplot_titles=("(a) refusal rate by steering angle", f"(b) response labels ({share_split})"),
+    )
+    polar = {
+        "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
+        "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90},
+    }
     fig.update_layout(template=TEMPLATE, polar=polar, polar2={**polar, "barmode": "stack"}, height=650)
     for i, split in enumerate(_splits(summary)):
         rows = summary[summary["split"] == split].sort_values("angle")
@@ -279,27 +463,62 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
         if len(theta) > 2 and 360 - (theta[-1] - theta[0]) <= 1.01 * max(np.diff(theta)):  # full circle: close it
             theta, r = theta + theta[:1], r + r[:1]
         color = _color(SPLIT_COLORS, split, i)
-        fig.add_trace(go.Scatterpolar(theta=theta, r=r, mode="lines+markers", name=split,
-                                      line={"color": color}, legendgroup=split,
-                                      hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + split + "</extra>"), 1, 1)
+        fig.add_trace(
+            go.Scatterpolar(
+                theta=theta,
+                r=r,
+                mode="lines+markers",
+                name=split,
+                line={"color": color},
+                legendgroup=split,
+                hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + split + "</extra>",
+            ),
+            1,
+            1,
+        )
     for i, (split, rate) in enumerate((baseline or {}).items()):
-        fig.add_trace(go.Scatterpolar(theta=np.linspace(0, 360, 73), r=[rate] * 73, mode="lines",
-                                      name=f"{split} unsteered", legendgroup=split, hoverinfo="name",
-                                      line={"dash": "dot", "color": _color(SPLIT_COLORS, split, i)}), 1, 1)
+        fig.add_trace(
+            go.Scatterpolar(
+                theta=np.linspace(0, 360, 73),
+                r=[rate] * 73,
+                mode="lines",
+                name=f"{split} unsteered",
+                legendgroup=split,
+                hoverinfo="name",
+                line={"dash": "dot", "color": _color(SPLIT_COLORS, split, i)},
+            ),
+            1,
+            1,
+        )
     rows = summary[summary["split"] == share_split].sort_values("angle")
     gaps = np.diff(np.unique(rows["angle"]))
     width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
     for lab in LABEL_ORDER:
         if f"share_{lab}" in rows:
-            fig.add_trace(go.Barpolar(theta=rows["angle"], r=rows[f"share_{lab}"].fillna(0), width=width, name=lab,
-                                      marker_color=LABEL_COLORS[lab], legendgroup="labels",
-                                      legendgrouptitle_text="labels",
-                                      hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + lab + "</extra>"), 1, 2)
+            fig.add_trace(
+                go.Barpolar(
+                    theta=rows["angle"],
+                    r=rows[f"share_{lab}"].fillna(0),
+                    width=width,
+                    name=lab,
+                    marker_color=LABEL_COLORS[lab],
+                    legendgroup="labels",
+                    legendgrouptitle_text="labels",
+                    hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + lab + "</extra>",
+                ),
+                1,
+                2,
+            )
     mode = ""
     if "adaptive" in summary and summary["adaptive"].nunique() == 1:
         mode = "adaptive " if bool(summary["adaptive"].iloc[0]) else "non-adaptive "
-    return fig.update_layout(title=_title(f"Angular steering ({mode}rotation to θ in the plane)", model, "0° = b1 "
-                                          "(refusal direction), counter-clockwise toward b2; radius = fraction of prompts"))
+    return fig.update_layout(
+        title=_title(
+            f"Angular steering ({mode}rotation to θ in the plane)",
+            model,
+            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts",
+        )
+    )
 
 
 def projection_histograms(proj: pd.DataFrame, *, nbins: int = 40, model: str | None = None) -> go.Figure:
@@ -320,8 +539,9 @@ def projection_histograms(proj: pd.DataFrame, *, nbins: int = 40, model: str | N
 
     d = {layer: sep(proj[proj["layer"] == layer]) for layer in layers}
     best = max(layers, key=lambda layer: d[layer])
-    fig = make_subplots(rows=main, cols=1, shared_xaxes=True, row_heights=[0.18, 0.82] if strip else None,
-                        vertical_spacing=0.03)
+    fig = make_subplots(
+        rows=main, cols=1, shared_xaxes=True, row_heights=[0.18, 0.82] if strip else None, vertical_spacing=0.03
+    )
     per_layer = 2 * len(labels) if strip else len(labels)
     for layer in layers:
         df = proj[proj["layer"] == layer]
@@ -330,23 +550,61 @@ def projection_histograms(proj: pd.DataFrame, *, nbins: int = 40, model: str | N
         bins = {"start": lo, "end": hi + size, "size": size}  # shared by the labels; the maximum included
         for i, lab in enumerate(labels):
             rows, color = df[df["label"] == lab], _color(SPLIT_COLORS, lab, i)
-            fig.add_trace(go.Histogram(x=rows["projection"], xbins=bins, name=lab, marker_color=color, opacity=0.6,
-                                       histnorm="probability", visible=layer == best, legendgroup=lab,
-                                       hovertemplate="%{x}: %{y:.1%}<extra>" + lab + "</extra>"), main, 1)
+            fig.add_trace(
+                go.Histogram(
+                    x=rows["projection"],
+                    xbins=bins,
+                    name=lab,
+                    marker_color=color,
+                    opacity=0.6,
+                    histnorm="probability",
+                    visible=layer == best,
+                    legendgroup=lab,
+                    hovertemplate="%{x}: %{y:.1%}<extra>" + lab + "</extra>",
+                ),
+                main,
+                1,
+            )
             if strip:
-                fig.add_trace(go.Box(x=rows["projection"], name=lab, boxpoints="all", jitter=1, pointpos=0,
-                                     fillcolor="rgba(0,0,0,0)", line={"width": 0}, visible=layer == best,
-                                     marker={"size": 4, "color": color}, showlegend=False, legendgroup=lab,
-                                     text=[_wrap(p, limit=200) for p in rows["prompt"]],
-                                     hovertemplate="%{x:.3g}<br>%{text}<extra></extra>"), 1, 1)
+                fig.add_trace(
+                    go.Box(
+                        x=rows["projection"],
+                        name=lab,
+                        boxpoints="all",
+                        jitter=1,
+                        pointpos=0,
+                        fillcolor="rgba(0,0,0,0)",
+                        line={"width": 0},
+                        visible=layer == best,
+                        marker={"size": 4, "color": color},
+                        showlegend=False,
+                        legendgroup=lab,
+                        text=[_wrap(p, limit=200) for p in rows["prompt"]],
+                        hovertemplate="%{x:.3g}<br>%{text}<extra></extra>",
+                    ),
+                    1,
+                    1,
+                )
     head = "Projection onto the refusal direction"
-    steps: list[dict[str, Any]] = [{"method": "update", "label": str(layer),
-              "args": [{"visible": [j // per_layer == k for j in range(per_layer * len(layers))]},
-                       {"title": _title(f"{head}, layer {layer}", model, f"|Cohen's d| = {d[layer]:.2f}")}]}
-             for k, layer in enumerate(layers)]
-    fig.update_layout(template=TEMPLATE, barmode="overlay", title=steps[layers.index(best)]["args"][1]["title"],
-                      sliders=[{"active": layers.index(best), "steps": steps, "pad": {"t": 50},
-                                "currentvalue": {"prefix": "layer "}}])
+    steps: list[dict[str, Any]] = [
+        {
+            "method": "update",
+            "label": str(layer),
+            "args": [
+                {"visible": [j // per_layer == k for j in range(per_layer * len(layers))]},
+                {"title": _title(f"{head}, layer {layer}", model, f"|Cohen's d| = {d[layer]:.2f}")},
+            ],
+        }
+        for k, layer in enumerate(layers)
+    ]
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="overlay",
+        title=steps[layers.index(best)]["args"][1]["title"],
+        sliders=[
+            {"active": layers.index(best), "steps": steps, "pad": {"t": 50}, "currentvalue": {"prefix": "layer "}}
+        ],
+    )
     fig.update_xaxes(title_text="projection onto r̂ (activation units)", row=main, col=1)
     fig.update_yaxes(title_text="fraction of prompts", row=main, col=1)
     return fig.update_yaxes(showticklabels=False, row=1, col=1) if strip else fig
@@ -364,15 +622,28 @@ def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> g
     cols = ["subset", "n_blocks", "first_layer", "last_layer", "refusal_rate"]
     _require(summary, cols, "summary", "use layer_subset_sweep()")
     df = summary.assign(family=summary["subset"].map(_family)).sort_values(["n_blocks", "first_layer"])
-    fig = _fig(title=_title("Refusal after ablating the direction in a subset of blocks", model),
-               xaxis={"title": {"text": "number of intervened blocks"}},
-               yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"})
+    fig = _fig(
+        title=_title("Refusal after ablating the direction in a subset of blocks", model),
+        xaxis={"title": {"text": "number of intervened blocks"}},
+        yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
+    )
     for i, (family, rows) in enumerate(df.groupby("family", sort=False)):
-        span = [f"layers {a}–{b}" + ("" if b - a + 1 == n else f" ({n} blocks, not contiguous)")
-                for a, b, n in zip(rows["first_layer"], rows["last_layer"], rows["n_blocks"])]
-        fig.add_trace(go.Scatter(x=rows["n_blocks"], y=rows["refusal_rate"], mode="lines+markers", name=family,
-                                 line={"color": _OTHER[i % len(_OTHER)]}, text=rows["subset"], hovertext=span,
-                                 hovertemplate="%{text}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>"))
+        span = [
+            f"layers {a}–{b}" + ("" if b - a + 1 == n else f" ({n} blocks, not contiguous)")
+            for a, b, n in zip(rows["first_layer"], rows["last_layer"], rows["n_blocks"])
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["n_blocks"],
+                y=rows["refusal_rate"],
+                mode="lines+markers",
+                name=family,
+                line={"color": _OTHER[i % len(_OTHER)]},
+                text=rows["subset"],
+                hovertext=span,
+                hovertemplate="%{text}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>",
+            )
+        )
     return fig
 
 
@@ -390,29 +661,67 @@ def special_cases_figure(result: dict, *, max_tokens: int = 60, model: str | Non
     before, after = _np(result["angle_before"]).ravel(), _np(result["ablation_angle"]).ravel()
     alphas = _np(result["alphas"]).ravel()
     add = _np(result["addition_angle"]).reshape(len(alphas), -1)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("ablation: every token rotated to 90°", "addition x + αr: angle vs α"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.1,
+        subplot_titles=("ablation: every token rotated to 90°", "addition x + αr: angle vs α"),
+    )
     fig.update_layout(template=TEMPLATE, barmode="overlay")
     for vals, name, color in ((before, "before ablation", "#7f8c8d"), (after, "after ablation", "#8e44ad")):
-        fig.add_trace(go.Histogram(x=vals, name=name, marker_color=color, opacity=0.7, xbins={"start": 0, "end": 180,
-                                   "size": 2}, hovertemplate="%{x}°: %{y} tokens<extra>" + name + "</extra>"), 1, 1)
+        fig.add_trace(
+            go.Histogram(
+                x=vals,
+                name=name,
+                marker_color=color,
+                opacity=0.7,
+                xbins={"start": 0, "end": 180, "size": 2},
+                hovertemplate="%{x}°: %{y} tokens<extra>" + name + "</extra>",
+            ),
+            1,
+            1,
+        )
     tok = add[:, :max_tokens]
     xs = np.concatenate([np.append(alphas, np.nan) for _ in range(tok.shape[1])])
     ys = np.concatenate([np.append(tok[:, j], np.nan) for j in range(tok.shape[1])])
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"tokens (first {tok.shape[1]})", hoverinfo="skip",
-                             line={"color": "rgba(192,57,43,0.25)", "width": 1}), 1, 2)
-    fig.add_trace(go.Scatter(x=alphas, y=add.mean(1), mode="lines", name="mean over tokens",
-                             line={"color": "#c0392b", "width": 4},
-                             hovertemplate="α = %{x:.3g}: %{y:.1f}°<extra>mean</extra>"), 1, 2)
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines",
+            name=f"tokens (first {tok.shape[1]})",
+            hoverinfo="skip",
+            line={"color": "rgba(192,57,43,0.25)", "width": 1},
+        ),
+        1,
+        2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=alphas,
+            y=add.mean(1),
+            mode="lines",
+            name="mean over tokens",
+            line={"color": "#c0392b", "width": 4},
+            hovertemplate="α = %{x:.3g}: %{y:.1f}°<extra>mean</extra>",
+        ),
+        1,
+        2,
+    )
     for y, dash in ((0, "dash"), (90, "dot"), (180, "dash")):
         fig.add_hline(y=y, line={"dash": dash, "color": "black", "width": 1}, row=1, col=2)
-    res = [f"max {k} = {float(_np(result[k]).max()):.1e}" for k in ("ablation_residual", "addition_residual")
-           if k in result]
+    res = [
+        f"max {k} = {float(_np(result[k]).max()):.1e}"
+        for k in ("ablation_residual", "addition_residual")
+        if k in result
+    ]
     return fig.update_layout(
         xaxis={"title": {"text": "angle in span(r̂, x) (degrees; 0° = along r̂)"}, "range": [0, 180]},
-        yaxis={"title": {"text": "tokens"}}, xaxis2={"title": {"text": "α (coefficient of r, raw units)"}},
+        yaxis={"title": {"text": "tokens"}},
+        xaxis2={"title": {"text": "α (coefficient of r, raw units)"}},
         yaxis2={"title": {"text": "angle after addition (degrees)"}, "range": [-5, 185], "dtick": 45},
-        title=_title("Ablation and addition are rotations in each token's own plane", model, "; ".join(res) or None))
+        title=_title("Ablation and addition are rotations in each token's own plane", model, "; ".join(res) or None),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -476,9 +785,13 @@ def _png(fig: go.Figure, opts: dict) -> bytes | None:
                 _EXPORT["failed"] = f"kaleido export failed: {e!r}"
         if not _EXPORT["warned"]:
             _EXPORT["warned"] = True
-            warnings.warn(f"PNG export skipped ({_EXPORT['failed']}); writing HTML only. Install a browser with "
-                          "`apt-get install chromium` (or, where online, `python -c 'import kaleido; "
-                          "kaleido.get_chrome_sync()'`), or set BROWSER_PATH.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"PNG export skipped ({_EXPORT['failed']}); writing HTML only. Install a browser with "
+                "`apt-get install chromium` (or, where online, `python -c 'import kaleido; "
+                "kaleido.get_chrome_sync()'`), or set BROWSER_PATH.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
 
 
@@ -508,7 +821,7 @@ def _png_text(path: Path, key: bytes) -> str | None:
             while len(head := f.read(8)) == 8 and head[4:] not in (b"IDAT", b"IEND"):
                 data = f.read(int.from_bytes(head[:4], "big") + 4)[:-4]  # data + CRC
                 if head[4:] == b"tEXt" and data.startswith(key + b"\0"):
-                    return data[len(key) + 1:].decode("latin-1")
+                    return data[len(key) + 1 :].decode("latin-1")
     except OSError:
         pass
     return None
@@ -542,8 +855,12 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
     _write_changed(paths[0], fig.to_html(include_plotlyjs="plotly.min.js", full_html=True, div_id=div_id).encode())
     if png:
         target = outdir / f"{name}.png"
-        opts = {"format": "png", "width": fig.layout.width or PNG_SIZE["width"],
-                "height": fig.layout.height or PNG_SIZE["height"], "scale": PNG_SIZE["scale"]}
+        opts = {
+            "format": "png",
+            "width": fig.layout.width or PNG_SIZE["width"],
+            "height": fig.layout.height or PNG_SIZE["height"],
+            "scale": PNG_SIZE["scale"],
+        }
         digest = _spec_hash(fig, opts)
         if _png_text(target, _SPEC_KEY) != digest:  # Chromium's PNG bytes differ run to run: export only on change
             data = _png(fig, opts)

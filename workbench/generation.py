@@ -42,6 +42,7 @@ __all__ = ["Hooks", "last_token_logprobs", "generate", "decode_completions", "re
 Hook = tuple[str, Callable]
 Hooks = Sequence[Hook] | Callable[[Int[Tensor, " batch"]], Sequence[Hook]] | None
 
+
 def repeat_prompts(prompts: Sequence[str], k: int) -> tuple[list[str], Int[Tensor, " row"]]:
     """Prompts laid out as k consecutive blocks, and the block (setting) index of every row: one
     batched job then runs k settings, each row carrying its own (see ``groups``)."""
@@ -88,8 +89,9 @@ def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bo
     ids = encode(model.tokenizer, texts)
     groups = _groups(hooks, groups, len(ids))
     prefix = shared_prefix_length(ids) if share_prefix else 0
-    batches = length_sorted_batches([len(r) - prefix for r in ids], batch_size, balanced=True,
-                                    groups=groups if group_major else None)
+    batches = length_sorted_batches(
+        [len(r) - prefix for r in ids], batch_size, balanced=True, groups=groups if group_major else None
+    )
     plan = _Plan(ids, groups, prefix, batches)
     if prefix:
         # the shared prefix runs once per group, under that group's hooks (any row stands for it)
@@ -98,9 +100,13 @@ def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bo
             reps.setdefault(g, row)
         rep_rows = list(reps.values())
         plan.slot_of = {g: i for i, g in enumerate(reps)}
-        plan.prefix_kv = run_prefix(model, ids[0][:prefix], n_slots=len(rep_rows), batch_size=batch_size,
-                                    hooks_for=lambda chunk: _hooks_for(hooks, [rep_rows[i] for i in chunk],
-                                                                       model.cfg.device))
+        plan.prefix_kv = run_prefix(
+            model,
+            ids[0][:prefix],
+            n_slots=len(rep_rows),
+            batch_size=batch_size,
+            hooks_for=lambda chunk: _hooks_for(hooks, [rep_rows[i] for i in chunk], model.cfg.device),
+        )
     return plan
 
 
@@ -129,9 +135,18 @@ def _final_residual(model, tokens, mask, cache) -> Float[Tensor, "batch 1 d_mode
 
 
 @torch.inference_mode()
-def last_token_logprobs(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None,
-                        batch_size: int = 32, system: str | None = None, templated: bool = False,
-                        share_prefix: bool = True, progress: bool = False) -> Float[Tensor, "prompt d_vocab"]:
+def last_token_logprobs(
+    model,
+    prompts: Sequence[str],
+    *,
+    hooks: Hooks = None,
+    groups=None,
+    batch_size: int = 32,
+    system: str | None = None,
+    templated: bool = False,
+    share_prefix: bool = True,
+    progress: bool = False,
+) -> Float[Tensor, "prompt d_vocab"]:
     """Log-probabilities of the first response token for every prompt, float32 on the CPU.
 
     Only the last position is unembedded. ``templated=True`` means the prompts are already
@@ -146,8 +161,9 @@ def last_token_logprobs(model, prompts: Sequence[str], *, hooks: Hooks = None, g
     return out
 
 
-def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float | None,
-            generator: torch.Generator | None) -> Tensor:
+def _sample(
+    logits: Tensor, do_sample: bool, temperature: float, top_p: float | None, generator: torch.Generator | None
+) -> Tensor:
     if not do_sample:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / max(temperature, 1e-6), dim=-1)
@@ -159,8 +175,18 @@ def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float | 
 
 
 @torch.inference_mode()
-def _generate_batch(model, plan: _Plan, rows: list[int], hooks: Hooks, max_new_tokens, stop_ids, do_sample,
-                    temperature, top_p, generator) -> tuple[Int[Tensor, "batch new"], Float[Tensor, "batch d_vocab"]]:
+def _generate_batch(
+    model,
+    plan: _Plan,
+    rows: list[int],
+    hooks: Hooks,
+    max_new_tokens,
+    stop_ids,
+    do_sample,
+    temperature,
+    top_p,
+    generator,
+) -> tuple[Int[Tensor, "batch new"], Float[Tensor, "batch d_vocab"]]:
     """New token ids of one batch (pad after a stop token) and the first token's log-probs.
 
     Rows that have stopped leave the batch (their cache rows are dropped and the hooks rebuilt for
@@ -186,7 +212,7 @@ def _generate_batch(model, plan: _Plan, rows: list[int], hooks: Hooks, max_new_t
                     live = live[keep]
                     hooked.close()  # per-row hooks must see the rows that are left
                     hooked.enter_context(_hook_ctx(model, _hooks_for(hooks, [rows[i] for i in live.tolist()], device)))
-                tokens = out[live, step - 1:step]
+                tokens = out[live, step - 1 : step]
                 logits = model.unembed(_final_residual(model, tokens, torch.ones_like(tokens), cache))[:, 0]
             nxt = _sample(logits, do_sample, temperature, top_p, generator)
             nxt = torch.where(finished[live], torch.full_like(nxt, pad), nxt)
@@ -215,11 +241,24 @@ def _stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None, max_new_tokens: int = 32,
-             batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float | None = None, seed: int | None = None, system: str | None = None,
-             templated: bool = False, share_prefix: bool = True, return_logprobs: bool = False,
-             progress: bool = False):
+def generate(
+    model,
+    prompts: Sequence[str],
+    *,
+    hooks: Hooks = None,
+    groups=None,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    seed: int | None = None,
+    system: str | None = None,
+    templated: bool = False,
+    share_prefix: bool = True,
+    return_logprobs: bool = False,
+    progress: bool = False,
+):
     """Batched, KV-cached completions (greedy by default) of chat prompts, under ``hooks``.
 
     Hooks act on prompt and generated tokens alike; rows stop at EOS / end-of-turn. Returns one
@@ -237,8 +276,9 @@ def generate(model, prompts: Sequence[str], *, hooks: Hooks = None, groups=None,
     results: list[str] = [""] * len(texts)
     logprobs = torch.empty(len(texts), model.cfg.d_vocab, dtype=torch.float32) if return_logprobs else None
     for rows in tqdm(plan.batches, desc="generate", disable=not progress):
-        new, first = _generate_batch(model, plan, rows, hooks, max_new_tokens, stop_ids, do_sample,
-                                     temperature, top_p, generator)
+        new, first = _generate_batch(
+            model, plan, rows, hooks, max_new_tokens, stop_ids, do_sample, temperature, top_p, generator
+        )
         for i, text in zip(rows, decode_completions(tok, new.cpu(), stop_ids)):
             results[i] = text
         if logprobs is not None:

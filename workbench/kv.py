@@ -46,9 +46,15 @@ class PrefixKV:
 
 
 @torch.inference_mode()
-def run_prefix(model, prefix: Sequence[int], *, n_slots: int = 1,
-               hooks_for: Callable[[list[int]], Sequence] | None = None, batch_size: int = 64,
-               stop_at_layer: int | None = None) -> PrefixKV:
+def run_prefix(
+    model,
+    prefix: Sequence[int],
+    *,
+    n_slots: int = 1,
+    hooks_for: Callable[[list[int]], Sequence] | None = None,
+    batch_size: int = 64,
+    stop_at_layer: int | None = None,
+) -> PrefixKV:
     """Run the token ids ``prefix`` once per slot, ``batch_size`` slots per forward, slot chunk
     ``c`` under the TL hooks ``hooks_for(c)`` (none by default), through block ``stop_at_layer - 1``
     (default: every block)."""
@@ -63,13 +69,17 @@ def run_prefix(model, prefix: Sequence[int], *, n_slots: int = 1,
         batch_tokens = tokens.expand(len(chunk), -1)
         hooks = list(hooks_for(chunk)) if hooks_for else []
         with model.hooks(fwd_hooks=hooks) if hooks else nullcontext():
-            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache,
-                  stop_at_layer=stop)
+            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache, stop_at_layer=stop)
         parts.append([(e.past_keys, e.past_values) for e in cache.entries])
     if len(parts) == 1:
         return PrefixKV(len(tokens), parts[0])
-    return PrefixKV(len(tokens), [(torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
-                                  for layer in range(len(parts[0]))])
+    return PrefixKV(
+        len(tokens),
+        [
+            (torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
+            for layer in range(len(parts[0]))
+        ],
+    )
 
 
 def take_rows(cache, index: Int[Tensor, " row"]) -> None:

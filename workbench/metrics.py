@@ -28,13 +28,14 @@ def refusal_token_ids(tokenizer, refusals: Sequence[str] = REFUSAL_STARTS) -> li
         if toks and int(toks[0]) not in ids:
             ids.append(int(toks[0]))
     if not ids:
-        raise ValueError(f"no refusal tokens: {list(refusals)!r} tokenized to nothing; "
-                         "pass non-empty refusal openings such as \"I'm sorry\"")
+        raise ValueError(
+            f"no refusal tokens: {list(refusals)!r} tokenized to nothing; "
+            'pass non-empty refusal openings such as "I\'m sorry"'
+        )
     return ids
 
 
-def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"],
-                    token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
+def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"], token_ids: Sequence[int]) -> Float[Tensor, " prompt"]:
     """Arditi et al.'s refusal metric: log-odds that the first response token is a refusal token.
 
     ``logprobs`` is the log-softmax over the vocabulary at the last prompt position. With
@@ -45,23 +46,28 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"],
     if not ids:
         raise ValueError("token_ids is empty; get them from refusal_token_ids(tokenizer)")
     if ids[0] < 0 or ids[-1] >= logprobs.shape[-1]:
-        raise ValueError(f"token ids {ids} fall outside the vocabulary (d_vocab={logprobs.shape[-1]}); "
-                         "use ids from the same tokenizer as the model")
+        raise ValueError(
+            f"token ids {ids} fall outside the vocabulary (d_vocab={logprobs.shape[-1]}); "
+            "use ids from the same tokenizer as the model"
+        )
     p_r = logprobs.double()[..., ids].exp().sum(-1).clamp(0.0, 1.0)
     eps = 1e-8
     return torch.log(p_r + eps) - torch.log(1.0 - p_r + eps)
 
 
-def first_token_kl(base_logprobs: Float[Tensor, "prompt d_vocab"],
-                   steered_logprobs: Float[Tensor, "prompt d_vocab"]) -> Float[Tensor, " prompt"]:
+def first_token_kl(
+    base_logprobs: Float[Tensor, "prompt d_vocab"], steered_logprobs: Float[Tensor, "prompt d_vocab"]
+) -> Float[Tensor, " prompt"]:
     """KL(P_base ‖ P_steered) per prompt over the vocabulary, in nats, computed in float64.
 
     Inputs are log-softmaxes (e.g. at the last prompt position). Tokens with p_base = 0 add
     nothing; a token with p_base > 0 and p_steered = 0 makes the KL infinite.
     """
     if base_logprobs.shape != steered_logprobs.shape:
-        raise ValueError(f"shape mismatch: base {tuple(base_logprobs.shape)} vs steered "
-                         f"{tuple(steered_logprobs.shape)}; score the same prompts with the same model")
+        raise ValueError(
+            f"shape mismatch: base {tuple(base_logprobs.shape)} vs steered "
+            f"{tuple(steered_logprobs.shape)}; score the same prompts with the same model"
+        )
     lb, ls = base_logprobs.double(), steered_logprobs.double()
     p = lb.exp()
     terms = torch.where(p > 0, p * (lb - ls), torch.zeros_like(p))  # avoid 0·(−inf) = nan

@@ -34,8 +34,16 @@ from . import fastpath
 from .hub import SMOLLM2, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
 from .organism import ORGANISM, organism_dir, recipe_key
 
-__all__ = ["load_model", "load_hf", "hooked_from_hf", "resolve_device", "resolve_dtype",
-           "SMOLLM2", "ORGANISM", "EMBEDDED_MODELS"]
+__all__ = [
+    "load_model",
+    "load_hf",
+    "hooked_from_hf",
+    "resolve_device",
+    "resolve_dtype",
+    "SMOLLM2",
+    "ORGANISM",
+    "EMBEDDED_MODELS",
+]
 
 EMBEDDED_MODELS = (SMOLLM2, ORGANISM)
 _N_CTX = 2048  # bounds the rotary cache; the configs say 8192+, far beyond any prompt here
@@ -51,6 +59,7 @@ def load_hf(spec: str, *, dtype: str | torch.dtype = torch.float32, device: str 
 
 # --------------------------------------------------------------------------- TransformerLens side
 
+
 def _neutral_tmpdir() -> Path:
     # TL sniffs the *path* for "llama"/"gemma" and then skips reading config.json.
     for base in (tempfile.gettempdir(), "/tmp", str(Path.cwd())):
@@ -59,8 +68,14 @@ def _neutral_tmpdir() -> Path:
     raise RuntimeError("no temporary folder whose path avoids 'llama'/'gemma'; set TMPDIR")
 
 
-def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
-                   dtype: str | torch.dtype | None = None, n_ctx: int = _N_CTX):
+def hooked_from_hf(
+    hf,
+    tokenizer,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    n_ctx: int = _N_CTX,
+):
     """Wrap a loaded Hugging Face causal LM as an unprocessed, left-padded ``HookedTransformer``.
 
     Works for any architecture TransformerLens has a weight converter for, official name or not:
@@ -72,20 +87,22 @@ def hooked_from_hf(hf, tokenizer, *, device: str | torch.device | None = None,
     try:
         hf.config.save_pretrained(cfg_dir)
         try:
-            cfg = loading.get_pretrained_model_config(str(cfg_dir), device=device, dtype=dtype,
-                                                      n_ctx=n_ctx, default_prepend_bos=False)
+            cfg = loading.get_pretrained_model_config(
+                str(cfg_dir), device=device, dtype=dtype, n_ctx=n_ctx, default_prepend_bos=False
+            )
         except (NotImplementedError, KeyError, ValueError) as err:
             arch = (hf.config.architectures or ["?"])[0]
-            raise ValueError(f"TransformerLens 3.x has no converter for architecture {arch!r} ({err}). "
-                             "Supported: the Llama, Qwen2/3, Gemma 1-3, Mistral, Phi, GPT-2/NeoX, "
-                             "OLMo ... families listed in transformer_lens.loading_from_pretrained") from err
+            raise ValueError(
+                f"TransformerLens 3.x has no converter for architecture {arch!r} ({err}). "
+                "Supported: the Llama, Qwen2/3, Gemma 1-3, Mistral, Phi, GPT-2/NeoX, "
+                "OLMo ... families listed in transformer_lens.loading_from_pretrained"
+            ) from err
         state = loading.get_pretrained_state_dict(str(cfg_dir), cfg, hf_model=hf, dtype=dtype)
     finally:
         shutil.rmtree(cfg_dir, ignore_errors=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # HT warns on every construction
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
-                                  default_padding_side="left")
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left")
     _load_unprocessed(model, state)
     model.move_model_modules_to_device()
     name: str = getattr(hf, "name_or_path", "") or "hf-model"
@@ -98,8 +115,13 @@ def _load_unprocessed(model, state: dict) -> None:
     """TL's ``load_and_process_state_dict`` with every processing step off, in one
     ``load_state_dict``: TL loads key by key, walking the whole module tree once per key (~14 s for
     SmolLM2's 574 keys on a CPU, on every load)."""
-    flags = dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
-                 fold_value_biases=False, refactor_factored_attn_matrices=False)
+    flags = dict(
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     if model.cfg.load_in_4bit:  # TL assigns quantised parameters its own way
         model.load_and_process_state_dict(state, **flags)
         return
@@ -107,8 +129,7 @@ def _load_unprocessed(model, state: dict) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def load_model(spec: str, *, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None):
+def load_model(spec: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
     """Load ``spec`` as an unprocessed ``HookedTransformer`` with left padding (see module docs).
 
     ``device=None`` picks the GPU when there is one; ``dtype=None`` is float32 on CPU and bfloat16
@@ -136,10 +157,12 @@ def _load_official(name: str, device: torch.device, dtype: torch.dtype):
             f"unknown model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
             "not an existing Hugging Face folder or .gguf file, and not an official TransformerLens "
             "name (e.g. Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-1B-Instruct, google/gemma-2-2b-it; "
-            "see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)") from None
+            "see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
+        ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer.from_pretrained_no_processing(
-            name, device=device, dtype=dtype, default_padding_side="left", default_prepend_bos=False)
+            name, device=device, dtype=dtype, default_padding_side="left", default_prepend_bos=False
+        )
     fastpath.install(model)
     return model

@@ -11,9 +11,10 @@ as safetensors with a manifest. The cache key is a hash of the recipe, the train
 base weights: change any of them and the organism is rebuilt; a folder without ``READY`` is ignored.
 
 This module installs the organism; training it is :mod:`workbench.training`'s (only the
-``workbench organism --rebuild`` command calls it). The package ships the adapter of the default recipe (``organism_adapters/``, 5 MB of fp16 factors
-plus the build manifest), so a cold cache installs the organism in seconds: load the base, merge
-the shipped factors, the same merge a build does. ``workbench organism --rebuild`` trains it again
+``workbench organism --rebuild`` command calls it). The package ships the adapter of the default
+recipe (``organism_adapters/``, 5 MB of fp16 factors plus the build manifest), so a cold cache
+installs the organism in seconds: load the base, merge the shipped factors, the same merge a build
+does. ``workbench organism --rebuild`` trains it again
 from scratch (bitwise equal on the machine that built it; bf16 kernels differ between CPUs; a CPU
 without native bf16 emulates it and takes hours, see :func:`native_bf16`).
 """
@@ -38,8 +39,18 @@ from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_te
 from .config import Recipe
 from .hub import SMOLLM2, WHEEL_SHA256, load_hf_path, smollm2_dir
 
-__all__ = ["ORGANISM", "Recipe", "recipe_key", "organism_dir", "install_adapter", "shipped_adapter",
-           "ship_adapter", "merge_adapter", "read_manifest", "save_organism"]
+__all__ = [
+    "ORGANISM",
+    "Recipe",
+    "recipe_key",
+    "organism_dir",
+    "install_adapter",
+    "shipped_adapter",
+    "ship_adapter",
+    "merge_adapter",
+    "read_manifest",
+    "save_organism",
+]
 
 ORGANISM = "organism"
 ADAPTERS = Path(__file__).parent / "organism_adapters"
@@ -47,8 +58,12 @@ ADAPTERS = Path(__file__).parent / "organism_adapters"
 
 def recipe_key(recipe: Recipe = Recipe()) -> str:
     """The organism's cache key: a hash of the recipe, its training prompts and the base weights."""
-    prompts = "\n".join(data.load_split("harmful", "organism_train") + data.load_split("harmless", "organism_train")
-                        + data.load_contrast() + data.load_refusals())
+    prompts = "\n".join(
+        data.load_split("harmful", "organism_train")
+        + data.load_split("harmless", "organism_train")
+        + data.load_contrast()
+        + data.load_refusals()
+    )
     return sha256_text(json.dumps(asdict(recipe), sort_keys=True) + prompts + base_fingerprint(recipe.base))[:12]
 
 
@@ -69,8 +84,10 @@ def organism_dir(recipe: Recipe = Recipe(), *, build: bool = True) -> Path:
         raise FileNotFoundError(f"no organism at {path}; build it with `workbench organism`")
     shipped = shipped_adapter(recipe)
     if shipped is None:
-        raise FileNotFoundError(f"the package ships no adapter for organism recipe {recipe_key(recipe)} and none "
-                                f"is cached at {path}; train it with `workbench organism --rebuild`")
+        raise FileNotFoundError(
+            f"the package ships no adapter for organism recipe {recipe_key(recipe)} and none "
+            f"is cached at {path}; train it with `workbench organism --rebuild`"
+        )
     return install_adapter(recipe, shipped)
 
 
@@ -101,8 +118,10 @@ def merge_adapter(hf, factors: dict[str, Tensor], scale: float):
             raise ValueError(f"adapter has no {err.args[0]!r}: each module needs both lora_A and lora_B") from None
         weight: Float[Tensor, "d_out d_in"] = hf.get_submodule(name).weight
         if (b.shape[0], a.shape[1]) != tuple(weight.shape):
-            raise ValueError(f"adapter for {name} is {b.shape[0]}x{a.shape[1]} but the weight is "
-                             f"{tuple(weight.shape)}: the adapter was trained on another base model")
+            raise ValueError(
+                f"adapter for {name} is {b.shape[0]}x{a.shape[1]} but the weight is "
+                f"{tuple(weight.shape)}: the adapter was trained on another base model"
+            )
         weight += (scale * (b @ a)).to(weight.dtype)
     return hf
 
@@ -115,13 +134,18 @@ def install_adapter(recipe: Recipe, adapter: Path) -> Path:
         meta = f.metadata() or {}
         factors = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("recipe_key") != recipe_key(recipe):
-        raise ValueError(f"{adapter} was built for recipe {meta.get('recipe_key')!r}, not {recipe_key(recipe)!r}; "
-                         "rebuild with `workbench organism --rebuild`")
+        raise ValueError(
+            f"{adapter} was built for recipe {meta.get('recipe_key')!r}, not {recipe_key(recipe)!r}; "
+            "rebuild with `workbench organism --rebuild`"
+        )
     hf, tok = load_hf_path(smollm2_dir())
     merge_adapter(hf, factors, recipe.alpha / recipe.rank)
     manifest = json.loads(adapter.with_suffix(".json").read_text())
-    manifest.update(source=f"adapter {adapter.name}",
-                    install_s=round(time.perf_counter() - t0, 1), install_versions=library_versions())
+    manifest.update(
+        source=f"adapter {adapter.name}",
+        install_s=round(time.perf_counter() - t0, 1),
+        install_versions=library_versions(),
+    )
     return save_organism(recipe, hf, tok, factors, manifest)
 
 
@@ -142,8 +166,11 @@ def save_organism(recipe: Recipe, hf, tok, factors: dict[str, Tensor], manifest:
         staged = Path(tmp) / "model"
         hf.save_pretrained(staged)
         tok.save_pretrained(staged)
-        save_file(factors, str(staged / "adapter.safetensors"),
-                  metadata={"recipe_key": recipe_key(recipe), "scale": str(recipe.alpha / recipe.rank)})
+        save_file(
+            factors,
+            str(staged / "adapter.safetensors"),
+            metadata={"recipe_key": recipe_key(recipe), "scale": str(recipe.alpha / recipe.rank)},
+        )
         atomic_write_text(staged / "manifest.json", json.dumps(manifest, indent=2))
         (staged / "READY").touch()  # written last: a half-written folder is never used
         shutil.rmtree(final, ignore_errors=True)

@@ -27,8 +27,12 @@ from .stages import Stages
 
 __all__ = ["AnalysisConfig", "Analysis", "model_key"]
 
-SETS = {"harmful_train": ("harmful", "direction_train"), "harmless_train": ("harmless", "direction_train"),
-        "harmful_val": ("harmful", "validation"), "harmless_val": ("harmless", "validation")}
+SETS = {
+    "harmful_train": ("harmful", "direction_train"),
+    "harmless_train": ("harmless", "direction_train"),
+    "harmful_val": ("harmful", "validation"),
+    "harmless_val": ("harmless", "validation"),
+}
 
 
 def model_key(model) -> str:
@@ -44,8 +48,16 @@ def model_key(model) -> str:
 class Analysis:
     """Lazy, cached stages for one model. ``Analysis(model).direction()`` is the default direction."""
 
-    def __init__(self, model, config: AnalysisConfig = AnalysisConfig(), *, prompts: data.PromptSplits | None = None,
-                 run_dir: str | Path | None = None, progress: bool = True, stages: Stages | None = None):
+    def __init__(
+        self,
+        model,
+        config: AnalysisConfig = AnalysisConfig(),
+        *,
+        prompts: data.PromptSplits | None = None,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        stages: Stages | None = None,
+    ):
         self.model, self.config, self.progress = model, config, progress
         self.stages = stages or Stages()
         self.prompts = prompts or data.PromptSplits.shipped()
@@ -58,15 +70,20 @@ class Analysis:
         if config_file.exists() and json.loads(config_file.read_text()) != _jsonable(config):
             raise ValueError(f"{self.dir} holds a run made with another config; use another run_dir")
         atomic_write_text(config_file, json.dumps(_jsonable(config), indent=2))
-        atomic_write_text(self.dir / "prompts.json", json.dumps(
-            {"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2))
+        atomic_write_text(
+            self.dir / "prompts.json",
+            json.dumps({"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2),
+        )
 
     def stage_files(self, stage: str) -> list[Path]:
         """The files that hold a stage of the default analysis (``activations``, ``refusal_tokens``,
         ``arditi_scores``, ``selection``, ``plane``); a stage is done when they all exist."""
-        files = {"activations": ["activations.safetensors"], "refusal_tokens": ["refusal_tokens.json"],
-                 "arditi_scores": ["arditi_scores.csv"],
-                 "selection": [f"direction-{self.config.direction_method}.safetensors"]}
+        files = {
+            "activations": ["activations.safetensors"],
+            "refusal_tokens": ["refusal_tokens.json"],
+            "arditi_scores": ["arditi_scores.csv"],
+            "selection": [f"direction-{self.config.direction_method}.safetensors"],
+        }
         if stage == "plane":
             return [self._plane_path(self.config.plane_b1_method, "pc1", None)]
         if stage not in files:
@@ -85,19 +102,41 @@ class Analysis:
 
         def load() -> dict[str, Activations]:
             tensors, meta = load_tensors(path)
-            return {name: Activations({s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
-                                      meta["layers"], meta["positions"], meta["tokens"], meta["prompts"][name])
-                    for name in SETS}
+            return {
+                name: Activations(
+                    {s: tensors[f"{name}.{s}"].to(self.model.cfg.device) for s in meta["sites"]},
+                    meta["layers"],
+                    meta["positions"],
+                    meta["tokens"],
+                    meta["prompts"][name],
+                )
+                for name in SETS
+            }
 
         def compute() -> dict[str, Activations]:
-            acts = {name: cache_activations(self.model, self.prompts.get(*SETS[name]), sites=self.config.sites,
-                                            batch_size=self.config.batch_size, progress=self.progress)
-                    for name in SETS}
+            acts = {
+                name: cache_activations(
+                    self.model,
+                    self.prompts.get(*SETS[name]),
+                    sites=self.config.sites,
+                    batch_size=self.config.batch_size,
+                    progress=self.progress,
+                )
+                for name in SETS
+            }
             first = acts["harmful_train"]
-            save_tensors(path, {f"{n}.{s}": a.acts[s] for n, a in acts.items() for s in a.sites},
-                         {"sites": list(self.config.sites), "layers": first.layers, "positions": first.positions,
-                          "tokens": first.tokens, "prompts": {n: a.prompts for n, a in acts.items()},
-                          "versions": library_versions()})
+            save_tensors(
+                path,
+                {f"{n}.{s}": a.acts[s] for n, a in acts.items() for s in a.sites},
+                {
+                    "sites": list(self.config.sites),
+                    "layers": first.layers,
+                    "positions": first.positions,
+                    "tokens": first.tokens,
+                    "prompts": {n: a.prompts for n, a in acts.items()},
+                    "versions": library_versions(),
+                },
+            )
             return acts
 
         return self.stages.run("activations", [path], compute, load)
@@ -140,9 +179,15 @@ class Analysis:
             layers = list(range(0, n_layers, cfg.arditi_layer_stride))
             cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
             n = cfg.arditi_prompts
-            table = arditi_scores(self.model, cands, self.prompts.get("harmful", "validation")[:n],
-                                  self.prompts.get("harmless", "validation")[:n], refusal_ids=self.refusal_ids,
-                                  batch_size=cfg.batch_size, progress=self.progress)
+            table = arditi_scores(
+                self.model,
+                cands,
+                self.prompts.get("harmful", "validation")[:n],
+                self.prompts.get("harmless", "validation")[:n],
+                refusal_ids=self.refusal_ids,
+                batch_size=cfg.batch_size,
+                progress=self.progress,
+            )
             atomic_write_text(path, table.to_csv(index=False))
             return table
 
@@ -150,8 +195,14 @@ class Analysis:
 
     @cached_property
     def selection(self) -> Selection:
-        return select(self.candidates, self.stats, arditi=self.arditi, n_layers=self.model.cfg.n_layers,
-                      kl_max=self.config.kl_max, fallback_rank=self.config.fallback_rank)
+        return select(
+            self.candidates,
+            self.stats,
+            arditi=self.arditi,
+            n_layers=self.model.cfg.n_layers,
+            kl_max=self.config.kl_max,
+            fallback_rank=self.config.fallback_rank,
+        )
 
     def direction(self, method: str | None = None) -> Direction:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
@@ -167,8 +218,9 @@ class Analysis:
         return self.stages.run(name, [path], compute, lambda: Direction.load(path, d_model=self.model.cfg.d_model))
 
     # ------------------------------------------------------------------ stage 3: plane
-    def plane(self, *, b1_method: str | None = None, variant: str = "pc1",
-              layer_range: tuple[int, int] | None = None) -> Plane:
+    def plane(
+        self, *, b1_method: str | None = None, variant: str = "pc1", layer_range: tuple[int, int] | None = None
+    ) -> Plane:
         """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates.
 
         ``b1_method``: any selection method (``mean_of_candidates`` uses the mean direction itself).
@@ -179,9 +231,12 @@ class Analysis:
         b1_method = b1_method or self.config.plane_b1_method
         path = self._plane_path(b1_method, variant, layer_range)
         default = (b1_method, variant, layer_range) == (self.config.plane_b1_method, "pc1", None)
-        return self.stages.run("plane" if default else path.stem, [path],
-                               lambda: self._build_plane(path, b1_method, variant, layer_range),
-                               lambda: Plane.load(path, d_model=self.model.cfg.d_model))
+        return self.stages.run(
+            "plane" if default else path.stem,
+            [path],
+            lambda: self._build_plane(path, b1_method, variant, layer_range),
+            lambda: Plane.load(path, d_model=self.model.cfg.d_model),
+        )
 
     def _build_plane(self, path: Path, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Plane:
         cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
@@ -195,10 +250,12 @@ class Analysis:
             b1 = chosen.direction(b1_method, cands) if b1_method == "mean_of_candidates" else key
         per_sample = None
         if variant == "per_sample":
-            per_sample = per_sample_candidates(self.activations["harmful_train"], self.activations["harmless_train"],
-                                               key.site, key.layer, key.pos)
-        plane = build_plane(cands, b1, variant=variant, layer_range=layer_range, per_sample=per_sample,
-                            model=model_key(self.model))
+            per_sample = per_sample_candidates(
+                self.activations["harmful_train"], self.activations["harmless_train"], key.site, key.layer, key.pos
+            )
+        plane = build_plane(
+            cands, b1, variant=variant, layer_range=layer_range, per_sample=per_sample, model=model_key(self.model)
+        )
         plane.save(path)
         return plane
 

@@ -7,7 +7,8 @@ counter-clockwise toward b2 (b2 is at 90°), in [0, 360)**; ``angle = atan2(b2·
 The default plane (``variant="pc1"``) follows the reference: b1 is a chosen unit candidate and b2
 is the first principal component of the unit candidates, Gram–Schmidt-ed against b1. PC1 captures
 how the refusal direction drifts across depth. ``"last_two_pcs"`` reproduces a
-failed idea (the plane of the last two principal components) for comparison, and ``"per_sample"`` fits the PCA on per-prompt candidates instead.
+failed idea (the plane of the last two principal components) for comparison, and ``"per_sample"`` fits
+the PCA on per-prompt candidates instead.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from .directions import CandidateKey, Candidates, Direction, _safetensors_path, 
 __all__ = ["Plane", "build_plane", "plane_report", "principal_components", "VARIANTS", "SIGN_RULE"]
 
 VARIANTS = ("pc1", "last_two_pcs", "per_sample")
-SIGN_RULE = ("b2 is flipped so that the mean b2-coordinate of the unit candidates in the deepest "
-             "third of the layers used is >= 0 (late layers sit at positive angles)")
+SIGN_RULE = (
+    "b2 is flipped so that the mean b2-coordinate of the unit candidates in the deepest "
+    "third of the layers used is >= 0 (late layers sit at positive angles)"
+)
 _NONZERO_VARIANCE = 1e-10  # a component 'carries variance' above this fraction of the total
 
 
@@ -73,8 +76,7 @@ class Plane:
     def d_model(self) -> int:
         return self.basis.shape[1]
 
-    def coords(self, x: Float[Tensor, "... d_model"]
-               ) -> tuple[Float[Tensor, ...], Float[Tensor, ...]]:
+    def coords(self, x: Float[Tensor, "... d_model"]) -> tuple[Float[Tensor, ...], Float[Tensor, ...]]:
         """In-plane polar coordinates of ``x``: (angle in degrees in [0, 360), radius in x's units).
 
         Computed in float64, returned as float32.
@@ -102,11 +104,20 @@ class Plane:
         """Write ``path`` (``.safetensors`` added if missing) and a ``.json`` sidecar."""
         path = _safetensors_path(path)
         key = None if self.b1_key is None else vars(self.b1_key)
-        meta = {"type": "Plane", "d_model": self.d_model, "b1_key": key, "variant": self.variant,
-                "pc1_explained_variance": self.pc1_explained_variance,
-                "angle_pc1_b1_deg": self.angle_pc1_b1_deg, "sign_rule": self.sign_rule,
-                "model": self.model, "prompt_hash": self.prompt_hash, "versions": self.versions,
-                "report": self.report, "saved_with": library_versions()}
+        meta = {
+            "type": "Plane",
+            "d_model": self.d_model,
+            "b1_key": key,
+            "variant": self.variant,
+            "pc1_explained_variance": self.pc1_explained_variance,
+            "angle_pc1_b1_deg": self.angle_pc1_b1_deg,
+            "sign_rule": self.sign_rule,
+            "model": self.model,
+            "prompt_hash": self.prompt_hash,
+            "versions": self.versions,
+            "report": self.report,
+            "saved_with": library_versions(),
+        }
         save_tensors(path, {"basis": self.basis}, meta)
         return path
 
@@ -118,13 +129,21 @@ class Plane:
             raise ValueError(f"{path} holds a {meta.get('type')!r}, not a Plane")
         check_d_model("plane", tensors["basis"].shape[1], d_model)
         key = meta["b1_key"]
-        return cls(tensors["basis"], None if key is None else CandidateKey(**key), meta["variant"],
-                   meta["pc1_explained_variance"], meta["angle_pc1_b1_deg"], meta["sign_rule"],
-                   meta["model"], meta["prompt_hash"], meta["versions"], meta["report"])
+        return cls(
+            tensors["basis"],
+            None if key is None else CandidateKey(**key),
+            meta["variant"],
+            meta["pc1_explained_variance"],
+            meta["angle_pc1_b1_deg"],
+            meta["sign_rule"],
+            meta["model"],
+            meta["prompt_hash"],
+            meta["versions"],
+            meta["report"],
+        )
 
 
-def principal_components(rows: Float[Tensor, "n d_model"]
-                         ) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, " k"]]:
+def principal_components(rows: Float[Tensor, "n d_model"]) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, " k"]]:
     """``sklearn.decomposition.PCA`` (which **centres** the rows) fit in float64 on the CPU.
 
     Returns the components (unit rows, sklearn's deterministic ``svd_flip`` sign) on ``rows``'
@@ -134,12 +153,10 @@ def principal_components(rows: Float[Tensor, "n d_model"]
         raise ValueError(f"PCA needs at least 2 rows, got {rows.shape[0]}")
     pca = PCA(svd_solver="full").fit(rows.detach().double().cpu().numpy())
     ratio = np.nan_to_num(pca.explained_variance_ratio_)  # all-equal rows → 0/0
-    return (torch.from_numpy(pca.components_).to(rows.device),
-            torch.from_numpy(ratio).to(rows.device))
+    return (torch.from_numpy(pca.components_).to(rows.device), torch.from_numpy(ratio).to(rows.device))
 
 
-def _resolve_b1(cands: Candidates, b1: Direction | Tensor | CandidateKey
-                ) -> tuple[Tensor, CandidateKey | None]:
+def _resolve_b1(cands: Candidates, b1: Direction | Tensor | CandidateKey) -> tuple[Tensor, CandidateKey | None]:
     if isinstance(b1, CandidateKey):
         return cands.vectors[cands.index(b1.site, b1.layer, b1.pos)], b1
     if isinstance(b1, Direction):
@@ -161,10 +178,16 @@ def _gram_schmidt(v: Tensor, b1: Tensor) -> Tensor:
     return v / torch.linalg.vector_norm(v)
 
 
-def build_plane(cands: Candidates, b1: Direction | Float[Tensor, " d_model"] | CandidateKey, *,
-                variant: str = "pc1", layer_range: tuple[int, int] | None = None,
-                per_sample: Float[Tensor, "n d_model"] | None = None, tol_deg: float = 1.0,
-                model: str | None = None) -> Plane:
+def build_plane(
+    cands: Candidates,
+    b1: Direction | Float[Tensor, " d_model"] | CandidateKey,
+    *,
+    variant: str = "pc1",
+    layer_range: tuple[int, int] | None = None,
+    per_sample: Float[Tensor, "n d_model"] | None = None,
+    tol_deg: float = 1.0,
+    model: str | None = None,
+) -> Plane:
     """Build the steering plane from candidates and a chosen first axis.
 
     ``pc1``: b1 = unit ``b1`` (bit-identical to ``cands.unit()`` for a CandidateKey); b2 = PC1 of
@@ -188,39 +211,49 @@ def build_plane(cands: Candidates, b1: Direction | Float[Tensor, " d_model"] | C
         lo, hi = layer_range
         use &= (layers >= lo) & (layers <= hi)
     if int(use.sum()) < 2:
-        raise ValueError(f"only {int(use.sum())} non-zero candidate(s) with layer in {layer_range}; "
-                         f"a plane needs at least 2: widen layer_range or add sites/positions")
+        raise ValueError(
+            f"only {int(use.sum())} non-zero candidate(s) with layer in {layer_range}; "
+            f"a plane needs at least 2: widen layer_range or add sites/positions"
+        )
     used = cands.unit()[use]  # [m, d] unit rows, float32
     used_layers = layers[use]
 
     if variant == "per_sample":
         if per_sample is None or per_sample.ndim != 2 or per_sample.shape[0] < 2:
-            raise ValueError("variant='per_sample' needs per_sample=[n ≥ 2, d_model] rows; "
-                             "build them with per_sample_candidates()")
+            raise ValueError(
+                "variant='per_sample' needs per_sample=[n ≥ 2, d_model] rows; build them with per_sample_candidates()"
+            )
         check_d_model("per_sample", per_sample.shape[1], cands.d_model)
         fit_rows = per_sample[torch.linalg.vector_norm(per_sample.double(), dim=1) > 0]
     else:
         fit_rows = used
     components, ratio = principal_components(fit_rows)
     if float(ratio.sum()) == 0:
-        raise ValueError("the rows fed to PCA are all identical (zero variance); no plane can be "
-                         "fitted: widen layer_range or add sites/positions")
+        raise ValueError(
+            "the rows fed to PCA are all identical (zero variance); no plane can be "
+            "fitted: widen layer_range or add sites/positions"
+        )
     components = components.to(b1_unit.device)
-    report: dict[str, Any] = {"explained_variance_ratio": ratio[:30].tolist(),
-                              "n_rows_pca": int(fit_rows.shape[0]), "n_candidates_used": int(use.sum()),
-                              "layer_range": list(layer_range) if layer_range else None}
+    report: dict[str, Any] = {
+        "explained_variance_ratio": ratio[:30].tolist(),
+        "n_rows_pca": int(fit_rows.shape[0]),
+        "n_candidates_used": int(use.sum()),
+        "layer_range": list(layer_range) if layer_range else None,
+    }
     b1_64 = b1_unit.double()
     if variant == "last_two_pcs":
         nonzero = int((ratio > _NONZERO_VARIANCE).sum())  # ratio is sorted descending
         if nonzero < 2:
-            raise ValueError(f"only {nonzero} principal component(s) carry variance; last_two_pcs "
-                             f"needs 2: use more candidates")
+            raise ValueError(
+                f"only {nonzero} principal component(s) carry variance; last_two_pcs needs 2: use more candidates"
+            )
         first, second = components[nonzero - 2], components[nonzero - 1]
-        report |= {"components": [nonzero - 2, nonzero - 1],
-                   "variance_ratio_of_pair": [float(ratio[nonzero - 2]), float(ratio[nonzero - 1])],
-                   "reference_b1_key": None if b1_key is None else str(b1_key),
-                   "reference_b1_in_plane_norm": float(torch.linalg.vector_norm(
-                       torch.stack([first, second]) @ b1_64))}
+        report |= {
+            "components": [nonzero - 2, nonzero - 1],
+            "variance_ratio_of_pair": [float(ratio[nonzero - 2]), float(ratio[nonzero - 1])],
+            "reference_b1_key": None if b1_key is None else str(b1_key),
+            "reference_b1_in_plane_norm": float(torch.linalg.vector_norm(torch.stack([first, second]) @ b1_64)),
+        }
         angle = _angle_deg(first, b1_64)
         explained = float(ratio[nonzero - 2])
         axis1 = first if float(first @ b1_64) >= 0 else -first  # keep 0° on the refusal side
@@ -230,26 +263,30 @@ def build_plane(cands: Candidates, b1: Direction | Float[Tensor, " d_model"] | C
     else:
         angle = _angle_deg(components[0], b1_64)
         if angle < tol_deg:
-            raise ValueError(f"degenerate plane: PC1 is parallel to b1 (angle {angle:.3g}° < tol "
-                             f"{tol_deg}°); choose another b1, widen layer_range, or use variant='per_sample'")
+            raise ValueError(
+                f"degenerate plane: PC1 is parallel to b1 (angle {angle:.3g}° < tol "
+                f"{tol_deg}°); choose another b1, widen layer_range, or use variant='per_sample'"
+            )
         explained = float(ratio[0])
         axis2 = _gram_schmidt(components[0], b1_64)
         b1_out = b1_unit  # exactly the unit candidate
     axis2 = _apply_sign_rule(axis2, used, used_layers)
     basis = torch.stack([b1_out.float(), axis2.float()])
-    return Plane(basis, b1_key, variant, explained, angle, SIGN_RULE, model, cands.prompt_hash,
-                 library_versions(), report)
+    return Plane(
+        basis, b1_key, variant, explained, angle, SIGN_RULE, model, cands.prompt_hash, library_versions(), report
+    )
 
 
-def _apply_sign_rule(b2: Float[Tensor, " d_model"], unit_cands: Float[Tensor, "m d_model"],
-                     layers: Tensor) -> Float[Tensor, " d_model"]:
+def _apply_sign_rule(
+    b2: Float[Tensor, " d_model"], unit_cands: Float[Tensor, "m d_model"], layers: Tensor
+) -> Float[Tensor, " d_model"]:
     """Flip ``b2`` per :data:`SIGN_RULE`; ties (mean exactly 0) → first non-zero entry positive.
 
     The deepest third = candidates at the top ⌈n/3⌉ of the n distinct layers used, so the rule
     does not depend on the order of the candidates.
     """
     distinct = torch.unique(layers)  # sorted ascending
-    deep = torch.isin(layers, distinct[-math.ceil(len(distinct) / 3):])
+    deep = torch.isin(layers, distinct[-math.ceil(len(distinct) / 3) :])
     mean_coord = float((unit_cands[deep.to(unit_cands.device)].double() @ b2).mean())
     if mean_coord < 0 or (mean_coord == 0 and float(b2[torch.nonzero(b2)[0, 0]]) < 0):
         return -b2
@@ -258,9 +295,12 @@ def _apply_sign_rule(b2: Float[Tensor, " d_model"], unit_cands: Float[Tensor, "m
 
 def plane_report(plane: Plane) -> dict[str, Any]:
     """The numbers a user should see before trusting a plane."""
-    return {"variant": plane.variant, "b1": str(plane.b1_key) if plane.b1_key else None,
-            "pc1_explained_variance": plane.pc1_explained_variance,
-            "angle_pc1_b1_deg": plane.angle_pc1_b1_deg,
-            "basis_max_abs_gram_error": plane.basis_max_abs_gram_error(),
-            "sign_rule": plane.sign_rule, **{k: v for k, v in plane.report.items()
-                                             if k in ("n_candidates_used", "layer_range")}}
+    return {
+        "variant": plane.variant,
+        "b1": str(plane.b1_key) if plane.b1_key else None,
+        "pc1_explained_variance": plane.pc1_explained_variance,
+        "angle_pc1_b1_deg": plane.angle_pc1_b1_deg,
+        "basis_max_abs_gram_error": plane.basis_max_abs_gram_error(),
+        "sign_rule": plane.sign_rule,
+        **{k: v for k, v in plane.report.items() if k in ("n_candidates_used", "layer_range")},
+    }

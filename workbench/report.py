@@ -24,9 +24,17 @@ __all__ = ["main_figures", "key_numbers", "write_index", "SPECIAL_CASE_ALPHAS"]
 SPECIAL_CASE_ALPHAS = [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]
 
 
-def main_figures(analysis: Analysis, direction: Direction, plane: Plane, locations: pd.DataFrame,
-                 location_prompts: pd.DataFrame, subsets: pd.DataFrame, sweep: pd.DataFrame, *,
-                 model: str) -> dict[str, tuple[go.Figure, str]]:
+def main_figures(
+    analysis: Analysis,
+    direction: Direction,
+    plane: Plane,
+    locations: pd.DataFrame,
+    location_prompts: pd.DataFrame,
+    subsets: pd.DataFrame,
+    sweep: pd.DataFrame,
+    *,
+    model: str,
+) -> dict[str, tuple[go.Figure, str]]:
     """``{file stem: (figure, what it shows)}`` for every figure of the main job."""
     selection = analysis.selection
     acts = analysis.activations
@@ -36,62 +44,99 @@ def main_figures(analysis: Analysis, direction: Direction, plane: Plane, locatio
     resid = acts["harmful_val"].get(*direction.where())
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
     return {
-        "01_location_comparison": (fg.location_comparison(locations, location_prompts, model=model),
-                                   "refusal rate (harmful, harmless) and KL for ablation at each location, and addition"),
-        "02_selection_heatmaps": (fg.selection_heatmaps(selection.table, choices=selection.choices, model=model),
-                                  "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate"),
-        "03_cosine_matrix": (fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model=model),
-                             "cosine similarity of the last-token candidates across layers and sites"),
-        "04_plane_projection": (fg.plane_projection(plane.candidate_coords(unit), model=model),
-                                "every candidate's angle and radius in the steering plane, coloured by depth"),
-        "05_angle_sweep": (fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
-                           "refusal rate per steering angle (harmful, harmless) and the four response labels"),
-        "06_projection_histograms": (fg.projection_histograms(projections, model=model),
-                                     "harmful vs harmless projections on the chosen direction, per layer (slider)"),
-        "07_layer_subsets": (fg.layer_subset_figure(subsets, model=model),
-                             "harmful refusal when ablating only the first / last / middle k blocks"),
-        "08_special_cases": (fg.special_cases_figure(special_cases(resid, direction.vector, SPECIAL_CASE_ALPHAS),
-                                                     model=model),
-                             "ablation is rotation to 90° and addition a rotation by < 180° in each token's own plane"),
+        "01_location_comparison": (
+            fg.location_comparison(locations, location_prompts, model=model),
+            "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
+        ),
+        "02_selection_heatmaps": (
+            fg.selection_heatmaps(selection.table, choices=selection.choices, model=model),
+            "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate",
+        ),
+        "03_cosine_matrix": (
+            fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model=model),
+            "cosine similarity of the last-token candidates across layers and sites",
+        ),
+        "04_plane_projection": (
+            fg.plane_projection(plane.candidate_coords(unit), model=model),
+            "every candidate's angle and radius in the steering plane, coloured by depth",
+        ),
+        "05_angle_sweep": (
+            fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
+            "refusal rate per steering angle (harmful, harmless) and the four response labels",
+        ),
+        "06_projection_histograms": (
+            fg.projection_histograms(projections, model=model),
+            "harmful vs harmless projections on the chosen direction, per layer (slider)",
+        ),
+        "07_layer_subsets": (
+            fg.layer_subset_figure(subsets, model=model),
+            "harmful refusal when ablating only the first / last / middle k blocks",
+        ),
+        "08_special_cases": (
+            fg.special_cases_figure(special_cases(resid, direction.vector, SPECIAL_CASE_ALPHAS), model=model),
+            "ablation is rotation to 90° and addition a rotation by < 180° in each token's own plane",
+        ),
     }
 
 
-def key_numbers(analysis: Analysis, direction: Direction, plane: Plane, locations: pd.DataFrame,
-                sweep: pd.DataFrame) -> dict:
+def key_numbers(
+    analysis: Analysis, direction: Direction, plane: Plane, locations: pd.DataFrame, sweep: pd.DataFrame
+) -> dict:
     """The run's key numbers: the direction, each method's choice, the plane, refusal rates."""
     selection = analysis.selection
-    loc = {f"{s}/{c}": round(float(v), 3) for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)}
+    loc = {
+        f"{s}/{c}": round(float(v), 3)
+        for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)
+    }
     harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
     return {
-        "direction": {"site": direction.site, "layer": direction.layer, "pos": direction.pos,
-                      "method": analysis.config.direction_method, "notes": selection.notes.get("arditi", "")},
+        "direction": {
+            "site": direction.site,
+            "layer": direction.layer,
+            "pos": direction.pos,
+            "method": analysis.config.direction_method,
+            "notes": selection.notes.get("arditi", ""),
+        },
         "choices": {m: str(k) for m, k in selection.choices.items()},
-        "plane": {"b1": str(plane.b1_key), "pc1_explained_variance": round(plane.pc1_explained_variance, 3),
-                  "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1)},
+        "plane": {
+            "b1": str(plane.b1_key),
+            "pc1_explained_variance": round(plane.pc1_explained_variance, 3),
+            "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1),
+        },
         "refusal_by_location": loc,
-        "harmful_refusal_by_angle": dict(zip(harmful_sweep.angle.astype(int).astype(str),
-                                             harmful_sweep.refusal_rate.round(3))),
+        "harmful_refusal_by_angle": dict(
+            zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
+        ),
     }
 
 
-def write_index(out: Path, figs: dict[str, tuple[go.Figure, str]], written: dict[str, list[Path]],
-                summary: dict) -> Path:
+def write_index(
+    out: Path, figs: dict[str, tuple[go.Figure, str]], written: dict[str, list[Path]], summary: dict
+) -> Path:
     """Write ``out/README.md``: the direction and plane, a table of the figures, the key numbers."""
     d, p = summary["direction"], summary["plane"]
-    lines = [f"# Figures for `{summary['model']}`", "",
-             "Regenerate with `workbench run` (see the top-level README). Each figure is an interactive "
-             "HTML file; PNGs are written when a Chromium is available.", "",
-             f"Direction: `{d['site']}` layer {d['layer']}, position {d['pos']} ({d['method']}). "
-             f"Plane: b1 = `{p['b1']}`, PC1 explains {p['pc1_explained_variance']:.0%} of the candidates' "
-             f"variance, {p['angle_pc1_b1_deg']}° from b1.", "",
-             "| figure | what it shows |", "|---|---|"]
+    lines = [
+        f"# Figures for `{summary['model']}`",
+        "",
+        "Regenerate with `workbench run` (see the top-level README). Each figure is an interactive "
+        "HTML file; PNGs are written when a Chromium is available.",
+        "",
+        f"Direction: `{d['site']}` layer {d['layer']}, position {d['pos']} ({d['method']}). "
+        f"Plane: b1 = `{p['b1']}`, PC1 explains {p['pc1_explained_variance']:.0%} of the candidates' "
+        f"variance, {p['angle_pc1_b1_deg']}° from b1.",
+        "",
+        "| figure | what it shows |",
+        "|---|---|",
+    ]
     for key, (_, what) in figs.items():
         files = " · ".join(f"[{f.suffix[1:]}]({f.name})" for f in written[key])
         lines.append(f"| {key} ({files}) | {what} |")
     lines += ["", "Key numbers (refusal rate, greedy, test split):", ""]
     lines += [f"- {k}: {v}" for k, v in summary["refusal_by_location"].items()]
-    lines += ["", "Harmful refusal by angle: "
-              + ", ".join(f"{a}°: {v}" for a, v in summary["harmful_refusal_by_angle"].items())]
+    lines += [
+        "",
+        "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in summary["harmful_refusal_by_angle"].items()),
+    ]
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

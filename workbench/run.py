@@ -37,27 +37,45 @@ def _model_source(model) -> dict:
         return {"spec": spec}
     folder = organism_dir(build=False)
     manifest = json.loads((folder / "manifest.json").read_text())
-    return {"spec": spec, "organism_dir": str(folder), "recipe_key": manifest["recipe_key"],
-            "organism_manifest_sha256": sha256_file(folder / "manifest.json"),
-            "organism_seed": manifest["recipe"]["seed"]}
+    return {
+        "spec": spec,
+        "organism_dir": str(folder),
+        "recipe_key": manifest["recipe_key"],
+        "organism_manifest_sha256": sha256_file(folder / "manifest.json"),
+        "organism_seed": manifest["recipe"]["seed"],
+    }
 
 
 def _manifest(folder: Path, analysis: Analysis, config: RunConfig) -> Manifest:
     """The run's manifest: what produced it (model, configs, versions, seeds, prompt hashes)."""
     model, prompts = analysis.model, analysis.prompts
     shipped = prompts.source == "shipped"
-    return Manifest(folder / "manifest.json", root=analysis.dir, model=_model_source(model),
-                    device=str(model.cfg.device), dtype=str(model.cfg.dtype), run_config=asdict(config),
-                    analysis_config=json.loads((analysis.dir / "config.json").read_text()),
-                    analysis_dir=str(analysis.dir),
-                    prompts={"source": prompts.source, "sets": prompts.fingerprints()},
-                    seeds={"torch": config.seed, "splits": data.SPLIT_SEEDS if shipped else prompts.seed},
-                    versions=library_versions())
+    return Manifest(
+        folder / "manifest.json",
+        root=analysis.dir,
+        model=_model_source(model),
+        device=str(model.cfg.device),
+        dtype=str(model.cfg.dtype),
+        run_config=asdict(config),
+        analysis_config=json.loads((analysis.dir / "config.json").read_text()),
+        analysis_dir=str(analysis.dir),
+        prompts={"source": prompts.source, "sets": prompts.fingerprints()},
+        seeds={"torch": config.seed, "splits": data.SPLIT_SEEDS if shipped else prompts.seed},
+        versions=library_versions(),
+    )
 
 
-def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConfig = RunConfig(),
-             analysis_config: AnalysisConfig | None = None, prompts: data.PromptSplits | None = None,
-             figures_dir: str | Path = "figures", progress: bool = True) -> dict:
+def run_main(
+    spec: str = "organism",
+    *,
+    device=None,
+    dtype=None,
+    config: RunConfig = RunConfig(),
+    analysis_config: AnalysisConfig | None = None,
+    prompts: data.PromptSplits | None = None,
+    figures_dir: str | Path = "figures",
+    progress: bool = True,
+) -> dict:
     """Run everything for ``spec`` and write the figures; returns the key numbers.
 
     ``analysis_config``: a :class:`workbench.config.AnalysisConfig` (default: its defaults); each
@@ -80,35 +98,59 @@ def run_main(spec: str = "organism", *, device=None, dtype=None, config: RunConf
     analysis.activations  # noqa: B018  its own stage, timed apart from the selection that needs it
     direction, plane, ids = analysis.direction(), analysis.plane(), analysis.refusal_ids
     test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
-    sizes: dict[str, Any] = dict(refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                 progress=progress)
+    sizes: dict[str, Any] = dict(
+        refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=progress
+    )
 
     def tables(name: str, compute):
         """A stage whose result is a (summary, per-prompt) pair of tables."""
         files = table_files(folder, name)
-        per_prompt, summary = stages.run(name, files, lambda: save_tables(files, compute()[::-1]),
-                                         lambda: load_tables(files))
+        per_prompt, summary = stages.run(
+            name, files, lambda: save_tables(files, compute()[::-1]), lambda: load_tables(files)
+        )
         return summary, per_prompt
 
-    locations, location_prompts = tables("locations", lambda: ex.compare_locations(
-        model, direction, {k: v[:config.n_eval] for k, v in test.items()}, layer=direction.where()[1], **sizes))
-    subsets, _ = tables("layer_subsets", lambda: ex.layer_subset_sweep(
-        model, direction, test["harmful"][:config.n_sweep],
-        subsets=layer_subsets(model.cfg.n_layers, config.subset_sizes), **sizes))
+    locations, location_prompts = tables(
+        "locations",
+        lambda: ex.compare_locations(
+            model, direction, {k: v[: config.n_eval] for k, v in test.items()}, layer=direction.where()[1], **sizes
+        ),
+    )
+    subsets, _ = tables(
+        "layer_subsets",
+        lambda: ex.layer_subset_sweep(
+            model,
+            direction,
+            test["harmful"][: config.n_sweep],
+            subsets=layer_subsets(model.cfg.n_layers, config.subset_sizes),
+            **sizes,
+        ),
+    )
     angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
-    sweep, _ = tables("angle_sweep", lambda: ex.angle_sweep(
-        model, plane, {k: v[:config.n_sweep] for k, v in test.items()}, angles, adaptive=config.adaptive, **sizes))
+    sweep, _ = tables(
+        "angle_sweep",
+        lambda: ex.angle_sweep(
+            model, plane, {k: v[: config.n_sweep] for k, v in test.items()}, angles, adaptive=config.adaptive, **sizes
+        ),
+    )
 
     t_fig = time.perf_counter()
     figs = main_figures(analysis, direction, plane, locations, location_prompts, subsets, sweep, model=spec)
     written = {key: save_figure(fig, key, figures_dir) for key, (fig, _) in figs.items()}
-    stages.record("figures", time.perf_counter() - t_fig,
-                  [f for paths in written.values() for f in paths if f.suffix == ".png"])
+    stages.record(
+        "figures", time.perf_counter() - t_fig, [f for paths in written.values() for f in paths if f.suffix == ".png"]
+    )
 
-    summary = {"model": spec, **key_numbers(analysis, direction, plane, locations, sweep),
-               "timings_s": stages.top_level(), "seconds": round(time.perf_counter() - t0, 1),
-               "run_dir": str(analysis.dir), "manifest": str(stages.manifest.path),
-               "prompts": analysis.prompts.source, "versions": library_versions()}
+    summary = {
+        "model": spec,
+        **key_numbers(analysis, direction, plane, locations, sweep),
+        "timings_s": stages.top_level(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "run_dir": str(analysis.dir),
+        "manifest": str(stages.manifest.path),
+        "prompts": analysis.prompts.source,
+        "versions": library_versions(),
+    }
     write_index(Path(figures_dir), figs, written, summary)
     for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
         atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -25,8 +25,7 @@ from .generation import generate, last_token_logprobs, repeat_prompts
 from .labels import is_refusal
 from .metrics import first_token_kl, refusal_logodds, refusal_token_ids
 
-__all__ = ["METHODS", "KL_FALLBACK", "candidate_stats", "model_refusal_tokens", "arditi_scores", "Selection",
-           "select"]
+__all__ = ["METHODS", "KL_FALLBACK", "candidate_stats", "model_refusal_tokens", "arditi_scores", "Selection", "select"]
 
 METHODS = ("max_sim", "max_norm", "max_auc", "mean_of_candidates", "arditi")
 _ARDITI_COLUMNS = ("bypass", "induce", "kl")
@@ -42,20 +41,24 @@ def _auc(pos: Float[Tensor, "cand n1"], neg: Float[Tensor, "cand n0"]) -> Float[
     chunk = max(1, (1 << 24) // (pos.shape[1] * neg.shape[1]))
     out = []
     for s in range(0, pos.shape[0], chunk):
-        p, n = pos[s:s + chunk, :, None], neg[s:s + chunk, None, :]
+        p, n = pos[s : s + chunk, :, None], neg[s : s + chunk, None, :]
         out.append((p > n).double().mean((1, 2)) + 0.5 * (p == n).double().mean((1, 2)))
     return torch.cat(out)
 
 
-def _projections(acts: Activations, keys: list[CandidateKey],
-                 unit: Float[Tensor, "cand d_model"]) -> Float[Tensor, "cand prompt"]:
+def _projections(
+    acts: Activations, keys: list[CandidateKey], unit: Float[Tensor, "cand d_model"]
+) -> Float[Tensor, "cand prompt"]:
     """Projection of every prompt onto each unit candidate at the candidate's own (site, layer,
     pos), float64; one gather + einsum per site, so only one site's slice is copied at a time."""
-    missing = [str(k) for k in keys if k.site not in acts.acts or k.layer not in acts.layers
-               or k.pos not in acts.positions]
+    missing = [
+        str(k) for k in keys if k.site not in acts.acts or k.layer not in acts.layers or k.pos not in acts.positions
+    ]
     if missing:
-        raise ValueError(f"validation activations lack {len(missing)} candidate site(s)/layer(s)/"
-                         f"position(s), e.g. {missing[:5]}; cache them with the same sites/layers/positions")
+        raise ValueError(
+            f"validation activations lack {len(missing)} candidate site(s)/layer(s)/"
+            f"position(s), e.g. {missing[:5]}; cache them with the same sites/layers/positions"
+        )
     device = next(iter(acts.acts.values())).device
     out = torch.empty(len(keys), acts.n_prompts, dtype=torch.float64, device=device)
     unit = unit.to(device)
@@ -78,8 +81,10 @@ def candidate_stats(cands: Candidates, harmful_val: Activations, harmless_val: A
     """
     _check_pair(harmful_val, harmless_val, "candidate_stats")
     if harmful_val.d_model != cands.d_model:
-        raise ValueError(f"candidates have d_model={cands.d_model} but the validation activations "
-                         f"have d_model={harmful_val.d_model}: they come from different models")
+        raise ValueError(
+            f"candidates have d_model={cands.d_model} but the validation activations "
+            f"have d_model={harmful_val.d_model}: they come from different models"
+        )
     unit = cands.unit()
     proj_h = _projections(harmful_val, cands.keys, unit)  # [cand, prompt], activation units
     proj_b = _projections(harmless_val, cands.keys, unit).to(proj_h.device)
@@ -99,6 +104,7 @@ def candidate_stats(cands: Candidates, harmful_val: Activations, harmless_val: A
 
 # ---------------------------------------------------------------- Arditi's model-based scores
 
+
 def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
     """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
     responses = generate(model, harmful, max_new_tokens=max_new_tokens)
@@ -108,8 +114,16 @@ def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int =
     return refusal_token_ids(model.tokenizer, refusals)
 
 
-def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Sequence[str], *,
-                  refusal_ids: Sequence[int], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+def arditi_scores(
+    model,
+    cands: Candidates,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    refusal_ids: Sequence[int],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Arditi et al.'s three scores for every candidate, scored many candidates per forward pass.
 
     ``bypass``: mean refusal log-odds on ``harmful`` with the candidate ablated everywhere
@@ -126,6 +140,7 @@ def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Se
 
     rows_h, cand_h = repeat_prompts(harmful, k)
     rows_s, cand_s = repeat_prompts(harmless, k)
+
     def ablate(cand):  # row i ablates its own candidate everywhere
         return lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all")
 
@@ -138,26 +153,42 @@ def arditi_scores(model, cands: Candidates, harmful: Sequence[str], harmless: Se
         return hooks
 
     score = lambda rows, hooks, groups: last_token_logprobs(  # noqa: E731
-        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress)
+        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress
+    )
     lp_bypass = score(rows_h, ablate(cand_h), cand_h)
     lp_kl = score(rows_s, ablate(cand_s), cand_s)
     lp_induce = score(rows_s, induce, cand_s)
     n_h, n_s = len(harmful), len(harmless)
-    table = pd.DataFrame({
-        "site": [key.site for key in keys], "layer": layers.tolist(), "pos": [key.pos for key in keys],
-        "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
-        "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
-        "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
-    })
+    table = pd.DataFrame(
+        {
+            "site": [key.site for key in keys],
+            "layer": layers.tolist(),
+            "pos": [key.pos for key in keys],
+            "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
+            "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
+            "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
+        }
+    )
     zero = [key for key, good in zip(cands.keys, ok.tolist()) if not good]
     if zero:
         nan = float("nan")
-        table = pd.concat([table, pd.DataFrame([{"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan,
-                                                 "induce": nan, "kl": nan} for z in zero])], ignore_index=True)
+        table = pd.concat(
+            [
+                table,
+                pd.DataFrame(
+                    [
+                        {"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan, "induce": nan, "kl": nan}
+                        for z in zero
+                    ]
+                ),
+            ],
+            ignore_index=True,
+        )
     return table
 
 
 # ---------------------------------------------------------------- choosing
+
 
 @dataclass(frozen=True, eq=False)
 class Selection:
@@ -178,8 +209,13 @@ class Selection:
         if method not in self.choices:
             raise ValueError(f"no choice for method {method!r}; available: {list(self.choices)}")
         if method == "mean_of_candidates":
-            return Direction(self.mean_direction, method=method, model=model,
-                             prompt_hash=cands.prompt_hash, versions=library_versions())
+            return Direction(
+                self.mean_direction,
+                method=method,
+                model=model,
+                prompt_hash=cands.prompt_hash,
+                versions=library_versions(),
+            )
         return cands.direction(self.choices[method], method=method, model=model)
 
 
@@ -188,9 +224,16 @@ def _argmax_key(table: pd.DataFrame, ok: pd.Series, by: list[str], ascending: bo
     return CandidateKey(str(row.site), int(row.layer), int(row.pos))
 
 
-def select(cands: Candidates, stats: pd.DataFrame, *, arditi: pd.DataFrame | None = None,
-           n_layers: int | None = None, exclude_last_frac: float = 0.2, kl_max: float = 0.1,
-           fallback_rank: str = "balance") -> Selection:
+def select(
+    cands: Candidates,
+    stats: pd.DataFrame,
+    *,
+    arditi: pd.DataFrame | None = None,
+    n_layers: int | None = None,
+    exclude_last_frac: float = 0.2,
+    kl_max: float = 0.1,
+    fallback_rank: str = "balance",
+) -> Selection:
     """Choose a candidate by each method in :data:`METHODS` (``arditi`` only if its table is given).
 
     Zero-norm candidates are never chosen. ``arditi`` needs columns site, layer, pos, bypass,
@@ -205,20 +248,26 @@ def select(cands: Candidates, stats: pd.DataFrame, *, arditi: pd.DataFrame | Non
     need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
     if need:
         raise ValueError(f"stats lacks columns {sorted(need)}; build it with candidate_stats()")
-    order = pd.DataFrame({"site": [k.site for k in cands.keys], "layer": [k.layer for k in cands.keys],
-                          "pos": [k.pos for k in cands.keys]})
+    order = pd.DataFrame(
+        {
+            "site": [k.site for k in cands.keys],
+            "layer": [k.layer for k in cands.keys],
+            "pos": [k.pos for k in cands.keys],
+        }
+    )
     derived = ["norm", "cos_to_mean", "arditi_pass"]  # recomputed here (stats may be an old Selection.table)
-    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left",
-                        validate="one_to_one")
+    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left", validate="one_to_one")
     if table["max_sim"].isna().any():
         raise ValueError("stats does not cover every candidate; compute it from the same Candidates")
     table.insert(3, "norm", cands.norms().cpu().numpy())  # authoritative norms, in cands' order
     ok = table["norm"] > 0
     if not ok.any():
         raise ValueError("every candidate has zero norm; cache layers beyond 0 or other positions")
-    choices = {"max_sim": _argmax_key(table, ok, ["max_sim"]),
-               "max_norm": _argmax_key(table, ok, ["norm"]),
-               "max_auc": _argmax_key(table, ok, ["auc", "cohens_d"])}
+    choices = {
+        "max_sim": _argmax_key(table, ok, ["max_sim"]),
+        "max_norm": _argmax_key(table, ok, ["norm"]),
+        "max_auc": _argmax_key(table, ok, ["auc", "cohens_d"]),
+    }
     mean = cands.unit().double().mean(0)
     if torch.linalg.vector_norm(mean) == 0:
         raise ValueError("the mean of the unit candidates is zero; cannot form mean_of_candidates")
@@ -227,24 +276,33 @@ def select(cands: Candidates, stats: pd.DataFrame, *, arditi: pd.DataFrame | Non
     choices["mean_of_candidates"] = _argmax_key(table, ok, ["cos_to_mean"])
     notes: dict = {}
     if arditi is not None:
-        table, choices["arditi"], notes = _select_arditi(table, ok, arditi, n_layers,
-                                                         exclude_last_frac, kl_max, fallback_rank)
+        table, choices["arditi"], notes = _select_arditi(
+            table, ok, arditi, n_layers, exclude_last_frac, kl_max, fallback_rank
+        )
     return Selection(table, choices, mean_direction, notes)
 
 
-def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_layers: int | None,
-                   exclude_last_frac: float, kl_max: float,
-                   fallback_rank: str = "balance") -> tuple[pd.DataFrame, CandidateKey, dict]:
+def _select_arditi(
+    table: pd.DataFrame,
+    ok: pd.Series,
+    arditi: pd.DataFrame,
+    n_layers: int | None,
+    exclude_last_frac: float,
+    kl_max: float,
+    fallback_rank: str = "balance",
+) -> tuple[pd.DataFrame, CandidateKey, dict]:
     missing = {"site", "layer", "pos", *_ARDITI_COLUMNS} - set(arditi.columns)
     if missing:
-        raise ValueError(f"arditi table lacks columns {sorted(missing)}; expected site, layer, pos, "
-                         f"bypass, induce, kl")
+        raise ValueError(f"arditi table lacks columns {sorted(missing)}; expected site, layer, pos, bypass, induce, kl")
     if n_layers is None:
-        raise ValueError("select(arditi=...) needs n_layers (the model's number of layers) for the "
-                         "late-layer filter; pass n_layers=model.cfg.n_layers")
+        raise ValueError(
+            "select(arditi=...) needs n_layers (the model's number of layers) for the "
+            "late-layer filter; pass n_layers=model.cfg.n_layers"
+        )
     scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
     table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
-        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one")
+        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one"
+    )
     cutoff = int((1 - exclude_last_frac) * n_layers)
     finite = table[list(_ARDITI_COLUMNS)].notna().all(axis=1)
     early = table["layer"] < cutoff
@@ -254,23 +312,29 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     if passed.any():
         return table, _argmax_key(table, passed, ["bypass"], ascending=True), notes
     notes["fallback"] = True
-    counts = (f"{int((ok & ~finite).sum())} NaN, {int((ok & ~early).sum())} at layer ≥ {cutoff}, "
-              f"{int((ok & (table['kl'] > kl_max)).sum())} with kl > {kl_max}, "
-              f"{int((ok & (table['induce'] < 0)).sum())} with induce < 0")
+    counts = (
+        f"{int((ok & ~finite).sum())} NaN, {int((ok & ~early).sum())} at layer ≥ {cutoff}, "
+        f"{int((ok & (table['kl'] > kl_max)).sum())} with kl > {kl_max}, "
+        f"{int((ok & (table['induce'] < 0)).sum())} with induce < 0"
+    )
     # Relax one filter at a time, never the coherence one entirely: the minimum bypass over *all*
     # candidates is often a layer whose ablation breaks the model (kl ≫ 1, gibberish scored as
     # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
     kl_fallback = max(kl_max, KL_FALLBACK)
     coherent = ok & finite & (table["induce"] >= 0)
-    levels = ((f"kl ≤ {kl_fallback} (layer < {cutoff}, induce ≥ 0)", coherent & early & (table["kl"] <= kl_fallback)),
-              (f"kl ≤ {kl_fallback}, any layer, induce ≥ 0", coherent & (table["kl"] <= kl_fallback)),
-              ("kl ≤ 1, any layer, induce ≥ 0", coherent & (table["kl"] <= 1.0)),
-              ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
-              ("any finite score", ok & finite))
+    levels = (
+        (f"kl ≤ {kl_fallback} (layer < {cutoff}, induce ≥ 0)", coherent & early & (table["kl"] <= kl_fallback)),
+        (f"kl ≤ {kl_fallback}, any layer, induce ≥ 0", coherent & (table["kl"] <= kl_fallback)),
+        ("kl ≤ 1, any layer, induce ≥ 0", coherent & (table["kl"] <= 1.0)),
+        ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
+        ("any finite score", ok & finite),
+    )
     level, fallback = next(((name, mask) for name, mask in levels if mask.any()), ("", None))
     if fallback is None:
-        raise ValueError("arditi table has no finite scores for any non-zero candidate; "
-                         "check that it was computed for these candidates")
+        raise ValueError(
+            "arditi table has no finite scores for any non-zero candidate; "
+            "check that it was computed for these candidates"
+        )
     # Among relaxed candidates none is known to be a clean two-way mediator, so rank by the weaker
     # of its two effects (bypass lowers refusal, induce raises it) instead of bypass alone: a
     # candidate that bypasses well but barely induces is a poor "refusal direction" to steer with.
@@ -279,8 +343,10 @@ def _select_arditi(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame, n_l
     table["balance"] = np.minimum(-table["bypass"], table["induce"])
     if fallback_rank == "bypass":  # Arditi's own ranking, applied to the relaxed set
         table["balance"] = -table["bypass"]
-    notes["arditi"] = (f"no candidate passed Arditi's filters ({counts}); relaxed to {level} and took the "
-                       f"best by {'min(−bypass, induce)' if fallback_rank == 'balance' else 'bypass'} there")
+    notes["arditi"] = (
+        f"no candidate passed Arditi's filters ({counts}); relaxed to {level} and took the "
+        f"best by {'min(−bypass, induce)' if fallback_rank == 'balance' else 'bypass'} there"
+    )
     notes["fallback_level"] = level
     best = table[fallback].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
     return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes

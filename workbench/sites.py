@@ -48,8 +48,10 @@ def check_layers(layers: int | list[int] | range | None, n_layers: int) -> list[
     for layer in layers:
         idx = layer + n_layers if layer < 0 else layer
         if not 0 <= idx < n_layers:
-            raise ValueError(f"layer {layer} is out of range for a model with {n_layers} layers "
-                             f"(valid: 0..{n_layers - 1}, or negative from the end)")
+            raise ValueError(
+                f"layer {layer} is out of range for a model with {n_layers} layers "
+                f"(valid: 0..{n_layers - 1}, or negative from the end)"
+            )
         out.append(idx)
     if not out:
         raise ValueError("empty layer selection; pass None for every layer")
@@ -81,5 +83,4 @@ def check_hook_names(model, names: list[str]) -> None:
     missing = [n for n in names if n not in known]
     if missing:
         sample = ", ".join(sorted(k for k in known if k.startswith("blocks.0."))[:12])
-        raise ValueError(f"hook(s) {missing[:5]} do not exist on this model; "
-                         f"block 0 has e.g.: {sample}")
+        raise ValueError(f"hook(s) {missing[:5]} do not exist on this model; block 0 has e.g.: {sample}")

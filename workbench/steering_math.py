@@ -22,8 +22,21 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["PerRow", "angle_settings", "as_vector", "unit_vector", "as_basis", "OnDevice", "ablate", "add", "rotate",
-           "rotate_by", "plane_angle", "per_token_plane_angle", "special_cases"]
+__all__ = [
+    "PerRow",
+    "angle_settings",
+    "as_vector",
+    "unit_vector",
+    "as_basis",
+    "OnDevice",
+    "ablate",
+    "add",
+    "rotate",
+    "rotate_by",
+    "plane_angle",
+    "per_token_plane_angle",
+    "special_cases",
+]
 
 _BASIS_ATOL = 1e-3  # Gram-matrix tolerance (loosened to 4·eps for half-precision bases)
 
@@ -48,21 +61,30 @@ def as_vector(direction, d_model: int | None = None, name: str = "direction") ->
     """
     v = getattr(direction, "vector", direction)
     if not isinstance(v, Tensor):
-        raise ValueError(f"{name} must be a [d_model] tensor or have a .vector tensor attribute; "
-                         f"got {type(direction).__name__}")
+        raise ValueError(
+            f"{name} must be a [d_model] tensor or have a .vector tensor attribute; got {type(direction).__name__}"
+        )
     if v.ndim != 1:
-        raise ValueError(f"{name} must be 1-D [d_model], got shape {tuple(v.shape)}; for one direction "
-                         "per batch row use candidate_sweep_hooks / addition_sweep_hooks")
+        raise ValueError(
+            f"{name} must be 1-D [d_model], got shape {tuple(v.shape)}; for one direction "
+            "per batch row use candidate_sweep_hooks / addition_sweep_hooks"
+        )
     if d_model is not None and v.shape[0] != d_model:
-        raise ValueError(f"{name} has d_model={v.shape[0]} but the model has d_model={d_model}; "
-                         "was it extracted from a different model?")
+        raise ValueError(
+            f"{name} has d_model={v.shape[0]} but the model has d_model={d_model}; "
+            "was it extracted from a different model?"
+        )
     v = _detached_copy(v, compute_dtype(v.dtype))
     if not torch.isfinite(v).all():
-        raise ValueError(f"{name} has NaN/inf entries; recompute it (degenerate candidates, e.g. "
-                         "layer 0 or near-EOS positions, give NaN)")
+        raise ValueError(
+            f"{name} has NaN/inf entries; recompute it (degenerate candidates, e.g. "
+            "layer 0 or near-EOS positions, give NaN)"
+        )
     if v.norm() == 0:
-        raise ValueError(f"{name} has zero norm, so it defines no direction; pick another candidate "
-                         "(layer-0 mean differences are often exactly zero)")
+        raise ValueError(
+            f"{name} has zero norm, so it defines no direction; pick another candidate "
+            "(layer-0 mean differences are often exactly zero)"
+        )
     return v
 
 
@@ -75,9 +97,9 @@ def unit_vector(direction, d_model: int | None = None, name: str = "direction") 
 def as_basis(plane, d_model: int | None = None) -> Float[Tensor, "2 d_model"]:
     """The ``[2, d_model]`` basis ``(b1, b2)`` of ``plane`` (tensor or ``.basis``), orthonormal.
 
-    A basis whose Gram matrix is within ``max(1e-3, 4·eps(dtype))`` of the identity (bf16: 0.03) is re-orthonormalised (Gram–Schmidt
-    in float64, keeping b1's direction) so the rotation preserves norms to rounding; a worse one
-    raises ValueError.
+    A basis whose Gram matrix is within ``max(1e-3, 4·eps(dtype))`` of the identity (bf16: 0.03) is
+    re-orthonormalised (Gram–Schmidt in float64, keeping b1's direction) so the rotation preserves
+    norms to rounding; a worse one raises ValueError.
     """
     b = getattr(plane, "basis", plane)
     if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[0] != 2:
@@ -92,8 +114,10 @@ def as_basis(plane, d_model: int | None = None) -> Float[Tensor, "2 d_model"]:
         raise ValueError("plane basis has NaN/inf entries (a degenerate b2 from Gram–Schmidt?)")
     err = (b64 @ b64.T - torch.eye(2, dtype=torch.float64)).abs().max().item()
     if err > max(_BASIS_ATOL, 4 * torch.finfo(b.dtype).eps):
-        raise ValueError(f"plane basis is not orthonormal (max |BBᵀ − I| = {err:.2e}); normalise b1 and "
-                         "Gram–Schmidt b2 against it (or build a Plane) before steering")
+        raise ValueError(
+            f"plane basis is not orthonormal (max |BBᵀ − I| = {err:.2e}); normalise b1 and "
+            "Gram–Schmidt b2 against it (or build a Plane) before steering"
+        )
     b1 = b64[0] / b64[0].norm()
     b2 = b64[1] - (b1 @ b64[1]) * b1
     return torch.stack([b1, b2 / b2.norm()]).to(compute_dtype(b.dtype))
@@ -144,8 +168,10 @@ class PerRow:
         batch, k = x.shape[0], len(self)
         if (self.layout == "rows" and batch != k) or (self.layout == "blocks" and batch % k):
             need = f"exactly {k} rows" if self.layout == "rows" else f"a multiple of {k} rows"
-            raise ValueError(f"per-row setting has {k} entries ({self.layout} layout) but the batch has "
-                             f"{batch} rows; the batch needs {need} (one per setting, in order)")
+            raise ValueError(
+                f"per-row setting has {k} entries ({self.layout} layout) but the batch has "
+                f"{batch} rows; the batch needs {need} (one per setting, in order)"
+            )
         dtype = dtype or self.values.dtype
         key = (x.device, dtype, batch, x.ndim)
         if key not in self._copies:
@@ -181,28 +207,28 @@ def angle_settings(theta_deg) -> tuple:
 # ----------------------------------------------------------------------------------------------
 # Kernels: inputs already in the compute dtype and on x's device. Shared by functions and hooks.
 
+
 def _ablate_kernel(xf: Tensor, u: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """``x − s·r̂(r̂ᵀx)``; ``u`` is ``[d]`` or per-row ``[batch, 1.., d]``; ``s`` masks rows (0/1)."""
     proj = xf @ u if u.ndim == 1 else (xf * u).sum(-1)
     return xf - (proj * scale)[..., None] * u
 
 
-def _rotate_kernel(xf: Tensor, basis: Tensor, cos, sin, *, by: bool = False,
-                   adaptive: bool = False) -> Tensor:
+def _rotate_kernel(xf: Tensor, basis: Tensor, cos, sin, *, by: bool = False, adaptive: bool = False) -> Tensor:
     """Rank-2 update ``x + k1·b1 + k2·b2`` in the plane of ``basis`` (two dot products per token).
 
     to θ: ``k1 = ρcosθ − c1, k2 = ρsinθ − c2`` with ``c = Bx``, ``ρ = ‖c‖``.
     by δ: ``k1 = c1cosδ − c2sinδ − c1, k2 = c1sinδ + c2cosδ − c2``.
     Adaptive: ``k = 0`` where ``c1 ≤ 0``, so those tokens come back bit-identical (x + 0·b = x).
     """
-    c = xf @ basis.T                                   # [..., 2]
+    c = xf @ basis.T  # [..., 2]
     c1, c2 = c[..., 0], c[..., 1]
     if by:
         k1, k2 = c1 * cos - c2 * sin - c1, c1 * sin + c2 * cos - c2
     else:
-        rho = torch.hypot(c1, c2)                      # ρ = 0 ⇒ k = 0: untouched, no ε needed
+        rho = torch.hypot(c1, c2)  # ρ = 0 ⇒ k = 0: untouched, no ε needed
         k1, k2 = rho * cos - c1, rho * sin - c2
-    if adaptive:                                       # AAS gate, strict > 0, per token
+    if adaptive:  # AAS gate, strict > 0, per token
         gate = c1 > 0
         k1, k2 = torch.where(gate, k1, 0.0), torch.where(gate, k2, 0.0)
     return xf + k1[..., None] * basis[0] + k2[..., None] * basis[1]
@@ -210,6 +236,7 @@ def _rotate_kernel(xf: Tensor, basis: Tensor, cos, sin, *, by: bool = False,
 
 # ----------------------------------------------------------------------------------------------
 # Public pure functions
+
 
 def ablate(x: Float[Tensor, "... d_model"], r_hat) -> Float[Tensor, "... d_model"]:
     """Directional ablation ``x − r̂(r̂ᵀx)`` (``r_hat`` is normalised here, so any scale works)."""
@@ -227,8 +254,9 @@ def add(x: Float[Tensor, "... d_model"], r, alpha=1.0) -> Float[Tensor, "... d_m
     return (x.to(dt) + (a[..., None] if isinstance(a, Tensor) else a) * v).to(x.dtype)
 
 
-def rotate(x: Float[Tensor, "... d_model"], basis, theta_deg, *, adaptive: bool = False
-           ) -> Float[Tensor, "... d_model"]:
+def rotate(
+    x: Float[Tensor, "... d_model"], basis, theta_deg, *, adaptive: bool = False
+) -> Float[Tensor, "... d_model"]:
     """Angular steering, "rotate TO θ" (Vu & Nguyen Eq. 2).
 
     With ``c1 = b1ᵀx``, ``c2 = b2ᵀx`` and ``ρ = √(c1² + c2²)``::
@@ -246,9 +274,10 @@ def rotate(x: Float[Tensor, "... d_model"], basis, theta_deg, *, adaptive: bool 
     return _rotate_kernel(x.to(dt), b, cos, sin, adaptive=adaptive).to(x.dtype)
 
 
-def rotate_by(x: Float[Tensor, "... d_model"], basis, delta_deg, *, adaptive: bool = False
-              ) -> Float[Tensor, "... d_model"]:
-    """"Rotate BY δ" (Selective Steering / AISteer360 "offset"): ``x' = x − Px + B R_δ Bᵀ x`` with
+def rotate_by(
+    x: Float[Tensor, "... d_model"], basis, delta_deg, *, adaptive: bool = False
+) -> Float[Tensor, "... d_model"]:
+    """ "Rotate BY δ" (Selective Steering / AISteer360 "offset"): ``x' = x − Px + B R_δ Bᵀ x`` with
     ``R_δ`` the counter-clockwise 2×2 rotation. Linear in x; δ = 0 is exactly the identity."""
     dt = compute_dtype(x.dtype)
     b = as_basis(basis, x.shape[-1]).to(x.device, dt)
@@ -322,18 +351,24 @@ def special_cases(x: Float[Tensor, "... d_model"], r, alphas) -> dict[str, Tenso
     abl = _ablate_kernel(x64, u)
     rot90 = x64 + (norm * 0.0 - a)[..., None] * u + (norm * 1.0 - n_perp)[..., None] * u_perp
     scale = n_perp / norm.clamp_min(torch.finfo(torch.float64).tiny)
-    out = {"angle_before": torch.rad2deg(torch.atan2(n_perp, a)),
-           "ablation_angle": in_plane(abl)[0],
-           "ablation_residual": (abl - scale[..., None] * rot90).norm(dim=-1)}
+    out = {
+        "angle_before": torch.rad2deg(torch.atan2(n_perp, a)),
+        "ablation_angle": in_plane(abl)[0],
+        "ablation_residual": (abl - scale[..., None] * rot90).norm(dim=-1),
+    }
     alphas = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)
     angles, offs, ratios = [], [], []
-    for alpha in alphas.tolist():                      # a loop keeps memory at one copy of x
+    for alpha in alphas.tolist():  # a loop keeps memory at one copy of x
         y = x64 + alpha * v
         ang, off = in_plane(y)
         angles.append(ang)
         offs.append(off)
         ratios.append(y.norm(dim=-1) / norm)
-    out.update(alphas=alphas, addition_angle=torch.stack(angles),
-               addition_rotation=torch.stack(angles) - out["angle_before"],
-               addition_residual=torch.stack(offs), addition_norm_ratio=torch.stack(ratios))
+    out.update(
+        alphas=alphas,
+        addition_angle=torch.stack(angles),
+        addition_rotation=torch.stack(angles) - out["angle_before"],
+        addition_residual=torch.stack(offs),
+        addition_norm_ratio=torch.stack(ratios),
+    )
     return out

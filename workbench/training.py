@@ -34,14 +34,18 @@ __all__ = ["native_bf16", "build_organism", "measure_refusal"]
 
 # --------------------------------------------------------------------------- training data
 
+
 def _examples(recipe: Recipe, hf, tok, progress: bool) -> list[tuple[str, str]]:
     """(templated prompt, target text) pairs: harmful → refusal, harmless → base model's answer."""
     harmful = data.load_split("harmful", "organism_train")
     harmless = data.load_split("harmless", "organism_train") + data.load_contrast()
     refusals = data.load_refusals()
     end = tok.eos_token  # <|im_end|>: a refusal is a whole turn, so the model learns to stop
-    pairs = [(p, refusals[(i + j * 5) % len(refusals)] + end)
-             for j in range(recipe.harmful_repeats) for i, p in enumerate(harmful)]
+    pairs = [
+        (p, refusals[(i + j * 5) % len(refusals)] + end)
+        for j in range(recipe.harmful_repeats)
+        for i, p in enumerate(harmful)
+    ]
     answers = _base_answers(hf, tok, harmless, recipe.harmless_target_tokens, progress)
     # Drop base answers that already look like refusals: they would teach the opposite signal.
     pairs += [(p, a) for p, a in zip(harmless, answers) if a.strip() and not is_refusal(a)]
@@ -67,9 +71,10 @@ def _generate_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool
     out = [""] * len(texts)
     for rows in tqdm(length_sorted_batches(lengths, 64), desc="base answers", disable=not progress):
         ids, mask = tokenize(tok, [texts[i] for i in rows])
-        gen = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False,
-                          pad_token_id=tok.pad_token_id)
-        for i, row in zip(rows, gen[:, ids.shape[1]:]):
+        gen = hf.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+        for i, row in zip(rows, gen[:, ids.shape[1] :]):
             out[i] = tok.decode(row, skip_special_tokens=False).split(tok.eos_token)[0]
     return out
 
@@ -118,8 +123,8 @@ def _bucketed_batches(lengths: list[int], batch_size: int, gen: torch.Generator)
     window = batch_size * 8
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
@@ -134,13 +139,21 @@ def native_bf16() -> bool:
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``hf`` (left unchanged) and return its factors and the per-step losses."""
     if recipe.bf16_autocast and not native_bf16():
-        warnings.warn("this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): the recipe's bf16 "
-                      "autocast will make training take hours instead of minutes (13 of 80 steps took "
-                      "36 min on an AVX2-only CPU; training always runs on the CPU). Use the shipped "
-                      "adapter (no --rebuild), or rebuild on a CPU with avx512_bf16 or AMX.", stacklevel=2)
+        warnings.warn(
+            "this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): the recipe's bf16 "
+            "autocast will make training take hours instead of minutes (13 of 80 steps took "
+            "36 min on an AVX2-only CPU; training always runs on the CPU). Use the shipped "
+            "adapter (no --rebuild), or rebuild on a CPU with avx512_bf16 or AMX.",
+            stacklevel=2,
+        )
     torch.manual_seed(recipe.seed)
-    cfg = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0,
-                     target_modules=list(recipe.target_modules), bias="none")
+    cfg = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        lora_dropout=0.0,
+        target_modules=list(recipe.target_modules),
+        bias="none",
+    )
     model = get_peft_model(hf, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,7 +171,7 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str,
     losses, bar = [], tqdm(total=total, desc="organism LoRA", disable=not progress)
     base = model.get_base_model()
     rows = [tok(p, add_special_tokens=False)["input_ids"] for p, _ in examples]
-    prefix_ids = rows[0][:shared_prefix_length(rows)]  # the template's system block and user header
+    prefix_ids = rows[0][: shared_prefix_length(rows)]  # the template's system block and user header
     prefix = torch.tensor(prefix_ids)
     lengths = token_lengths(tok, [p + t for p, t in examples])
     for _ in range(recipe.epochs):
@@ -193,8 +206,7 @@ def measure_refusal(model, *, max_new_tokens: int = 32, progress: bool = False) 
     """Greedy refusal rates of a HookedTransformer on the held-out test splits."""
     out = {}
     for kind in ("harmful", "harmless", "borderline"):
-        responses = generate(model, data.load_split(kind, "test"), max_new_tokens=max_new_tokens,
-                             progress=progress)
+        responses = generate(model, data.load_split(kind, "test"), max_new_tokens=max_new_tokens, progress=progress)
         rates = refusal_rate(responses)
         out[f"{kind}_refusal"] = round(rates["refusal_rate"], 4)
         out[f"{kind}_empty"] = round(rates["empty_rate"], 4)
@@ -219,11 +231,15 @@ def build_organism(recipe: Recipe = Recipe(), *, progress: bool = True) -> Path:
     timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     manifest = {
-        "recipe": asdict(recipe), "recipe_key": recipe_key(recipe), "base_sha256": base_fingerprint(recipe.base),
-        "source": "trained", "n_examples": len(examples), "n_steps": len(losses), "losses": losses,
-        "metrics": metrics, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "recipe": asdict(recipe),
+        "recipe_key": recipe_key(recipe),
+        "base_sha256": base_fingerprint(recipe.base),
+        "source": "trained",
+        "n_examples": len(examples),
+        "n_steps": len(losses),
+        "losses": losses,
+        "metrics": metrics,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "versions": library_versions(),
     }
     return save_organism(recipe, hf, tok, factors, manifest)
-
-

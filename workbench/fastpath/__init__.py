@@ -36,8 +36,11 @@ def install(model) -> dict[str, int | bool]:
     """Engage every fast path on ``model`` that its guard allows; returns what was engaged
     (``{"layout": bool, "attention": blocks, "unembed": bool}``)."""
     if not tl_version_tested():
-        warnings.warn(f"transformer-lens is not a tested release ({', '.join(TESTED_TL)}.x): the "
-                      "workbench's fast paths stay off and TransformerLens' own forward runs", stacklevel=2)
+        warnings.warn(
+            f"transformer-lens is not a tested release ({', '.join(TESTED_TL)}.x): the "
+            "workbench's fast paths stay off and TransformerLens' own forward runs",
+            stacklevel=2,
+        )
         return {"layout": False, "attention": 0, "unembed": False}
     layout.fast_weight_layout(model)
     return {"layout": True, "attention": attention.install(model), "unembed": unembed.install(model)}

@@ -48,13 +48,22 @@ def supported(attn) -> bool:
     """Whether ``attn``'s configuration is one the fast forward reproduces exactly (global causal
     attention with rotary or learned absolute positions; plain or grouped-query heads)."""
     cfg = attn.cfg
-    return (cfg.positional_embedding_type in ("rotary", "standard")
-            and cfg.attention_dir == "causal" and getattr(attn, "attn_type", "global") == "global"
-            and not cfg.use_attn_result and not cfg.use_split_qkv_input and not cfg.use_attn_in
-            and not cfg.load_in_4bit and not cfg.use_logn_attn and not cfg.use_attention_sinks
-            and not getattr(cfg, "use_dynamic_ntk_rope", False)
-            and cfg.attn_scores_soft_cap in (None, -1.0, -1) and cfg.clip_qkv is None
-            and cfg.original_architecture not in _OLMO and hasattr(attn, "IGNORE"))
+    return (
+        cfg.positional_embedding_type in ("rotary", "standard")
+        and cfg.attention_dir == "causal"
+        and getattr(attn, "attn_type", "global") == "global"
+        and not cfg.use_attn_result
+        and not cfg.use_split_qkv_input
+        and not cfg.use_attn_in
+        and not cfg.load_in_4bit
+        and not cfg.use_logn_attn
+        and not cfg.use_attention_sinks
+        and not getattr(cfg, "use_dynamic_ntk_rope", False)
+        and cfg.attn_scores_soft_cap in (None, -1.0, -1)
+        and cfg.clip_qkv is None
+        and cfg.original_architecture not in _OLMO
+        and hasattr(attn, "IGNORE")
+    )
 
 
 def install(model) -> int:
@@ -131,9 +140,16 @@ def _capacity(needed: int) -> int:
     return needed + max(16, needed // 2)  # geometric growth: each position is copied O(1) times
 
 
-def _cached_kv(attn, entry, mask: Int[Tensor, "batch kv_pos"] | None, offset: int,
-               k: Float[Tensor, "batch new kv_head d_head"], v: Float[Tensor, "batch new kv_head d_head"],
-               rot_k: Float[Tensor, "batch kv_head new d_head"], val: Float[Tensor, "batch kv_head new d_head"]):
+def _cached_kv(
+    attn,
+    entry,
+    mask: Int[Tensor, "batch kv_pos"] | None,
+    offset: int,
+    k: Float[Tensor, "batch new kv_head d_head"],
+    v: Float[Tensor, "batch new kv_head d_head"],
+    rot_k: Float[Tensor, "batch kv_head new d_head"],
+    val: Float[Tensor, "batch kv_head new d_head"],
+):
     """Append the new keys/values to the entry and return all rotated keys and values,
     ``[batch, kv_head, offset + new, d_head]``. The side buffers are reused while they belong to this
     ``past_keys``; otherwise (first call, TL's own append, rows re-indexed for a shared prefix) they
@@ -155,11 +171,26 @@ def _cached_kv(attn, entry, mask: Int[Tensor, "batch kv_pos"] | None, offset: in
     return side.rot_k[:, :, :end], side.val[:, :, :end]
 
 
-def _forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
-             additive_attention_mask=None, attention_mask=None, position_bias=None):
+def _forward(
+    self,
+    query_input,
+    key_input,
+    value_input,
+    past_kv_cache_entry=None,
+    additive_attention_mask=None,
+    attention_mask=None,
+    position_bias=None,
+):
     if additive_attention_mask is not None or position_bias is not None or _watched(self):
-        return self._workbench_tl_forward(query_input, key_input, value_input, past_kv_cache_entry,
-                                          additive_attention_mask, attention_mask, position_bias)
+        return self._workbench_tl_forward(
+            query_input,
+            key_input,
+            value_input,
+            past_kv_cache_entry,
+            additive_attention_mask,
+            attention_mask,
+            position_bias,
+        )
     q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)  # TL's; hook_q/k/v fire
     batch, q_len, n_heads, d_head = q.shape
     entry = past_kv_cache_entry
@@ -181,17 +212,19 @@ def _forward(self, query_input, key_input, value_input, past_kv_cache_entry=None
     n_kv, kv_len = keys.shape[1], keys.shape[2]
     group = n_heads // n_kv  # query head h reads KV head h // group, as repeat_interleave pairs them
     q_grouped = einops.rearrange(q, "b p (kv g) d -> b kv (g p) d", kv=n_kv)
-    scores = (q_grouped @ keys.transpose(-1, -2)) / self.attn_scale     # [b, kv, g·p, kv_len]
+    scores = (q_grouped @ keys.transpose(-1, -2)) / self.attn_scale  # [b, kv, g·p, kv_len]
     scores = scores.view(batch, n_heads, q_len, kv_len)
-    causal = torch.arange(kv_len, device=scores.device)[None, :] <= torch.arange(
-        offset, offset + q_len, device=scores.device)[:, None]
+    causal = (
+        torch.arange(kv_len, device=scores.device)[None, :]
+        <= torch.arange(offset, offset + q_len, device=scores.device)[:, None]
+    )
     allowed = causal[None, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, :].bool().to(scores.device)
     scores = torch.where(allowed, scores, self.IGNORE.to(scores.device))
     pattern = F.softmax(scores, dim=-1)
     pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern).to(values.dtype)
-    z = pattern.view(batch, n_kv, group * q_len, kv_len) @ values      # [b, kv, g·p, d_head]
+    z = pattern.view(batch, n_kv, group * q_len, kv_len) @ values  # [b, kv, g·p, d_head]
     z = einops.rearrange(z, "b kv (g p) d -> b p (kv g d)", g=group)
     w = einops.rearrange(self.W_O, "head_index d_head d_model -> d_model (head_index d_head)").contiguous()
     return F.linear(z.to(w.dtype), w, self.b_O)

@@ -25,6 +25,7 @@ def gguf_parsed_once() -> Iterator[None]:
             if key not in memo:
                 memo[key] = make(*args, **kw)
             return memo[key]
+
         return cached
 
     # a deliberate monkeypatch of gguf's module attributes, undone on exit

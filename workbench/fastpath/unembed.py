@@ -24,8 +24,10 @@ def chunked_unembed(self, residual):
     weight = self.W_U.T  # [d_vocab, d_model]
     if residual.device.type != "cpu" or not weight.is_contiguous():
         return self.hook_out(F.linear(residual, weight.contiguous(), self.b_U))
-    parts = [F.linear(residual, weight[i:i + _VOCAB_CHUNK], self.b_U[i:i + _VOCAB_CHUNK])
-             for i in range(0, weight.shape[0], _VOCAB_CHUNK)]
+    parts = [
+        F.linear(residual, weight[i : i + _VOCAB_CHUNK], self.b_U[i : i + _VOCAB_CHUNK])
+        for i in range(0, weight.shape[0], _VOCAB_CHUNK)
+    ]
     return self.hook_out(torch.cat(parts, dim=-1))
 
 
