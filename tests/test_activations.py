@@ -47,6 +47,7 @@ def test_memory_scales_with_positions_not_sequence_length(smollm2):
     long = ["Please " + "tell me about the history of the printing press in detail. " * 20] * 2
     a = cache_activations(smollm2, short, layers=[1, 2], positions=[-2, -1], progress=False)
     b = cache_activations(smollm2, long, layers=[1, 2], positions=[-2, -1], progress=False)
+
     def size(acts):
         return sum(t.untyped_storage().nbytes() for t in acts.acts.values())
 
