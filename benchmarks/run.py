@@ -1,14 +1,19 @@
 #!/usr/bin/env python
 """Benchmarks of the workbench against plain Hugging Face / loop baselines (see benchmarks/README.md).
 
-    python benchmarks/run.py [--quick] [--json] [--model organism|smollm2-135m-instruct|...]
+    python benchmarks/run.py [--quick] [--json] [--model organism|smollm2-135m-instruct|...] [--results PATH]
 
 Every benchmark times the workbench and its baseline in the SAME process, interleaved: one small
 warm-up call of each, then ``reps`` rounds that run both (the order alternates between rounds);
 each side's best (minimum) time is kept and the ratio is reported so that higher is better.
 Progress goes to stderr; stdout gets the machine facts and the table, and with ``--json`` its last
-line is one JSON object with every number. The same object is written to
-``benchmarks/results/latest.json``. Runs on the GPU (bf16) when there is one, else on the CPU (fp32).
+line is one JSON object with every number. The same object is written to ``--results PATH`` only
+when that is given (nothing is written otherwise: the committed full run,
+``benchmarks/results/latest.json``, is replaced only by ``--results benchmarks/results/latest.json``).
+Each workbench fast path is also checked against its baseline, which serves as its oracle: identical
+angle-sweep texts, the same selection choice under the library's own rule, score and activation
+differences (top-level ``*_identical_texts`` / ``*_same_choice`` / ``*_diff`` keys).
+Runs on the GPU (bf16) when there is one, else on the CPU (fp32).
 """
 
 from __future__ import annotations
@@ -40,9 +45,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import torch  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
+RESULTS = ROOT / "benchmarks" / "results" / "latest.json"  # the committed full run (--results to replace it)
 ANGLES = [float(a) for a in range(0, 360, 30)]  # 12 angles
-KL_MAX = 0.25  # the selection rule used on both score tables (see _choose)
 
 GOALS = {  # higher is better for every ratio
     "cache_vs_hf_forward": 0.9,
@@ -56,30 +60,60 @@ GOALS = {  # higher is better for every ratio
 class Sizes:
     """Problem sizes: QUICK fits ~3 minutes on a 2-core CPU; FULL (GPU) and FULL_CPU for full mode."""
 
-    direction_prompts: int      # per class, direction_train, for the candidates and the plane
-    cache_prompts: int          # harmful + harmless direction_train prompts (half each)
+    direction_prompts: int  # per class, direction_train, for the candidates and the plane
+    cache_prompts: int  # harmful + harmless direction_train prompts (half each)
     cache_batch: int
-    angle_prompts: int          # harmful test prompts; × 12 angles
-    angle_tokens: int           # fixed new-token budget of the sweep
-    selection_prompts: int      # per split (harmful / harmless validation)
+    angle_prompts: int  # harmful test prompts; × 12 angles
+    angle_tokens: int  # fixed new-token budget of the sweep
+    selection_prompts: int  # per split (harmful / harmless validation)
     selection_layer_stride: int  # candidates: resid_pre, pos -1, layers 1, 1+s, 1+2s, ...
     selection_batch: int
-    generate_prompts: int       # half harmful, half harmless test prompts, one batch
+    generate_prompts: int  # half harmful, half harmless test prompts, one batch
     generate_tokens: int
-    reps: int                   # timed rounds after the warm-up (best of)
+    reps: int  # timed rounds after the warm-up (best of)
 
 
-QUICK = Sizes(direction_prompts=8, cache_prompts=16, cache_batch=8, angle_prompts=4, angle_tokens=8,
-              selection_prompts=2, selection_layer_stride=6, selection_batch=64, generate_prompts=8,
-              generate_tokens=16, reps=2)
-FULL = Sizes(direction_prompts=32, cache_prompts=128, cache_batch=32, angle_prompts=24, angle_tokens=16,
-             selection_prompts=8, selection_layer_stride=1, selection_batch=64, generate_prompts=32,
-             generate_tokens=32, reps=3)
+QUICK = Sizes(
+    direction_prompts=8,
+    cache_prompts=16,
+    cache_batch=8,
+    angle_prompts=4,
+    angle_tokens=8,
+    selection_prompts=2,
+    selection_layer_stride=6,
+    selection_batch=64,
+    generate_prompts=8,
+    generate_tokens=16,
+    reps=2,
+)
+FULL = Sizes(
+    direction_prompts=32,
+    cache_prompts=128,
+    cache_batch=32,
+    angle_prompts=24,
+    angle_tokens=16,
+    selection_prompts=8,
+    selection_layer_stride=1,
+    selection_batch=64,
+    generate_prompts=32,
+    generate_tokens=32,
+    reps=3,
+)
 # Full mode on a CPU: FULL's selection alone (29 candidates × 8 prompts × 3 passes, both sides, 3
 # rounds) would take ~10 min on 2 cores; these sizes keep the whole run, main job included, near 20 min.
-FULL_CPU = Sizes(direction_prompts=32, cache_prompts=64, cache_batch=32, angle_prompts=12, angle_tokens=16,
-                 selection_prompts=4, selection_layer_stride=2, selection_batch=64, generate_prompts=32,
-                 generate_tokens=32, reps=2)
+FULL_CPU = Sizes(
+    direction_prompts=32,
+    cache_prompts=64,
+    cache_batch=32,
+    angle_prompts=12,
+    angle_tokens=16,
+    selection_prompts=4,
+    selection_layer_stride=2,
+    selection_batch=64,
+    generate_prompts=32,
+    generate_tokens=32,
+    reps=2,
+)
 
 
 def log(msg: str) -> None:
@@ -88,6 +122,7 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Timing
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -107,8 +142,9 @@ def _no_grad(fn: Callable, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
-                warmups: dict[str, Callable] | None = None) -> tuple[dict[str, list[float]], dict[str, object]]:
+def interleaved(
+    fns: dict[str, Callable], device: torch.device, *, reps: int, warmups: dict[str, Callable] | None = None
+) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Warm each side up once (``warmups[name]`` or the function itself), then ``reps`` rounds of
     all sides, alternating their order between rounds. Returns every time and each side's last output."""
     warmups = warmups or {}
@@ -118,7 +154,7 @@ def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
     outputs: dict[str, object] = {}
     names = list(fns)
     for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             dt, outputs[name] = _timed(fns[name], device)
             times[name].append(dt)
             log(f"  {name}: {dt:.2f} s")
@@ -127,6 +163,7 @@ def interleaved(fns: dict[str, Callable], device: torch.device, *, reps: int,
 
 # ----------------------------------------------------------------------------------------------
 # Machine and model
+
 
 def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
     from workbench.artifacts import cpu_info
@@ -142,11 +179,20 @@ def machine_facts(device: torch.device, dtype: torch.dtype, spec: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    facts = {"cpu": cpu, "cpu_flags": simd, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-             "device": str(device), "dtype": str(dtype).replace("torch.", ""), "model": spec,
-             "python": platform.python_version(), "torch": torch.__version__,
-             "transformers": version("transformers"), "transformer_lens": version("transformer-lens"),
-             "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    facts = {
+        "cpu": cpu,
+        "cpu_flags": simd,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "model": spec,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "transformer_lens": version("transformer-lens"),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
@@ -166,8 +212,8 @@ def load_models(spec: str, device: torch.device, dtype: torch.dtype):
 
 @dataclass
 class Setup:
-    candidates: object   # raw resid_pre candidates at pos -1, every layer (Arditi)
-    plane: object        # steering plane from the unit candidates
+    candidates: object  # raw resid_pre candidates at pos -1, every layer (Arditi)
+    plane: object  # steering plane from the unit candidates
     refusal_ids: list[int]
 
 
@@ -176,13 +222,21 @@ def build_setup(model, sizes: Sizes) -> Setup:
     from workbench import data
     from workbench.activations import cache_activations
     from workbench.directions import CandidateKey, diff_in_means
-    from workbench.evaluation import refusal_token_ids
+    from workbench.metrics import refusal_token_ids
     from workbench.planes import build_plane
 
     n = sizes.direction_prompts
-    acts = [cache_activations(model, data.load_split(kind, "direction_train")[:n], sites=("resid_pre",),
-                              positions=[-1], batch_size=max(2 * n, 1), progress=False)
-            for kind in ("harmful", "harmless")]
+    acts = [
+        cache_activations(
+            model,
+            data.load_split(kind, "direction_train")[:n],
+            sites=("resid_pre",),
+            positions=[-1],
+            batch_size=max(2 * n, 1),
+            progress=False,
+        )
+        for kind in ("harmful", "harmless")
+    ]
     raw = diff_in_means(*acts, kind="raw")
     unit = diff_in_means(*acts, kind="unit")
     n_layers = model.cfg.n_layers
@@ -201,6 +255,7 @@ def build_setup(model, sizes: Sizes) -> Setup:
 # ----------------------------------------------------------------------------------------------
 # 1. activation cache vs a bare HF forward
 
+
 def bench_cache(model, hf, tok, device, sizes: Sizes) -> dict:
     from workbench import data
     from workbench.activations import cache_activations
@@ -208,18 +263,19 @@ def bench_cache(model, hf, tok, device, sizes: Sizes) -> dict:
     from workbench.sites import hook_name
 
     half = sizes.cache_prompts // 2
-    prompts = (data.load_split("harmful", "direction_train")[:half]
-               + data.load_split("harmless", "direction_train")[:sizes.cache_prompts - half])
+    prompts = (
+        data.load_split("harmful", "direction_train")[:half]
+        + data.load_split("harmless", "direction_train")[: sizes.cache_prompts - half]
+    )
     sites, positions = ("resid_pre", "attn_out", "mlp_out"), [-5, -4, -3, -2, -1]
     bsz = sizes.cache_batch
     texts = format_prompts(tok, prompts)
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    batches = [tokenize(tok, [texts[i] for i in rows], device=device)
-               for rows in length_sorted_batches(lengths, bsz)]
+    batch_rows = length_sorted_batches(lengths, bsz)
+    batches = [tokenize(tok, [texts[i] for i in rows], device=device) for rows in batch_rows]
 
     def workbench():
-        return cache_activations(model, prompts, sites=sites, positions=positions, batch_size=bsz,
-                                 progress=False)
+        return cache_activations(model, prompts, sites=sites, positions=positions, batch_size=bsz, progress=False)
 
     @torch.inference_mode()
     def hf_forward(body_only: bool = False):
@@ -229,14 +285,19 @@ def bench_cache(model, hf, tok, device, sizes: Sizes) -> dict:
 
     tiny = prompts[:2]
     times, outs = interleaved(
-        {"workbench": workbench, "hf": hf_forward, "hf_body": lambda: hf_forward(True)}, device,
+        {"workbench": workbench, "hf": hf_forward, "hf_body": lambda: hf_forward(True)},
+        device,
         reps=sizes.reps,
-        warmups={"workbench": lambda: cache_activations(model, tiny, sites=sites, positions=positions,
-                                                        batch_size=2, progress=False),
-                 "hf": lambda: _no_grad(hf, input_ids=batches[0][0][:2], attention_mask=batches[0][1][:2]),
-                 "hf_body": lambda: _no_grad(hf.model, input_ids=batches[0][0][:2],
-                                             attention_mask=batches[0][1][:2])})
+        warmups={
+            "workbench": lambda: cache_activations(
+                model, tiny, sites=sites, positions=positions, batch_size=2, progress=False
+            ),
+            "hf": lambda: _no_grad(hf, input_ids=batches[0][0][:2], attention_mask=batches[0][1][:2]),
+            "hf_body": lambda: _no_grad(hf.model, input_ids=batches[0][0][:2], attention_mask=batches[0][1][:2]),
+        },
+    )
     acts = outs["workbench"]
+    diff = _cache_vs_hf(acts, hf, batches, batch_rows)
 
     # Memory: positions sliced inside the hook vs TL's run_with_cache of the same hooks, unsliced.
     names = {hook_name(s, layer) for s in sites for layer in range(model.cfg.n_layers)}
@@ -252,8 +313,12 @@ def bench_cache(model, hf, tok, device, sizes: Sizes) -> dict:
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         with torch.inference_mode():
-            kept = [model.run_with_cache(t, attention_mask=m, names_filter=lambda n: n in names,
-                                         stop_at_layer=model.cfg.n_layers)[1] for t, m in batches]
+            kept = [
+                model.run_with_cache(
+                    t, attention_mask=m, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers
+                )[1]
+                for t, m in batches
+            ]
         full = torch.cuda.max_memory_allocated(device) - base
         del kept
         torch.cuda.empty_cache()
@@ -263,31 +328,63 @@ def bench_cache(model, hf, tok, device, sizes: Sizes) -> dict:
         full = 0
         with torch.inference_mode():
             for tokens, mask in batches:  # summed per batch, not kept (that is what it would retain)
-                _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda n: n in names,
-                                                stop_at_layer=model.cfg.n_layers)
+                _, cache = model.run_with_cache(
+                    tokens, attention_mask=mask, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers
+                )
                 full += sum(v.numel() * v.element_size() for v in cache.values())
                 del cache
         method = "bytes of the returned tensors (CPU: tracemalloc cannot see torch allocations)"
     wb, base_t, body_t = min(times["workbench"]), min(times["hf"]), min(times["hf_body"])
-    return {"ratio": base_t / wb, "wb_s": wb, "base_s": base_t, "times": times,
-            "hf_body_s": body_t, "vs_hf_body": body_t / wb,
-            "prompts": len(prompts), "batch": bsz, "tokens": int(sum(lengths)),
-            "mem_sliced_mib": sliced / 2**20, "mem_full_mib": full / 2**20, "mem_method": method}
+    return {
+        "ratio": base_t / wb,
+        "wb_s": wb,
+        "base_s": base_t,
+        "times": times,
+        "hf_body_s": body_t,
+        "vs_hf_body": body_t / wb,
+        **diff,
+        "prompts": len(prompts),
+        "batch": bsz,
+        "tokens": int(sum(lengths)),
+        "mem_sliced_mib": sliced / 2**20,
+        "mem_full_mib": full / 2**20,
+        "mem_method": method,
+    }
+
+
+@torch.inference_mode()
+def _cache_vs_hf(acts, hf, batches, batch_rows) -> dict:
+    """The cached ``resid_pre`` against HF's ``hidden_states`` (``hidden_states[l]`` is the input of
+    block ``l``) at the same prompts, layers and positions (the batches are left-padded, so position
+    ``-k`` is the k-th last column): the largest absolute difference and the largest difference
+    relative to that layer's largest |activation| (SmolLM2 has outlier dimensions ~100x the rest)."""
+    cached = acts.acts["resid_pre"]  # [layer, prompt, pos, d_model]
+    cols = torch.tensor(acts.positions)
+    worst_abs, worst_rel = 0.0, 0.0
+    for (tokens, mask), rows in zip(batches, batch_rows):
+        hidden = hf(input_ids=tokens, attention_mask=mask, output_hidden_states=True).hidden_states
+        for li, layer in enumerate(acts.layers):
+            ref = hidden[layer][:, cols + tokens.shape[1]].float().cpu()
+            ours = cached[li, rows].float().cpu()
+            err = float((ours - ref).abs().max())
+            worst_abs = max(worst_abs, err)
+            worst_rel = max(worst_rel, err / max(float(ref.abs().max()), 1e-30))
+    return {"max_abs_diff_vs_hf": worst_abs, "max_rel_diff_vs_hf": worst_rel}
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. angle sweep: one batched run vs a loop over angles
 
+
 def bench_angle_sweep(model, device, setup: Setup, sizes: Sizes) -> dict:
     from workbench import data
-    from workbench.experiments import _repeat
-    from workbench.generation import generate
+    from workbench.generation import generate, repeat_prompts
     from workbench.interventions import rotation_hooks
 
-    prompts = data.load_split("harmful", "test")[:sizes.angle_prompts]
+    prompts = data.load_split("harmful", "test")[: sizes.angle_prompts]
     n, k, budget, plane = len(prompts), len(ANGLES), sizes.angle_tokens, setup.plane
     theta = torch.tensor(ANGLES)
-    rows, setting = _repeat(prompts, k)
+    rows, setting = repeat_prompts(prompts, k)
 
     def batched():
         hooks = lambda ids: rotation_hooks(model, plane, theta[setting[ids.cpu()]])  # noqa: E731
@@ -296,40 +393,61 @@ def bench_angle_sweep(model, device, setup: Setup, sizes: Sizes) -> dict:
     def looped():
         out = []
         for angle in ANGLES:
-            out += generate(model, prompts, hooks=rotation_hooks(model, plane, angle),
-                            max_new_tokens=budget, batch_size=n)
+            out += generate(
+                model, prompts, hooks=rotation_hooks(model, plane, angle), max_new_tokens=budget, batch_size=n
+            )
         return out
 
     warm = lambda: generate(model, prompts[:1], hooks=rotation_hooks(model, plane, 90.0), max_new_tokens=2)  # noqa: E731
-    times, outs = interleaved({"batched": batched, "looped": looped}, device, reps=sizes.reps,
-                              warmups={"batched": warm, "looped": warm})
-    same = sum(a == b for a, b in zip(outs["batched"], outs["looped"])) / len(rows)
+    times, outs = interleaved(
+        {"batched": batched, "looped": looped}, device, reps=sizes.reps, warmups={"batched": warm, "looped": warm}
+    )
+    batched_texts, looped_texts = outs["batched"], outs["looped"]
+    same = sum(a == b for a, b in zip(batched_texts, looped_texts)) / len(rows)
     wb, base_t = min(times["batched"]), min(times["looped"])
-    return {"ratio": base_t / wb, "wb_s": wb, "base_s": base_t, "times": times, "prompts": n,
-            "angles": k, "max_new_tokens": budget, "same_text_fraction": same}
+    return {
+        "ratio": base_t / wb,
+        "wb_s": wb,
+        "base_s": base_t,
+        "times": times,
+        "prompts": n,
+        "angles": k,
+        "max_new_tokens": budget,
+        "same_text_fraction": same,
+        "identical_texts": len(batched_texts) == len(looped_texts) == len(rows) and same == 1.0,
+        # the rotation really acts: the 12 angles do not all give the same texts
+        "distinct_texts": len(set(batched_texts)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # 3. Arditi selection: candidates batched across rows vs one candidate per loop iteration
 
-def _choose(table) -> int | None:
-    """Index of the minimum bypass among candidates with induce ≥ 0 and kl ≤ KL_MAX (else among
-    all finite ones)."""
-    finite = table[["bypass", "induce", "kl"]].notna().all(axis=1)
-    passed = finite & (table["induce"] >= 0) & (table["kl"] <= KL_MAX)
-    pool = table[passed if passed.any() else finite]
-    if pool.empty:
-        return None
-    return int(pool.sort_values("bypass", kind="stable").index[0])
+
+def choose(scores, cands, n_layers: int) -> tuple[str, dict]:
+    """The candidate that the workbench's own rule picks from an Arditi score table, and its notes:
+    ``workbench.selection.select``'s ``arditi`` choice with the main job's settings
+    (``AnalysisConfig.kl_max`` / ``fallback_rank``, ``select``'s late-layer cut-off), so that the
+    benchmark and the library share one implementation of the rule. ``select`` also needs the
+    activation statistics of its other methods, which this benchmark does not compute: neutral
+    values stand in for them (norm comes from ``cands``; only the ``arditi`` choice is read)."""
+    from workbench.config import AnalysisConfig
+    from workbench.selection import select
+
+    cfg = AnalysisConfig()
+    stats = cands.to_frame().assign(max_sim=0.0, auc=0.5, cohens_d=0.0)
+    chosen = select(cands, stats, arditi=scores, n_layers=n_layers, kl_max=cfg.kl_max, fallback_rank=cfg.fallback_rank)
+    key = chosen.choices["arditi"]
+    return f"{key.site}/L{key.layer}/pos{key.pos}", {k: str(v) for k, v in chosen.notes.items()}
 
 
 def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_size):
     """The same three scores as ``experiments.arditi_scores``, one candidate per iteration."""
     import pandas as pd
 
-    from workbench.evaluation import first_token_kl, refusal_logodds
     from workbench.generation import last_token_logprobs
     from workbench.interventions import ablation_hooks, addition_hooks
+    from workbench.metrics import first_token_kl, refusal_logodds
 
     base = last_token_logprobs(model, harmless, batch_size=batch_size)
     rows = []
@@ -343,15 +461,20 @@ def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_
         lp_kl = last_token_logprobs(model, harmless, hooks=ablate, batch_size=batch_size)
         add = addition_hooks(vector, 1.0, layers=[key.layer], site=key.site, model=model)
         lp_induce = last_token_logprobs(model, harmless, hooks=add, batch_size=batch_size)
-        rows.append(row | {"bypass": float(refusal_logodds(lp_bypass, refusal_ids).mean()),
-                           "induce": float(refusal_logodds(lp_induce, refusal_ids).mean()),
-                           "kl": float(first_token_kl(base, lp_kl).mean())})
+        rows.append(
+            row
+            | {
+                "bypass": float(refusal_logodds(lp_bypass, refusal_ids).mean()),
+                "induce": float(refusal_logodds(lp_induce, refusal_ids).mean()),
+                "kl": float(first_token_kl(base, lp_kl).mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def bench_selection(model, device, setup: Setup, sizes: Sizes) -> dict:
     from workbench import data
-    from workbench.experiments import arditi_scores
+    from workbench.selection import arditi_scores
 
     layers = list(range(1, model.cfg.n_layers, sizes.selection_layer_stride))
     cands = setup.candidates.subset(sites=["resid_pre"], layers=layers, positions=[-1])
@@ -368,26 +491,49 @@ def bench_selection(model, device, setup: Setup, sizes: Sizes) -> dict:
 
     small = cands.subset(layers=[layers[0]])
     times, outs = interleaved(
-        {"batched": batched, "looped": looped}, device, reps=sizes.reps,
-        warmups={"batched": lambda: arditi_scores(model, small, harmful[:1], harmless[:1], refusal_ids=ids,
-                                                  batch_size=bsz, progress=False),
-                 "looped": lambda: looped_arditi_scores(model, small, harmful[:1], harmless[:1],
-                                                        refusal_ids=ids, batch_size=bsz)})
+        {"batched": batched, "looped": looped},
+        device,
+        reps=sizes.reps,
+        warmups={
+            "batched": lambda: arditi_scores(
+                model, small, harmful[:1], harmless[:1], refusal_ids=ids, batch_size=bsz, progress=False
+            ),
+            "looped": lambda: looped_arditi_scores(
+                model, small, harmful[:1], harmless[:1], refusal_ids=ids, batch_size=bsz
+            ),
+        },
+    )
     key = ["site", "layer", "pos"]
     a = outs["batched"].sort_values(key).reset_index(drop=True)
     b = outs["looped"].sort_values(key).reset_index(drop=True)
-    ia, ib = _choose(a), _choose(b)
-    choice_a = None if ia is None else f"{a.site[ia]}/L{a.layer[ia]}/pos{a.pos[ia]}"
-    choice_b = None if ib is None else f"{b.site[ib]}/L{b.layer[ib]}/pos{b.pos[ib]}"
-    diff = float((a[["bypass", "induce", "kl"]] - b[["bypass", "induce", "kl"]]).abs().max().max())
+    if a[key].values.tolist() != b[key].values.tolist():
+        raise RuntimeError("the batched and looped score tables cover different candidates")
+    choice_a, notes_a = choose(a, cands, model.cfg.n_layers)
+    choice_b, notes_b = choose(b, cands, model.cfg.n_layers)
+    cols = ["bypass", "induce", "kl"]
+    diff = float((a[cols] - b[cols]).abs().max().max())  # NaN (zero-norm rows) on both sides: skipped
     wb, base_t = min(times["batched"]), min(times["looped"])
-    return {"ratio": base_t / wb, "wb_s": wb, "base_s": base_t, "times": times, "candidates": len(cands),
-            "layers": layers, "prompts_per_split": n, "same_choice": choice_a is not None and choice_a == choice_b,
-            "choice_batched": choice_a, "choice_looped": choice_b, "max_abs_score_diff": diff}
+    return {
+        "ratio": base_t / wb,
+        "wb_s": wb,
+        "base_s": base_t,
+        "times": times,
+        "candidates": len(cands),
+        "layers": layers,
+        "prompts_per_split": n,
+        "same_choice": choice_a == choice_b,
+        "choice_batched": choice_a,
+        "choice_looped": choice_b,
+        "notes_batched": notes_a,
+        "notes_looped": notes_b,
+        "max_abs_score_diff": diff,
+        "same_nan_rows": bool((a[cols].isna() == b[cols].isna()).all().all()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. steered generation vs HF generate (and TL's generate for reference)
+
 
 def bench_generate(model, hf, tok, device, setup: Setup, sizes: Sizes) -> dict:
     from workbench import data
@@ -396,8 +542,9 @@ def bench_generate(model, hf, tok, device, setup: Setup, sizes: Sizes) -> dict:
     from workbench.interventions import rotation_hooks
 
     half = sizes.generate_prompts // 2
-    prompts = (data.load_split("harmful", "test")[:half]
-               + data.load_split("harmless", "test")[:sizes.generate_prompts - half])
+    prompts = (
+        data.load_split("harmful", "test")[:half] + data.load_split("harmless", "test")[: sizes.generate_prompts - half]
+    )
     n, budget = len(prompts), sizes.generate_tokens
     tokens, mask = tokenize(tok, format_prompts(tok, prompts), device=device)
     rotate = rotation_hooks(model, setup.plane, 90.0)
@@ -410,16 +557,23 @@ def bench_generate(model, hf, tok, device, setup: Setup, sizes: Sizes) -> dict:
     def ours(hooks):
         def run():
             steps[0] = 0
-            texts = generate(model, prompts, hooks=list(hooks) + [("ln_final.hook_normalized", count)],
-                             max_new_tokens=budget, batch_size=n)
+            texts = generate(
+                model,
+                prompts,
+                hooks=list(hooks) + [("ln_final.hook_normalized", count)],
+                max_new_tokens=budget,
+                batch_size=n,
+            )
             return n * steps[0], texts  # token slots computed: every row at every step
+
         return run
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def hf_generate(x=tokens, m=mask, t=budget):
-        out = hf.generate(input_ids=x, attention_mask=m, do_sample=False, max_new_tokens=t,
-                          min_new_tokens=t, pad_token_id=pad)
+        out = hf.generate(
+            input_ids=x, attention_mask=m, do_sample=False, max_new_tokens=t, min_new_tokens=t, pad_token_id=pad
+        )
         return int((out.shape[1] - x.shape[1]) * x.shape[0]), None
 
     def tl_generate(x=tokens, t=budget):
@@ -429,21 +583,34 @@ def bench_generate(model, hf, tok, device, setup: Setup, sizes: Sizes) -> dict:
 
     times, outs = interleaved(
         {"workbench": ours(rotate), "hf": hf_generate, "workbench_nohook": ours([]), "tl": tl_generate},
-        device, reps=sizes.reps,
-        warmups={"workbench": lambda: generate(model, prompts[:1], hooks=rotate, max_new_tokens=2),
-                 "hf": lambda: hf_generate(tokens[:1], mask[:1], 2),
-                 "workbench_nohook": lambda: None,
-                 "tl": lambda: tl_generate(tokens[:1], 2)})
+        device,
+        reps=sizes.reps,
+        warmups={
+            "workbench": lambda: generate(model, prompts[:1], hooks=rotate, max_new_tokens=2),
+            "hf": lambda: hf_generate(tokens[:1], mask[:1], 2),
+            "workbench_nohook": lambda: None,
+            "tl": lambda: tl_generate(tokens[:1], 2),
+        },
+    )
     tps = {name: outs[name][0] / min(ts) for name, ts in times.items()}
-    return {"ratio": tps["workbench"] / tps["hf"], "wb_s": min(times["workbench"]), "base_s": min(times["hf"]),
-            "times": times, "tokens_per_s": tps, "prompts": n, "max_new_tokens": budget,
-            "prompt_tokens_padded": int(tokens.shape[1]),
-            "token_slots": {name: out[0] for name, out in outs.items()},
-            "nohook_vs_hf": tps["workbench_nohook"] / tps["hf"], "tl_vs_hf": tps["tl"] / tps["hf"]}
+    return {
+        "ratio": tps["workbench"] / tps["hf"],
+        "wb_s": min(times["workbench"]),
+        "base_s": min(times["hf"]),
+        "times": times,
+        "tokens_per_s": tps,
+        "prompts": n,
+        "max_new_tokens": budget,
+        "prompt_tokens_padded": int(tokens.shape[1]),
+        "token_slots": {name: out[0] for name, out in outs.items()},
+        "nohook_vs_hf": tps["workbench_nohook"] / tps["hf"],
+        "tl_vs_hf": tps["tl"] / tps["hf"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # 5. the main job, cold and warm (full mode only)
+
 
 def bench_main_job(spec: str, device: torch.device) -> dict:
     from workbench.artifacts import cache_dir
@@ -460,11 +627,25 @@ def bench_main_job(spec: str, device: torch.device) -> dict:
             (cache / part).symlink_to((src / part).resolve(), target_is_directory=True)
             seeded.append(part)
     env = {**os.environ, "REFUSAL_WORKBENCH_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "workbench.cli", "run", "--model", spec, "--figures", str(figures),
-           "--device", str(device), "--json"]
-    out = {"command": " ".join(cmd[1:]), "seeded_cache": seeded,
-           "note": "cold = fresh cache holding only the dequantised SmolLM2 and its wheel (organism build "
-                   "and every stage included, PyPI download excluded); warm = the same command again"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "run",
+        "--model",
+        spec,
+        "--figures",
+        str(figures),
+        "--device",
+        str(device),
+        "--json",
+    ]
+    out = {
+        "command": " ".join(cmd[1:]),
+        "seeded_cache": seeded,
+        "note": "cold = fresh cache holding only the dequantised SmolLM2 and its wheel (organism build "
+        "and every stage included, PyPI download excluded); warm = the same command again",
+    }
     try:
         for name in ("cold", "warm"):
             log(f"main job ({name}): {' '.join(cmd[1:])}")
@@ -484,6 +665,7 @@ def bench_main_job(spec: str, device: torch.device) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Report
 
+
 def _fmt(x, digits: int = 2) -> str:
     if x is None:
         return "-"
@@ -496,16 +678,26 @@ def _fmt(x, digits: int = 2) -> str:
 
 def print_report(summary: dict, details: dict) -> None:
     m = summary["machine"]
-    print(f"machine: {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'flags unknown'}) · {m['cores']} cores · torch threads {m['torch_threads']} · device "
-          f"{m.get('gpu', m['device'])} ({m['dtype']}) · torch {m['torch']} · transformers {m['transformers']} · "
-          f"transformer-lens {m['transformer_lens']} · {m['date']}")
-    print(f"model: {m['model']} · mode: {'quick' if summary['quick'] else 'full'} · times are the best of "
-          f"{details['sizes']['reps']} interleaved rounds after a warm-up")
-    rows = [("cache_vs_hf_forward", "cache", "cache_activations", "HF forward"),
-            ("angle_sweep_speedup", "angle_sweep", "batched", "loop over angles"),
-            ("selection_speedup", "selection", "batched", "loop over candidates"),
-            ("generate_vs_hf", "generate", "steered generate", "HF generate")]
-    header = f"{'benchmark':<22} {'workbench s':>11} {'baseline s':>10} {'ratio':>7} {'goal':>6}  pass  (workbench vs baseline)"
+    print(
+        f"machine: {m['cpu']} ({' '.join(m.get('cpu_flags', [])) or 'flags unknown'}) · {m['cores']} cores · "
+        f"torch threads {m['torch_threads']} · device "
+        f"{m.get('gpu', m['device'])} ({m['dtype']}) · torch {m['torch']} · transformers {m['transformers']} · "
+        f"transformer-lens {m['transformer_lens']} · {m['date']}"
+    )
+    print(
+        f"model: {m['model']} · mode: {'quick' if summary['quick'] else 'full'} · times are the best of "
+        f"{details['sizes']['reps']} interleaved rounds after a warm-up"
+    )
+    rows = [
+        ("cache_vs_hf_forward", "cache", "cache_activations", "HF forward"),
+        ("angle_sweep_speedup", "angle_sweep", "batched", "loop over angles"),
+        ("selection_speedup", "selection", "batched", "loop over candidates"),
+        ("generate_vs_hf", "generate", "steered generate", "HF generate"),
+    ]
+    header = (
+        f"{'benchmark':<22} {'workbench s':>11} {'baseline s':>10} {'ratio':>7} {'goal':>6}  pass  "
+        "(workbench vs baseline)"
+    )
     print(header)
     print("-" * len(header))
     for key, part, wb_name, base_name in rows:
@@ -514,28 +706,39 @@ def print_report(summary: dict, details: dict) -> None:
             print(f"{key:<22} {'-':>11} {'-':>10} {'-':>7} {GOALS[key]:>6.2f}  -     (failed)")
             continue
         ok = summary[key] >= GOALS[key]
-        print(f"{key:<22} {d['wb_s']:>11.2f} {d['base_s']:>10.2f} {summary[key]:>7.2f} {GOALS[key]:>6.2f}  "
-              f"{'PASS' if ok else 'fail'}  ({wb_name} vs {base_name})")
+        print(
+            f"{key:<22} {d['wb_s']:>11.2f} {d['base_s']:>10.2f} {summary[key]:>7.2f} {GOALS[key]:>6.2f}  "
+            f"{'PASS' if ok else 'fail'}  ({wb_name} vs {base_name})"
+        )
     print("-" * len(header))
     g = details.get("generate")
     if g:
-        print(f"generate tokens/s: workbench+rotation {g['tokens_per_s']['workbench']:.1f}, workbench no hooks "
-              f"{g['tokens_per_s']['workbench_nohook']:.1f}, HF {g['tokens_per_s']['hf']:.1f}, TL generate+rotation "
-              f"{g['tokens_per_s']['tl']:.1f} (tl_generate_vs_hf {summary['tl_generate_vs_hf']:.2f}, informational)")
+        print(
+            f"generate tokens/s: workbench+rotation {g['tokens_per_s']['workbench']:.1f}, workbench no hooks "
+            f"{g['tokens_per_s']['workbench_nohook']:.1f}, HF {g['tokens_per_s']['hf']:.1f}, TL generate+rotation "
+            f"{g['tokens_per_s']['tl']:.1f} (tl_generate_vs_hf {summary['tl_generate_vs_hf']:.2f}, informational)"
+        )
     c = details.get("cache")
     if c:
-        print(f"cache memory ({c['mem_method']}): positions sliced {c['mem_sliced_mib']:.1f} MiB vs "
-              f"run_with_cache unsliced {c['mem_full_mib']:.1f} MiB; vs HF body without lm_head "
-              f"{c['vs_hf_body']:.2f}")
+        print(
+            f"cache memory ({c['mem_method']}): positions sliced {c['mem_sliced_mib']:.1f} MiB vs "
+            f"run_with_cache unsliced {c['mem_full_mib']:.1f} MiB; vs HF body without lm_head "
+            f"{c['vs_hf_body']:.2f}; resid_pre vs HF hidden states: max |Δ| {c['max_abs_diff_vs_hf']:.2e} "
+            f"(relative {c['max_rel_diff_vs_hf']:.2e})"
+        )
     a = details.get("angle_sweep")
     if a:
-        print(f"angle sweep: {a['angles']} angles × {a['prompts']} prompts, {a['max_new_tokens']} new tokens; "
-              f"identical texts batched vs looped: {a['same_text_fraction']:.0%}")
+        print(
+            f"angle sweep: {a['angles']} angles × {a['prompts']} prompts, {a['max_new_tokens']} new tokens; "
+            f"identical texts batched vs looped: {a['same_text_fraction']:.0%} ({a['distinct_texts']} distinct)"
+        )
     s = details.get("selection")
     if s:
-        print(f"selection: {s['candidates']} candidates × {s['prompts_per_split']} prompts/split; choice batched "
-              f"{s['choice_batched']} vs looped {s['choice_looped']} (same: {_fmt(s['same_choice'])}, "
-              f"max |Δscore| {s['max_abs_score_diff']:.2e})")
+        print(
+            f"selection: {s['candidates']} candidates × {s['prompts_per_split']} prompts/split; choice batched "
+            f"{s['choice_batched']} vs looped {s['choice_looped']} (same: {_fmt(s['same_choice'])}, "
+            f"max |Δscore| {s['max_abs_score_diff']:.2e})"
+        )
     j = details.get("main_job")
     if j:
         print(f"main job: cold {_fmt(j.get('cold_s'), 1)} s, warm {_fmt(j.get('warm_s'), 1)} s ({j['note']})")
@@ -543,18 +746,35 @@ def print_report(summary: dict, details: dict) -> None:
         print(f"ERROR in {part}: {err}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes on a 2-core CPU)")
     parser.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-    parser.add_argument("--model", default="organism", help="organism (default), smollm2-135m-instruct, a "
-                        "Hugging Face folder or a .gguf file")
+    parser.add_argument(
+        "--model",
+        default="organism",
+        help="organism (default), smollm2-135m-instruct, a Hugging Face folder or a .gguf file",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: the GPU if there is one)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own "
-                        "choice); 1 gives stable numbers when other jobs share the cores")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the full result "
-                        f"(default {RESULTS.relative_to(ROOT)})")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice); 1 gives stable numbers when other jobs share the cores",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also write the full result to this "
+        "JSON file (default: write nothing; the committed full run is "
+        f"{RESULTS.relative_to(ROOT)})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -572,10 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     setup = build_setup(model, sizes)
 
     details: dict = {"sizes": asdict(sizes), "errors": {}}
-    parts = [("cache", lambda: bench_cache(model, hf, tok, device, sizes)),
-             ("angle_sweep", lambda: bench_angle_sweep(model, device, setup, sizes)),
-             ("selection", lambda: bench_selection(model, device, setup, sizes)),
-             ("generate", lambda: bench_generate(model, hf, tok, device, setup, sizes))]
+    parts = [
+        ("cache", lambda: bench_cache(model, hf, tok, device, sizes)),
+        ("angle_sweep", lambda: bench_angle_sweep(model, device, setup, sizes)),
+        ("selection", lambda: bench_selection(model, device, setup, sizes)),
+        ("generate", lambda: bench_generate(model, hf, tok, device, setup, sizes)),
+    ]
     for name, fn in parts:
         log(f"benchmark: {name}")
         t0 = time.perf_counter()
@@ -604,6 +826,10 @@ def main(argv: list[str] | None = None) -> int:
         "angle_sweep_speedup": get("angle_sweep", "ratio"),
         "selection_speedup": get("selection", "ratio"),
         "selection_same_choice": get("selection", "same_choice"),
+        "selection_max_score_diff": get("selection", "max_abs_score_diff"),
+        "angle_sweep_identical_texts": get("angle_sweep", "identical_texts"),
+        "angle_sweep_distinct_texts": get("angle_sweep", "distinct_texts"),
+        "cache_max_rel_diff_vs_hf": get("cache", "max_rel_diff_vs_hf"),
         "generate_vs_hf": get("generate", "ratio"),
         "tl_generate_vs_hf": get("generate", "tl_vs_hf"),
         "main_job_cold_s": get("main_job", "cold_s"),
@@ -619,10 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     print_report(summary, details)
     print(f"total wall time: {summary['wall_s']} s")
     text = json.dumps(summary, default=str)
-    try:
-        atomic_write_text(args.results, json.dumps(summary, indent=2, default=str) + "\n")
-    except OSError as err:
-        log(f"could not write {args.results}: {err}")
+    if args.results is not None:
+        try:
+            atomic_write_text(args.results, json.dumps(summary, indent=2, default=str) + "\n")
+        except OSError as err:
+            log(f"could not write {args.results}: {err}")
     if args.json:
         print(text, flush=True)
     return 1 if details["errors"] else 0

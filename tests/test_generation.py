@@ -7,7 +7,8 @@ import torch
 
 from workbench import data
 from workbench import interventions as iv
-from workbench.generation import generate, last_token_logprobs, shared_prefix_length
+from workbench.chat import shared_prefix_length
+from workbench.generation import generate, last_token_logprobs
 
 PROMPTS = data.load_split("harmless", "validation")[:3] + data.load_split("harmful", "validation")[:3]
 
@@ -21,6 +22,7 @@ def test_shared_prefix_length():
     assert shared_prefix_length([[7, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]) == 0
 
 
+@pytest.mark.slow
 def test_groups_must_match_prompts(smollm2):
     with pytest.raises(ValueError, match="one group id per prompt"):
         last_token_logprobs(smollm2, PROMPTS, hooks=lambda rows: [], groups=[0, 1])
@@ -39,8 +41,9 @@ def test_shared_prefix_sweep_equals_separate_unshared_runs(smollm2):
     def hooks(row_ids):
         return iv.addition_hooks(direction, alpha=alphas[setting[row_ids.cpu()]], layers=[10], model=smollm2)
 
-    texts, lp = generate(smollm2, rows, hooks=hooks, groups=setting, max_new_tokens=12, batch_size=8,
-                         return_logprobs=True)
+    texts, lp = generate(
+        smollm2, rows, hooks=hooks, groups=setting, max_new_tokens=12, batch_size=8, return_logprobs=True
+    )
     sep_texts, sep_lp = [], []
     for a in alphas.tolist():
         static = iv.addition_hooks(direction, alpha=a, layers=[10], model=smollm2)
@@ -49,7 +52,7 @@ def test_shared_prefix_sweep_equals_separate_unshared_runs(smollm2):
     assert texts == sep_texts
     assert (lp - torch.cat(sep_lp)).abs().max().item() <= 1e-4
     # the settings really differ, so the per-group prefix copies were not mixed up
-    assert texts[: len(PROMPTS)] != texts[len(PROMPTS): 2 * len(PROMPTS)]
+    assert texts[: len(PROMPTS)] != texts[len(PROMPTS) : 2 * len(PROMPTS)]
     assert (lp - last_token_logprobs(smollm2, rows, hooks=hooks, groups=setting)).abs().max().item() <= 1e-4
 
 
@@ -60,10 +63,20 @@ def test_shared_prefix_is_exact_for_learned_and_rotary_positions(smollm2, pos_ty
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tok = smollm2.tokenizer
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=256,
-                                  d_vocab=len(tok), act_fn="gelu", positional_embedding_type=pos_type,
-                                  rotary_dim=8 if pos_type == "rotary" else None, normalization_type="LN",
-                                  seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=256,
+        d_vocab=len(tok),
+        act_fn="gelu",
+        positional_embedding_type=pos_type,
+        rotary_dim=8 if pos_type == "rotary" else None,
+        normalization_type="LN",
+        seed=0,
+    )
     tiny = HookedTransformer(cfg, tokenizer=tok)
     shared = last_token_logprobs(tiny, PROMPTS, batch_size=4)
     plain = last_token_logprobs(tiny, PROMPTS, batch_size=4, share_prefix=False)
@@ -90,8 +103,9 @@ def test_stopped_rows_leave_the_batch_without_changing_any_row(organism, monkeyp
 
     dropped = []
     take_rows = generation.take_rows
-    monkeypatch.setattr(generation, "take_rows", lambda cache, index: (dropped.append(len(index)),
-                                                                         take_rows(cache, index)))
+    monkeypatch.setattr(
+        generation, "take_rows", lambda cache, index: (dropped.append(len(index)), take_rows(cache, index))
+    )
     batched = generate(organism, rows, hooks=hooks, groups=setting, max_new_tokens=28, batch_size=16)
     assert dropped and min(dropped) < len(rows)  # some compaction happened
     single = generate(organism, rows, hooks=hooks, groups=setting, max_new_tokens=28, batch_size=1)
