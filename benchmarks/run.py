@@ -45,6 +45,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import torch  # noqa: E402
 
+from workbench.config import BENCH_FULL as FULL  # noqa: E402
+from workbench.config import BENCH_FULL_CPU as FULL_CPU  # noqa: E402
+from workbench.config import BENCH_QUICK as QUICK  # noqa: E402
+from workbench.config import BenchSizes as Sizes  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "latest.json"  # the committed full run (--results to replace it)
 ANGLES = [float(a) for a in range(0, 360, 30)]  # 12 angles
 
@@ -54,66 +59,6 @@ GOALS = {  # higher is better for every ratio
     "selection_speedup": 5.0,
     "generate_vs_hf": 0.8,
 }
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Problem sizes: QUICK fits ~3 minutes on a 2-core CPU; FULL (GPU) and FULL_CPU for full mode."""
-
-    direction_prompts: int  # per class, direction_train, for the candidates and the plane
-    cache_prompts: int  # harmful + harmless direction_train prompts (half each)
-    cache_batch: int
-    angle_prompts: int  # harmful test prompts; × 12 angles
-    angle_tokens: int  # fixed new-token budget of the sweep
-    selection_prompts: int  # per split (harmful / harmless validation)
-    selection_layer_stride: int  # candidates: resid_pre, pos -1, layers 1, 1+s, 1+2s, ...
-    selection_batch: int
-    generate_prompts: int  # half harmful, half harmless test prompts, one batch
-    generate_tokens: int
-    reps: int  # timed rounds after the warm-up (best of)
-
-
-QUICK = Sizes(
-    direction_prompts=8,
-    cache_prompts=16,
-    cache_batch=8,
-    angle_prompts=4,
-    angle_tokens=8,
-    selection_prompts=2,
-    selection_layer_stride=6,
-    selection_batch=64,
-    generate_prompts=8,
-    generate_tokens=16,
-    reps=2,
-)
-FULL = Sizes(
-    direction_prompts=32,
-    cache_prompts=128,
-    cache_batch=32,
-    angle_prompts=24,
-    angle_tokens=16,
-    selection_prompts=8,
-    selection_layer_stride=1,
-    selection_batch=64,
-    generate_prompts=32,
-    generate_tokens=32,
-    reps=3,
-)
-# Full mode on a CPU: FULL's selection alone (29 candidates × 8 prompts × 3 passes, both sides, 3
-# rounds) would take ~10 min on 2 cores; these sizes keep the whole run, main job included, near 20 min.
-FULL_CPU = Sizes(
-    direction_prompts=32,
-    cache_prompts=64,
-    cache_batch=32,
-    angle_prompts=12,
-    angle_tokens=16,
-    selection_prompts=4,
-    selection_layer_stride=2,
-    selection_batch=64,
-    generate_prompts=32,
-    generate_tokens=32,
-    reps=2,
-)
 
 
 def log(msg: str) -> None:

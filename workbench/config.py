@@ -3,6 +3,7 @@
 * :class:`AnalysisConfig`: what the analysis computes (cached sites, Arditi scoring sizes, selection
   and plane methods); each distinct one gets its own run folder.
 * :class:`RunConfig`: the sizes of the main job's experiments.
+* :class:`BenchSizes`: the problem sizes of ``benchmarks/run.py`` (quick, full GPU, full CPU).
 * :class:`Recipe`: everything that determines the refusal organism's weights (its hash, computed by
   :func:`workbench.organism.recipe_key`, names the cached organism).
 
@@ -18,7 +19,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["AnalysisConfig", "RunConfig", "Recipe", "load_configs", "from_dict"]
+__all__ = [
+    "AnalysisConfig",
+    "RunConfig",
+    "Recipe",
+    "BenchSizes",
+    "BENCH_QUICK",
+    "BENCH_FULL",
+    "BENCH_FULL_CPU",
+    "load_configs",
+    "from_dict",
+]
 
 T = TypeVar("T")
 
@@ -77,6 +88,67 @@ class Recipe:
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16, same refusal rates (measured on the build)
     seed: int = 0
     adapter_dtype: str = "float16"  # the stored LoRA factors (5 MB); the merge reads them back in fp32
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    """Problem sizes of ``benchmarks/run.py``: BENCH_QUICK fits ~3 minutes on a 2-core CPU; BENCH_FULL (GPU)
+    and BENCH_FULL_CPU are full mode."""
+
+    direction_prompts: int  # per class, direction_train, for the candidates and the plane
+    cache_prompts: int  # harmful + harmless direction_train prompts (half each)
+    cache_batch: int
+    angle_prompts: int  # harmful test prompts; × 12 angles
+    angle_tokens: int  # fixed new-token budget of the sweep
+    selection_prompts: int  # per split (harmful / harmless validation)
+    selection_layer_stride: int  # candidates: resid_pre, pos -1, layers 1, 1+s, 1+2s, ...
+    selection_batch: int
+    generate_prompts: int  # half harmful, half harmless test prompts, one batch
+    generate_tokens: int
+    reps: int  # timed rounds after the warm-up (best of)
+
+
+BENCH_QUICK = BenchSizes(
+    direction_prompts=8,
+    cache_prompts=16,
+    cache_batch=8,
+    angle_prompts=4,
+    angle_tokens=8,
+    selection_prompts=2,
+    selection_layer_stride=6,
+    selection_batch=64,
+    generate_prompts=8,
+    generate_tokens=16,
+    reps=2,
+)
+BENCH_FULL = BenchSizes(
+    direction_prompts=32,
+    cache_prompts=128,
+    cache_batch=32,
+    angle_prompts=24,
+    angle_tokens=16,
+    selection_prompts=8,
+    selection_layer_stride=1,
+    selection_batch=64,
+    generate_prompts=32,
+    generate_tokens=32,
+    reps=3,
+)
+# Full mode on a CPU: FULL's selection alone (29 candidates × 8 prompts × 3 passes, both sides, 3
+# rounds) would take ~10 min on 2 cores; these sizes keep the whole run, main job included, near 20 min.
+BENCH_FULL_CPU = BenchSizes(
+    direction_prompts=32,
+    cache_prompts=64,
+    cache_batch=32,
+    angle_prompts=12,
+    angle_tokens=16,
+    selection_prompts=4,
+    selection_layer_stride=2,
+    selection_batch=64,
+    generate_prompts=32,
+    generate_tokens=32,
+    reps=2,
+)
 
 
 def _check_value(cls: type, name: str, hint: Any, value: Any, where: str) -> Any:
