@@ -381,7 +381,7 @@ def choose(scores, cands, n_layers: int) -> tuple[str, dict]:
 
     cfg = AnalysisConfig()
     stats = cands.to_frame().assign(max_sim=0.0, auc=0.5, cohens_d=0.0)
-    chosen = select(cands, stats, arditi=scores, n_layers=n_layers, kl_max=cfg.kl_max, fallback_rank=cfg.fallback_rank)
+    chosen = select(cands, stats, arditi=scores, n_layers=n_layers, kl_max=cfg.kl_max, fallback=cfg.arditi_fallback)
     key = chosen.choices["arditi"]
     return f"{key.site}/L{key.layer}/pos{key.pos}", {k: str(v) for k, v in chosen.notes.items()}
 

@@ -25,20 +25,22 @@ print(model.cfg.n_layers, "layers, d_model =", model.cfg.d_model)
 
 # %% [markdown]
 # ## Cache activations
-# Only the residual stream before each block (`resid_pre`), at the post-instruction template tokens.
+# The residual stream before each block, between attention and MLP, and after the block
+# (`resid_pre`, `resid_mid`, `resid_post`), at the post-instruction template tokens.
 
 # %%
-harmful = cache_activations(model, data.load_split("harmful", "direction_train"), sites=["resid_pre"])
-harmless = cache_activations(model, data.load_split("harmless", "direction_train"), sites=["resid_pre"])
-harmful_val = cache_activations(model, data.load_split("harmful", "validation"), sites=["resid_pre"])
-harmless_val = cache_activations(model, data.load_split("harmless", "validation"), sites=["resid_pre"])
+SITES = ["resid_pre", "resid_mid", "resid_post"]
+harmful = cache_activations(model, data.load_split("harmful", "direction_train"), sites=SITES)
+harmless = cache_activations(model, data.load_split("harmless", "direction_train"), sites=SITES)
+harmful_val = cache_activations(model, data.load_split("harmful", "validation"), sites=SITES)
+harmless_val = cache_activations(model, data.load_split("harmless", "validation"), sites=SITES)
 print("positions:", harmful.positions, harmful.tokens)
 
 # %% [markdown]
 # ## Candidates: one difference of means per (layer, position)
 
 # %%
-cands = diff_in_means(harmful, harmless, kind="raw")
+cands = diff_in_means(harmful, harmless, kind="raw").subset(sites=["resid_pre"])  # Arditi: resid_pre
 stats = candidate_stats(cands, harmful_val, harmless_val)
 stats.sort_values("auc", ascending=False).head(8)
 
@@ -67,10 +69,14 @@ projection_histograms(projections, model="organism")
 
 # %% [markdown]
 # ## The steering plane: b1 = chosen candidate, b2 = first principal component of all candidates
+# As published: unit-mean differences at resid_mid and resid_post of the last token; b1 is the one
+# most similar to all others (max_sim); PCA on the candidates as they are (`candidate_norm="raw"`).
 
 # %%
-unit = diff_in_means(harmful, harmless, kind="unit").subset(positions=[-1])
-plane = build_plane(unit, select(unit, candidate_stats(unit, harmful_val, harmless_val)).choices["max_sim"])
+unit = diff_in_means(harmful, harmless, kind="unit").subset(sites=["resid_mid", "resid_post"], positions=[-1])
+plane = build_plane(
+    unit, select(unit, candidate_stats(unit, harmful_val, harmless_val)).choices["max_sim"], candidate_norm="raw"
+)
 print(plane_report(plane))
 plane_projection(plane.candidate_coords(unit), model="organism")
 

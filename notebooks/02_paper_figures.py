@@ -56,14 +56,15 @@ fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model="organism")
 # ## 4 · The candidates in the steering plane
 
 # %%
-unit = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
-fg.plane_projection(plane.candidate_coords(unit), model="organism")
+fg.plane_projection(plane.candidate_coords(analysis.plane_candidates), model="organism")
 
 # %% [markdown]
 # ## 5 · Angular steering around the circle
 
 # %%
-sweep, _ = ex.angle_sweep(model, plane, test, list(range(0, 360, 30)), refusal_ids=ids, max_new_tokens=TOKENS)
+sweep, _ = ex.angle_sweep(
+    model, plane, test, list(range(0, 360, 30)), refusal_ids=ids, site="post_gain", max_new_tokens=TOKENS
+)
 fg.angle_sweep_polar(sweep, model="organism")
 
 # %% [markdown]

@@ -8,7 +8,7 @@ import torch
 from workbench import data
 from workbench import interventions as iv
 from workbench.chat import shared_prefix_length
-from workbench.generation import generate, last_token_logprobs
+from workbench.generation import generate, last_token_logprobs, last_token_scores
 
 PROMPTS = data.load_split("harmless", "validation")[:3] + data.load_split("harmful", "validation")[:3]
 
@@ -112,3 +112,109 @@ def test_stopped_rows_leave_the_batch_without_changing_any_row(organism, monkeyp
     assert batched == single
     lengths = [len(organism.tokenizer.encode(t)) for t in batched]
     assert min(lengths) < 20 < max(lengths)  # rows really stopped at different steps
+
+
+def _study_logodds(logits: torch.Tensor, ids) -> float:
+    """Arditi et al.'s refusal_score from logits, every step in float64."""
+    p_r = torch.softmax(logits.double(), dim=-1)[..., sorted(set(ids))].sum(-1)
+    return float(torch.log(p_r + 1e-8) - torch.log(1 - p_r + 1e-8))
+
+
+@pytest.mark.slow
+def test_logprobs_are_float64_and_give_the_studys_logodds_at_saturation(organism):
+    """Scores and generation's first-token log-probs are a float64 log-softmax: the refusal log-odds
+    equals the study's float64 computation on the logits the path unembeds (≤ 1e-9) at saturation
+    (log-odds > 15), where a float32 log-softmax is off by > 0.1; those logits are model(...)'s."""
+    from workbench.chat import encode, format_prompts
+    from workbench.metrics import refusal_logodds, refusal_token_ids
+
+    ids = refusal_token_ids(organism.tokenizer)
+    prompt = data.load_split("harmful", "validation")[0]  # the organism alone scores ~5 on it
+    # saturate: push the final residual along "I"'s unembedding (gain undone), as a strong refusal would
+    push = (organism.W_U[:, ids[0]] / organism.ln_final.w).detach()
+    hooks = iv.addition_hooks(700.0 * push / push.norm(), 1.0, layers=[-1], site="resid_post", model=organism)
+    captured: list[torch.Tensor] = []
+    handle = organism.unembed.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()[:, -1]))
+    try:
+        lp = last_token_logprobs(organism, [prompt], hooks=hooks)
+        _, lp_gen = generate(organism, [prompt], hooks=hooks, max_new_tokens=1, return_logprobs=True)
+    finally:
+        handle.remove()
+    assert lp.dtype == lp_gen.dtype == torch.float64 and len(captured) == 2
+    for logits, ours in ((captured[0], lp), (captured[1], lp_gen)):
+        ref = _study_logodds(logits, ids)
+        assert ref > 15
+        assert abs(refusal_logodds(ours, ids).item() - ref) <= 1e-9
+        f32 = refusal_logodds(torch.log_softmax(logits.float(), dim=-1), ids).item()
+        assert abs(f32 - ref) > 0.1  # what the check above guards against
+    row = encode(organism.tokenizer, format_prompts(organism.tokenizer, [prompt]))[0]
+    with torch.inference_mode(), organism.hooks(fwd_hooks=hooks):
+        full = organism(torch.tensor([row]))[0, -1]
+    assert (full - captured[0][0]).abs().max().item() <= 1e-3
+    assert abs(_study_logodds(full, ids) - _study_logodds(captured[0], ids)) <= 1e-3
+
+
+@pytest.mark.slow
+def test_last_token_scores_reduces_each_batch(organism):
+    prompts = PROMPTS[:5]
+    lp = last_token_logprobs(organism, prompts, batch_size=2)
+
+    def top_and_row(logprobs, rows):
+        assert logprobs.dtype == torch.float64 and logprobs.shape[0] == len(rows) <= 2
+        return torch.stack([logprobs.max(-1).values, rows.double()], -1)
+
+    got = last_token_scores(organism, prompts, top_and_row, batch_size=2)
+    assert got.shape == (5, 2) and got.dtype == torch.float64
+    assert got[:, 1].tolist() == list(range(5))  # row ids are prompt indices, results in prompt order
+    assert (got[:, 0] - lp.max(-1).values).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match="return one value per row"):
+        last_token_scores(organism, prompts, lambda logprobs, rows: logprobs.sum(), batch_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        last_token_scores(organism, [], top_and_row)
+
+
+@pytest.mark.slow
+def test_rows_resumed_from_the_base_residual_equal_full_forwards(organism):
+    """Rows whose hooks act at block l or later start from the unhooked resid_pre[l] (computed once
+    per distinct prompt): same log-probs as the full forward, and block 0 runs far fewer rows."""
+    from workbench.generation import repeat_prompts
+    from workbench.metrics import refusal_logodds, refusal_token_ids
+
+    prompts = PROMPTS
+    layers = torch.tensor([0, 7, 19])
+    rows, setting = repeat_prompts(prompts, len(layers))
+    vec = torch.randn(organism.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    vec = 6.0 * vec / vec.norm()
+
+    def hooks(row_ids):
+        s = setting[row_ids.cpu()]
+        return iv.addition_sweep_hooks(organism, vec.expand(len(s), -1), layers[s])
+
+    block0: list[int] = []
+    count = [("blocks.0.hook_resid_pre", lambda x, hook: block0.append(x.shape[0]))]
+    kw = dict(hooks=hooks, groups=setting)
+    with organism.hooks(fwd_hooks=count):
+        full = last_token_scores(organism, rows, batch_size=1, **kw)
+        n_full, block0[:] = sum(block0), []
+        resumed = last_token_scores(organism, rows, start_layers=layers[setting], batch_size=1, **kw)
+    # full: 3 group prefixes + 18 rows; resumed: 1 base prefix + 6 distinct prompts (+ the layer-0 rows' own)
+    assert n_full == 3 + len(rows) and sum(block0) == 1 + len(prompts) + 1 + len(prompts)
+    # one row per batch: every matmul has the same shape both ways, so the results are bitwise equal
+    assert torch.equal(full, resumed)
+    n = len(prompts)
+    assert (full[n : 2 * n] - full[:n]).abs().max().item() > 1e-2  # the settings really differ
+    # batched (the full job pads 18 rows together, the resumed one 6 per layer): float32 rounding only,
+    # as much as the full forward moves under another batching
+    batched = {
+        name: last_token_scores(organism, rows, start_layers=start, batch_size=len(rows), **kw)
+        for name, start in (("full", None), ("resumed", layers[setting]))
+    }
+    noise = (batched["full"] - full).abs().max().item()
+    gap = (batched["resumed"] - batched["full"]).abs().max().item()
+    assert gap <= 1e-4 and noise <= 1e-4, (gap, noise)
+    ids = refusal_token_ids(organism.tokenizer)
+    assert (refusal_logodds(batched["resumed"], ids) - refusal_logodds(batched["full"], ids)).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="acts before block"):
+        last_token_scores(organism, rows, start_layers=layers[setting] + 1, **kw)
+    with pytest.raises(ValueError, match="give them one start layer"):
+        last_token_scores(organism, rows, start_layers=torch.arange(len(rows)) % 2, **kw)

@@ -288,11 +288,13 @@ def test_candidate_and_addition_sweeps(model, tokens):
 def test_rotation_hooks_per_row_and_kv_cache(model, tokens):
     b = _basis(seed=9).float()
     thetas = torch.tensor([30.0, 210.0])
-    with model.hooks(fwd_hooks=rotation_hooks(model, b, thetas)):
+    with model.hooks(fwd_hooks=rotation_hooks(model, b, thetas, site="pre_gain")):  # angle of hook_normalized
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "ln2.hook_normalized" in n)
     assert _angle_close(_angle(cache["blocks.1.ln2.hook_normalized"][1], b), torch.tensor(210.0), 1e-2)
     for i in range(2):
-        ref = _run(model, tokens[i : i + 1], rotation_hooks(model, b, float(thetas[i]), adaptive=False))
+        ref = _run(
+            model, tokens[i : i + 1], rotation_hooks(model, b, float(thetas[i]), site="pre_gain", adaptive=False)
+        )
         assert (logits[i] - ref[0]).abs().max() < 1e-5
     # position-free: KV-cached decoding sees [batch, 1, d] and must match the full recompute
     hooks = rotation_hooks(model, b, thetas, adaptive=True) + ablation_hooks(model, _rand(D).float(), "attn")

@@ -75,3 +75,25 @@ def test_take_rows_repeats_and_drops(tiny):
 def test_empty_prefix_fails_clearly(tiny):
     with pytest.raises(ValueError, match="empty prefix"):
         run_prefix(tiny, [])
+
+
+def test_a_prefix_started_at_a_block_equals_the_full_run_there(tiny):
+    """From the unhooked resid_pre at block 1, slots under a block-1 hook get the full run's keys and
+    values at blocks 1.. (bitwise: same shapes), and nothing below."""
+    prefix, amounts = [3, 7, 1, 9, 4], [0.0, 2.0]
+    seen = {}
+    run_prefix(
+        tiny, prefix, hooks_for=lambda chunk: [("blocks.1.hook_resid_pre", lambda x, hook: seen.setdefault(1, x))]
+    )
+    one = dict(n_slots=2, hooks_for=_shift(amounts), batch_size=1)  # one slot per forward, as the capture
+    full = run_prefix(tiny, prefix, **one)
+    started = run_prefix(tiny, prefix, start_at_layer=1, start_resid=seen[1][0], **one)
+    assert started.per_layer[0][0].shape[1] == 0  # block 0 did not run
+    for layer in (1, 2):
+        for a, b in zip(full.per_layer[layer], started.per_layer[layer]):
+            assert torch.equal(a, b)
+    assert not torch.equal(full.per_layer[1][0][0], full.per_layer[1][0][1])  # the hook acts
+    with pytest.raises(ValueError, match="go together"):
+        run_prefix(tiny, prefix, start_at_layer=1)
+    with pytest.raises(ValueError, match="covers 4 positions"):
+        run_prefix(tiny, prefix, start_at_layer=1, start_resid=seen[1][0, :4])

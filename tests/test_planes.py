@@ -45,16 +45,20 @@ def circ_dist(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     return torch.minimum(diff, 360 - diff)
 
 
-def test_pca_matches_svd_reference():
+@pytest.mark.parametrize("norm", ["raw", "unit"])
+def test_pca_matches_svd_reference(norm):
+    """PC1 = the top right-singular vector of the centred candidate matrix: the candidates as they
+    are (``raw``, the study) or rescaled to unit length (``unit``)."""
     cands = arc_candidates()
-    unit = cands.unit().double()
-    centred = unit - unit.mean(0)
+    rows = (cands.vectors if norm == "raw" else cands.unit()).double()
+    centred = rows - rows.mean(0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     ratio = s**2 / (s**2).sum()
-    components, pca_ratio = principal_components(cands.unit())
+    components, pca_ratio = principal_components(rows)
     assert abs(float(components[0] @ vh[0])) > 1 - 1e-6
     assert torch.allclose(pca_ratio, ratio, atol=1e-6)
-    plane = build_plane(cands, b1_key(cands))
+    plane = build_plane(cands, b1_key(cands), candidate_norm=norm)
+    assert plane.report["candidate_norm"] == norm and plane.report["candidate_sites"] == list(SITES)
     assert plane.pc1_explained_variance == pytest.approx(float(ratio[0]), abs=1e-6)
     b1 = plane.b1.double()
     expected_b2 = vh[0] - (vh[0] @ b1) * b1
@@ -229,3 +233,14 @@ def test_save_load_and_report(tmp_path):
     assert report["b1"] == str(plane.b1_key) and report["variant"] == "pc1"
     assert report["basis_max_abs_gram_error"] < 1e-6 and report["sign_rule"] == SIGN_RULE
     assert {"pc1_explained_variance", "angle_pc1_b1_deg"} <= set(report)
+
+
+def test_raw_and_unit_planes_differ_when_norms_grow_with_depth():
+    """Candidates whose length grows with depth weigh late layers more in the raw PCA."""
+    cands = arc_candidates()
+    raw, unit = (build_plane(cands, b1_key(cands), candidate_norm=n) for n in ("raw", "unit"))
+    assert torch.equal(raw.b1, unit.b1)
+    assert abs(float(raw.b2 @ unit.b2)) < 0.995
+    assert raw.pc1_explained_variance != pytest.approx(unit.pc1_explained_variance, abs=1e-2)
+    with pytest.raises(ValueError, match="candidate_norm must be 'raw'"):
+        build_plane(cands, b1_key(cands), candidate_norm="scaled")

@@ -54,15 +54,19 @@ def test_select_cli_reports_every_method_and_which_choices_agree(analysis):
     # max_sim (mean cosine to every unit candidate, u_i·m̄) and mean_of_candidates (cosine to the
     # normalised mean, u_i·m̄/|m̄|) rank the candidates identically, so they must pick the same one
     assert summary["agreements"]["max_sim=mean_of_candidates"] is True
-    # Arditi scores only resid_pre at the last position (AnalysisConfig.arditi_site/positions) and,
-    # on this organism, below the late-layer cut-off: no candidate passes kl ≤ 0.1 with induce ≥ 0
-    # there, and the first fallback level relaxes kl to 0.25 but keeps the cut-off. So it cannot
-    # agree with the statistics methods' resid_mid / resid_post / deepest-layer picks. Its choice is
-    # a two-way mediator: ablating it lowers refusal log-odds below 0, adding it raises them above 0.
-    arditi = summary["arditi"]
-    assert (arditi["site"], arditi["position"]) == ("resid_pre", -1)
-    assert selection.notes["fallback"] is True and arditi["layer"] < selection.notes["layer_cutoff"]
-    assert selection.notes["fallback_level"].startswith("kl ≤ 0.25 (layer <")
+    # Arditi scores resid_pre at every post-instruction position (AnalysisConfig.arditi_site/positions),
+    # below the late-layer cut-off only (later layers are pruned, unscored). On this organism no candidate
+    # passed kl ≤ 0.1 with induce ≥ 0 at the last position alone; whichever way it goes now, the notes
+    # must say so: no fallback when one passes, else the one-line account of the first relaxation (kl ≤
+    # 0.25, cut-off kept). Its choice is a two-way mediator: ablating it lowers refusal log-odds below 0,
+    # adding it raises them above 0.
+    arditi, notes = summary["arditi"], selection.notes
+    assert arditi["site"] == "resid_pre" and arditi["layer"] < notes["layer_cutoff"]
+    if notes["fallback"] is None:
+        assert notes["n_passed"] > 0 and arditi["kl"] <= 0.1 and arditi["induce"] >= 0
+    else:
+        assert notes["n_passed"] == 0 and notes["fallback"].startswith("no candidate passed Arditi's filters (")
+        assert "; fallback balance used: relaxed to kl ≤ 0.25 (layer <" in notes["fallback"]
     assert arditi["bypass"] < 0 < arditi["induce"] and arditi["kl"] <= 0.25
     # measured on the organism (resid_mid/L17/pos-5 twice, resid_post/L29, resid_mid/L27, resid_pre/L22):
     # the identity above is the only agreement

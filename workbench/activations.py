@@ -9,6 +9,7 @@ padding and a chat template, ``-1`` is the last template token (e.g. ``"\\n"`` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +74,22 @@ class Activations:
     def mean(self) -> dict[str, Float[Tensor, "layer pos d_model"]]:
         """Per-site mean over prompts, accumulated in float64."""
         return {s: a.double().mean(dim=1) for s, a in self.acts.items()}
+
+    def select_prompts(self, rows: Sequence[int]) -> Activations:
+        """The same activations for the prompts at ``rows`` only (e.g. those a filter kept)."""
+        rows = list(rows)
+        if not rows:
+            raise ValueError("no prompts selected; a filter that keeps nothing leaves no activations to average")
+        if min(rows) < 0 or max(rows) >= self.n_prompts:
+            raise ValueError(f"prompt rows must be in 0..{self.n_prompts - 1}; got {min(rows)}..{max(rows)}")
+        index = torch.tensor(rows)
+        return Activations(
+            {s: a.index_select(1, index.to(a.device)) for s, a in self.acts.items()},
+            self.layers,
+            self.positions,
+            self.tokens,
+            [self.prompts[i] for i in rows],
+        )
 
     def to(self, device: str | torch.device) -> Activations:
         return Activations(

@@ -108,6 +108,7 @@ def cmd_select(args) -> dict:
     agree = {f"{a}={b}": keys[a] == keys[b] for i, a in enumerate(keys) for b in list(keys)[i + 1 :]}
     return {
         **out,
+        **analysis.selection_report(),
         "agreements": agree,
         "notes": {k: str(v) for k, v in selection.notes.items()},
         "n_candidates": len(table),
@@ -116,20 +117,19 @@ def cmd_select(args) -> dict:
 
 
 def cmd_plane(args) -> dict:
-    from .planes import plane_report
-
     model, analysis = _analysis(args)
     layer_range = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
     plane = analysis.plane(b1_method=args.b1, variant=args.variant, layer_range=layer_range)
-    report = plane_report(plane)
+    report = analysis.plane_report(plane)
     return {
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
         "run_dir": str(analysis.dir),
     }
 
 
-def _spec_hooks(spec: str, model, analysis):
-    """``none``, ``ablate:LOC``, ``add``, ``add:ALPHA[@LAYER]``, ``rotate:ANGLE[:adaptive]`` → hooks."""
+def _spec_hooks(spec: str, model, analysis, run_config):
+    """``none``, ``ablate:LOC``, ``add``, ``add:ALPHA[@LAYER]``, ``rotate:ANGLE[:adaptive|b1|b2]`` → hooks
+    (rotation at the config's ``rotation_site``)."""
     from . import interventions as iv
 
     kind, _, rest = spec.partition(":")
@@ -148,15 +148,15 @@ def _spec_hooks(spec: str, model, analysis):
         }
     if kind == "rotate" and rest:
         angle, _, mode = rest.partition(":")
-        if mode not in ("", "adaptive"):
-            raise ValueError(f"rotate takes ':adaptive' or nothing after the angle, got {mode!r}")
-        return iv.rotation_hooks(model, analysis.plane(), float(angle), adaptive=mode == "adaptive"), {
-            "angle": float(angle),
-            "adaptive": mode == "adaptive",
-        }
+        gate = {"": "off", "adaptive": "b1", "b1": "b1", "b2": "b2"}.get(mode)
+        if gate is None:
+            raise ValueError(f"rotate takes ':adaptive' (= ':b1'), ':b2' or nothing after the angle, got {mode!r}")
+        site = run_config.rotation_site
+        hooks = iv.rotation_hooks(model, analysis.plane(), float(angle), site=site, adaptive=gate)
+        return hooks, {"angle": float(angle), "adaptive": gate, "site": site}
     raise ValueError(
         f"bad intervention {spec!r}; use none, ablate:all|resid|attn|mlp, add, "
-        "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive"
+        "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive|b1|b2"
     )
 
 
@@ -164,6 +164,7 @@ def cmd_generate(args) -> dict:
     from pathlib import Path
 
     from .artifacts import atomic_write_text
+    from .config import load_configs
     from .data import read_prompts
     from .experiments import score_responses
     from .generation import generate
@@ -171,7 +172,7 @@ def cmd_generate(args) -> dict:
 
     prompts = read_prompts(args.prompts)
     model, analysis = _analysis(args)
-    hooks, params = _spec_hooks(args.intervention, model, analysis)
+    hooks, params = _spec_hooks(args.intervention, model, analysis, load_configs(args.config)[0])
     responses = generate(
         model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True
     )
@@ -217,8 +218,9 @@ def _model_args(p) -> None:
     p.add_argument(
         "--config",
         default=None,
-        help="JSON file: RunConfig fields (sizes, angles...; used by "
-        'run) and an "analysis" object of AnalysisConfig fields (sites, arditi_prompts...)',
+        help='JSON file: "protocol" ("paper", the default, or "workbench"), RunConfig fields (sizes, '
+        'angles, rotation_site...; used by run and generate) and an "analysis" object of AnalysisConfig '
+        "fields (sites, arditi_prompts, plane_candidates...)",
     )
 
 
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--intervention",
         default="none",
-        help="none | ablate:all|resid|attn|mlp | add | add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive]",
+        help="none | ablate:all|resid|attn|mlp | add | add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive|b1|b2] "
+        "(rotation at the config's rotation_site, default post_gain)",
     )
     p.add_argument("--out", default=None, help="JSONL output (default: next to the prompts)")
     p.add_argument("--max-new-tokens", type=int, default=32)

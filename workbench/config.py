@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,45 +29,117 @@ __all__ = [
     "BENCH_FULL_CPU",
     "load_configs",
     "from_dict",
+    "PROTOCOLS",
+    "protocol_of",
 ]
 
 T = TypeVar("T")
 
 
+def _check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}"
+            )
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """What the analysis computes. Arditi scoring runs the model once per candidate × prompt, so on a
-    CPU it is restricted (positions, layer stride, prompts); statistics cover every candidate."""
+    """What the analysis computes. The defaults are the two studies' protocols as published
+    (:data:`PROTOCOLS` ``"paper"``); ``"workbench"`` names the workbench's own variants.
 
-    sites: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
+    Arditi et al.: candidates at ``arditi_site`` for every post-instruction position
+    (``arditi_positions=()``; or a list of end-relative positions) and layer, train and validation
+    prompts filtered by the model's own refusal score (``filter_prompts``), scored on
+    ``arditi_prompts`` validation prompts per class; ``arditi_fallback`` says what happens when no
+    candidate passes the filters: ``"none"`` stops with an error (the study), ``"balance"`` /
+    ``"bypass"`` relax them (recorded loudly in the selection notes and the figure index).
+    Angular steering: the plane's candidates are the unit-mean differences at ``plane_sites`` and
+    ``plane_positions``; b1 is the ``plane_b1_method`` choice among them and b2 is PC1 of the
+    candidates as computed (``plane_candidates="raw"``, the study) or rescaled to unit length
+    (``"unit"``).
+    """
+
+    sites: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")  # cached (statistics cover all)
     arditi_site: str = "resid_pre"
-    arditi_positions: tuple[int, ...] = (-1,)
+    arditi_positions: tuple[int, ...] = ()  # () = every post-instruction position
     arditi_layer_stride: int = 1
-    arditi_prompts: int = 32  # the paper's n_val; 12 prompts gave a noisier choice on the organism
+    arditi_prompts: int = 32  # the paper's n_val (before filtering)
+    filter_prompts: bool = True
     kl_max: float = 0.1
-    fallback_rank: str = "balance"  # when Arditi's filters reject all: "balance" or "bypass" (see select)
+    arditi_fallback: str = "balance"  # "none" (stop, as the study), "balance" or "bypass" (see select)
     direction_method: str = "arditi"
     plane_b1_method: str = "max_sim"
+    plane_sites: tuple[str, ...] = ("resid_mid", "resid_post")
     plane_positions: tuple[int, ...] = (-1,)
+    plane_candidates: str = "raw"  # PCA on the candidates as computed ("raw") or rescaled to unit length
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_choices(self, {"arditi_fallback": ("none", "balance", "bypass"), "plane_candidates": ("raw", "unit")})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes)."""
+    """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes),
+    and how it rotates: ``rotation_site`` ``"post_gain"`` (the study: the norm's output, what
+    attention and the MLP read) or ``"pre_gain"`` (TL's ``hook_normalized``); ``adaptive``
+    ``"off"``, ``"b1"`` (rotate only tokens with b1·h > 0, the study's AAS) or ``"b2"``."""
 
     n_eval: int = 54  # test prompts per split for the location comparison
     n_sweep: int = 24  # test prompts per split for the angle and layer-subset sweeps
     max_new_tokens: int = 24
     angle_step: float = 30.0
-    adaptive: bool = False
+    rotation_site: str = "post_gain"
+    adaptive: str = "off"
     batch_size: int = 64
     subset_sizes: tuple[int, ...] = (6, 12, 18, 24)
     seed: int = 0  # torch seed (decoding is greedy; recorded in the manifest)
 
+    def __post_init__(self) -> None:
+        _check_choices(self, {"rotation_site": ("post_gain", "pre_gain", "resid"), "adaptive": ("off", "b1", "b2")})
+
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
         return load_configs(path)[0]
+
+
+# Named protocols: the field values that define each. "paper" is every field's default.
+PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "arditi": {"arditi_site": "resid_pre", "arditi_positions": (), "filter_prompts": True, "kl_max": 0.1},
+        "angular": {
+            "plane_b1_method": "max_sim",
+            "plane_sites": ("resid_mid", "resid_post"),
+            "plane_positions": (-1,),
+            "plane_candidates": "raw",
+            "rotation_site": "post_gain",
+        },
+    },
+    "workbench": {
+        "arditi": {"arditi_site": "resid_pre", "arditi_positions": (-1,), "filter_prompts": False, "kl_max": 0.1},
+        "angular": {
+            "plane_b1_method": "max_sim",
+            "plane_sites": ("resid_pre", "resid_mid", "resid_post"),
+            "plane_positions": (-1,),
+            "plane_candidates": "unit",
+            "rotation_site": "pre_gain",
+        },
+    },
+}
+_STUDY_NAME = {"arditi": "arditi", "angular": "angular"}
+
+
+def protocol_of(study: str, analysis: AnalysisConfig, run: RunConfig | None = None) -> str:
+    """Which named protocol ``study`` (``"arditi"`` or ``"angular"``) follows under these configs:
+    the study's own name when every defining field has the paper's value, ``"workbench"`` for the
+    workbench's variants, else ``"custom"``. Without ``run``, the rotation site is not compared."""
+    values = {**asdict(analysis), **(asdict(run) if run is not None else {})}
+    for name, preset in PROTOCOLS.items():
+        if all(values[k] == v for k, v in preset[study].items() if k in values):
+            return _STUDY_NAME[study] if name == "paper" else name
+    return "custom"
 
 
 @dataclass(frozen=True)
@@ -195,7 +267,9 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "the config") -
 def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
     """``(RunConfig, AnalysisConfig)`` from a JSON object: RunConfig fields at the top level (sizes of
     the experiments), AnalysisConfig fields under ``"analysis"`` (sites, Arditi scoring sizes,
-    selection and plane methods). Missing fields keep their defaults; ``None`` means all defaults."""
+    selection and plane methods), and optionally ``"protocol"``: ``"paper"`` (default: both
+    studies as published) or ``"workbench"`` (the workbench's variants, see :data:`PROTOCOLS`),
+    whose values the explicit fields then override. ``None`` means all defaults."""
     if path is None:
         return RunConfig(), AnalysisConfig()
     try:
@@ -205,4 +279,19 @@ def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
     if not isinstance(values, dict):
         raise ValueError(f'{path} must hold a JSON object of RunConfig fields (and an "analysis" object)')
     analysis = values.pop("analysis", {})
-    return (from_dict(RunConfig, values, str(path)), from_dict(AnalysisConfig, analysis, f'"analysis" of {path}'))
+    protocol = values.pop("protocol", "paper")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r} in {path}; choose one of {sorted(PROTOCOLS)}")
+    if not isinstance(analysis, dict):
+        raise ValueError(
+            f'"analysis" of {path} must be a JSON object of AnalysisConfig fields, got {type(analysis).__name__}'
+        )
+    preset = {k: v for study in PROTOCOLS[protocol].values() for k, v in study.items()}
+    run_names = {f.name for f in fields(RunConfig)}
+    analysis_names = {f.name for f in fields(AnalysisConfig)}
+    run_values = {**{k: v for k, v in preset.items() if k in run_names}, **values}
+    analysis_values = {**{k: v for k, v in preset.items() if k in analysis_names}, **analysis}
+    return (
+        from_dict(RunConfig, run_values, str(path)),
+        from_dict(AnalysisConfig, analysis_values, f'"analysis" of {path}'),
+    )

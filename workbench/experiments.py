@@ -27,6 +27,7 @@ __all__ = [
     "compare_locations",
     "layer_subset_sweep",
     "angle_sweep",
+    "rotation_variant_sweep",
     "score_responses",
     "reference_cross_entropy",
 ]
@@ -220,15 +221,16 @@ def angle_sweep(
     angles: Sequence[float],
     *,
     refusal_ids: Sequence[int],
-    adaptive: bool = False,
-    site: str = "normalized",
+    adaptive: str | bool = "off",
+    site: str = "post_gain",
     max_new_tokens: int = 32,
     batch_size: int = 64,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Angular steering to each angle (degrees, 0° = b1, counter-clockwise toward b2), batched.
 
-    Summary: one row per (split, angle) with refusal rate, log-odds, KL and label shares.
+    ``site`` and ``adaptive`` as in :func:`workbench.interventions.rotation_hooks`. Summary: one row
+    per (split, angle) with refusal rate, log-odds, KL and label shares, plus ``site`` and ``adaptive``.
     """
     angles = [float(a) for a in angles]
     theta = torch.tensor(angles)
@@ -248,8 +250,59 @@ def angle_sweep(
     )
     per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
     summary = _summarise(per_prompt, ["split", "angle"])
-    summary["adaptive"] = adaptive
+    summary["site"], summary["adaptive"] = site, str(adaptive)
     return summary, per_prompt
+
+
+def rotation_variant_sweep(
+    model,
+    variants: dict[str, tuple[object, str]],
+    prompt_sets: dict[str, Sequence[str]],
+    angles: Sequence[float],
+    *,
+    refusal_ids: Sequence[int],
+    adaptive: str | bool = "off",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """First-token refusal log-odds and KL (no generation) per angle under several ways to rotate.
+
+    ``variants``: ``{name: (plane, site)}``, e.g. the same angles in the study's plane rotated
+    post-gain and pre-gain, and in the unit-candidate plane. One row per (variant, split, angle):
+    ``logodds`` and ``kl`` (means over prompts, float64 scores), ``n``.
+    """
+    angles = [float(a) for a in angles]
+    theta = torch.tensor(angles)
+    rows = []
+    for name, (plane, site) in variants.items():
+        for split, prompts in prompt_sets.items():
+            texts, setting = repeat_prompts(prompts, len(angles))
+            base = last_token_logprobs(model, prompts, batch_size=batch_size)
+            lp = last_token_logprobs(
+                model,
+                texts,
+                hooks=lambda r, plane=plane, site=site, setting=setting: iv.rotation_hooks(  # type: ignore[misc]
+                    model, plane, theta[setting[r.cpu()]], site=site, adaptive=adaptive
+                ),
+                groups=setting,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            logodds = refusal_logodds(lp, refusal_ids).view(len(angles), len(prompts))
+            kl = first_token_kl(base.repeat(len(angles), 1), lp).view(len(angles), len(prompts))
+            for i, angle in enumerate(angles):
+                rows.append(
+                    {
+                        "variant": name,
+                        "site": site,
+                        "split": split,
+                        "angle": angle,
+                        "logodds": float(logodds[i].mean()),
+                        "kl": float(kl[i].mean()),
+                        "n": len(prompts),
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 @torch.inference_mode()

@@ -511,7 +511,10 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
             )
     mode = ""
     if "adaptive" in summary and summary["adaptive"].nunique() == 1:
-        mode = "adaptive " if bool(summary["adaptive"].iloc[0]) else "non-adaptive "
+        gate = {"True": "b1", "False": "off"}.get(str(summary["adaptive"].iloc[0]), str(summary["adaptive"].iloc[0]))
+        mode = "non-adaptive " if gate == "off" else f"adaptive: gate on {gate}, "
+    if "site" in summary and summary["site"].nunique() == 1:
+        mode += f"{str(summary['site'].iloc[0]).replace('_', '-')} "
     return fig.update_layout(
         title=_title(
             f"Angular steering ({mode}rotation to θ in the plane)",
@@ -869,3 +872,45 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
             atomic_write_bytes(target, _png_with_text(data, _SPEC_KEY, digest))
         paths.append(target)
     return paths
+
+
+def rotation_variants_figure(table: pd.DataFrame, *, model: str | None = None) -> go.Figure:
+    """Mean first-token refusal log-odds (top) and KL to the unsteered model (bottom) vs the steering
+    angle, one line per way to rotate (``variant``: rotation site × plane candidates), harmful and
+    harmless test prompts side by side. Needs columns variant, split, angle, logodds, kl
+    (:func:`~workbench.experiments.rotation_variant_sweep`)."""
+    _require(table, ["variant", "split", "angle", "logodds", "kl"], "table", "use rotation_variant_sweep()")
+    splits = _splits(table)
+    fig = make_subplots(
+        rows=2,
+        cols=len(splits),
+        shared_xaxes=True,
+        subplot_titles=[f"{s}: refusal log-odds" for s in splits] + [f"{s}: KL to unsteered (nats)" for s in splits],
+        vertical_spacing=0.12,
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title=_title("What the rotation variants change: the same angles, four ways to rotate", model),
+    )
+    for i, (variant, rows) in enumerate(table.groupby("variant", sort=False)):
+        color, dash = _OTHER[i % len(_OTHER)], "solid" if i == 0 else ("dash", "dot", "dashdot")[(i - 1) % 3]
+        for j, split in enumerate(splits):
+            part = rows[rows.split == split].sort_values("angle")
+            for row, column in ((1, "logodds"), (2, "kl")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=part["angle"],
+                        y=part[column],
+                        mode="lines+markers",
+                        name=variant,
+                        legendgroup=variant,
+                        showlegend=row == 1 and j == 0,
+                        line={"color": color, "dash": dash},
+                        hovertemplate=f"{variant}<br>%{{x}}°: %{{y:.2f}}<extra></extra>",
+                    ),
+                    row=row,
+                    col=j + 1,
+                )
+    fig.update_xaxes(title_text="angle (degrees, 0° = b1, toward b2)", tickvals=list(range(0, 360, 30)), row=2)
+    fig.add_hline(y=0, line={"color": "#888", "width": 1}, row=1)
+    return fig

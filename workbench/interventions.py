@@ -27,10 +27,13 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from .sites import check_hook_names, check_layers, check_site, hook_name
 from .steering_math import (
+    GATES,
+    Adaptive,
     OnDevice,
     PerRow,
     _ablate_kernel,
-    _rotate_kernel,
+    _plane_update,
+    _post_gain_frame,
     _setting,
     ablate,
     add,
@@ -38,6 +41,7 @@ from .steering_math import (
     as_basis,
     as_vector,
     compute_dtype,
+    gate_mode,
     per_token_plane_angle,
     plane_angle,
     rotate,
@@ -64,6 +68,9 @@ __all__ = [
     "ablation_hooks",
     "addition_hooks",
     "rotation_hooks",
+    "ROTATION_SITES",
+    "GATES",
+    "gate_mode",
     "location_sweep_hooks",
     "candidate_sweep_hooks",
     "addition_sweep_hooks",
@@ -72,6 +79,8 @@ __all__ = [
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")  # location_sweep_hooks also takes "none"
+# "normalized" is a deprecated alias of "pre_gain"
+ROTATION_SITES: tuple[str, ...] = ("post_gain", "pre_gain", "resid", "normalized")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,17 +208,47 @@ def _addition_fn(vector: OnDevice | PerRow, alpha) -> Callable:
     return hook
 
 
-def _rotation_fn(basis: OnDevice, theta_deg, by: bool, adaptive: bool) -> Callable:
-    cos_s, sin_s = angle_settings(theta_deg)  # once, not per call
-    d_model = basis.tensor.shape[-1]
+def _rotation_fn(frame: OnDevice, angles: tuple, by: bool, gate: str, offset: OnDevice | None = None) -> Callable:
+    """Rotate to/by the angle whose ``(cos, sin)`` are ``angles``. ``frame`` is the ``[2, d]`` basis
+    (rotate the hooked tensor itself) or ``[4, d]`` post-gain ``(B⊙g; B/g)`` with ``offset = Bb``
+    (rotate the norm's output ``g⊙x̂ + b`` through its input x̂; see ``steering_math._post_gain_frame``)."""
+    cos_s, sin_s = angles
+    d_model = frame.tensor.shape[-1]
 
     def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
         _check_width(x, d_model, getattr(hook, "name", "?"))
         dt = compute_dtype(x.dtype)
         cos, sin = _setting(cos_s, x, dt), _setting(sin_s, x, dt)
-        return _rotate_kernel(x.to(dt), basis.get(x.device, dt), cos, sin, by=by, adaptive=adaptive).to(x.dtype)
+        f = frame.get(x.device, dt)
+        read, write = (f, f) if f.shape[0] == 2 else (f[:2], f[2:])
+        o = None if offset is None else offset.get(x.device, dt)
+        return _plane_update(x.to(dt), read, write, cos, sin, by=by, gate=gate, offset=o).to(x.dtype)
 
     return hook
+
+
+def _norm_frame(model, layer: int, ln: str, basis: Tensor) -> tuple[OnDevice, OnDevice | None]:
+    """The post-gain frame of ``model.blocks[layer].<ln>`` (its gain ``w`` and bias ``b`` as TL
+    stores them, read now). A norm without a gain (LNPre/RMSNormPre: folded weights) is g = 1, b = 0,
+    which is the pre-gain rotation."""
+    module = getattr(model.blocks[layer], ln)
+    name = f"blocks.{layer}.{ln}"
+    gain, bias = getattr(module, "w", None), getattr(module, "b", None)
+    if not isinstance(gain, Tensor):
+        return OnDevice(basis), None
+    if gain.shape != basis.shape[-1:]:
+        raise ValueError(f"{name}.w has shape {tuple(gain.shape)}, expected [{basis.shape[-1]}] (d_model)")
+    n_zero = int((gain == 0).sum())
+    if n_zero:
+        raise ValueError(
+            f"{name}.w has {n_zero} zero entries (of {gain.numel()}): site='post_gain' maps the rotation "
+            "back through 1/g, and those channels carry nothing to rotate; use site='pre_gain' "
+            f"(rotate {name}.hook_normalized, x/RMS(x), directly)"
+        )
+    if not torch.isfinite(gain).all() or (isinstance(bias, Tensor) and not torch.isfinite(bias).all()):
+        raise ValueError(f"{name} has NaN/inf gain or bias entries; the model's weights are broken")
+    frame, offset = _post_gain_frame(basis, gain.detach(), bias.detach() if isinstance(bias, Tensor) else None)
+    return OnDevice(frame), None if offset is None else OnDevice(offset)
 
 
 def _row_mask(row_mask) -> PerRow | None:
@@ -273,51 +312,91 @@ def addition_hooks(
 
 
 def rotation_hooks(
-    model_or_cfg, plane, theta_deg, *, site: str = "normalized", adaptive: bool = False, layers=None, mode: str = "to"
+    model_or_cfg,
+    plane,
+    theta_deg,
+    *,
+    site: str = "post_gain",
+    adaptive: Adaptive = "off",
+    layers=None,
+    mode: str = "to",
 ) -> list[Hook]:
     """Angular steering: rotate TO θ (``mode="by"``: by θ) in ``plane`` at every chosen layer.
 
-    ``site="normalized"`` (the paper): the normalised inputs of attention and MLP,
-    ``blocks.{l}.ln1.hook_normalized`` and ``blocks.{l}.ln2.hook_normalized``, skipping layer 0's
-    attention input like the reference (2L − 1 hook points with all layers). TL's
-    ``hook_normalized`` is *pre-gain* ``x/RMS(x)`` (fp32); the reference rotates the post-gain
-    ``g⊙x/RMS(x)``. The two differ by the per-channel gain g, so angles agree only up to it (and
-    the adaptive gate's sign can differ); we rotate what TL exposes. Note: TL calls ``ln1`` three
-    times (q, k, v inputs), so the hook fires thrice per layer with identical results. On Gemma-2,
-    TL's ``ln2`` is ``pre_feedforward_layernorm`` (the MLP input), whereas the reference's
-    ``post_attention_layernorm`` hook rotates the normalised attention *output*.
+    Sites (``theta_deg``: degrees, a float or a per-row ``[batch]`` tensor / PerRow):
 
-    ``site="resid"``: rotate ``hook_resid_pre`` of every chosen block (norm-preserving, but it
-    writes the residual stream itself, so each edit persists into later layers). ``theta_deg``: float or
-    per-row ``[batch]`` tensor/PerRow.
-    ``adaptive``: rotate only tokens with ``b1ᵀx > 0``, per token and per hook, on that hook's input.
+    - ``"post_gain"`` (default; the angular-steering study): the *outputs* of the norms feeding
+      attention and the MLP, ``y = g⊙x̂ (+ b)`` with ``x̂ = x/RMS(x)`` (LayerNorm: centred ``x/σ``),
+      i.e. what attention and the MLP actually read (HF's ``input_layernorm`` /
+      ``post_attention_layernorm`` outputs on Llama/Qwen). The hooks sit on
+      ``blocks.{l}.ln1.hook_normalized`` (layers ≥ 1, like the reference) and
+      ``blocks.{l}.ln2.hook_normalized`` (every chosen layer): 2L − 1 points with all layers. TL's
+      hook sees the pre-gain x̂, so each hook returns ``x̂' = x̂ + Δ/g`` with ``Δ = k1 b1 + k2 b2``
+      computed on y's coordinates ``c = By`` (two dot products, O(d) per token, no d×d matrix), so
+      that ``g⊙x̂' + b = rotate(y)`` exactly up to float rounding. g and b are read from
+      ``model.blocks[l].ln1.w`` / ``.b`` (ln2 likewise) when the hooks are built (rebuild the hooks
+      after editing them); TL's Gemma converter already stores ``w = 1 + weight``. A norm without a
+      gain (LNPre/RMSNormPre, folded weights; the workbench never folds) counts as g = 1, b = 0:
+      post_gain then equals pre_gain, and the gain lives in the reading weights. Needs the model
+      (not its cfg); a gain with a zero entry raises (use ``"pre_gain"``).
+    - ``"pre_gain"``: the same hook points, rotating TL's ``hook_normalized`` itself, i.e. the
+      pre-gain ``x̂``. It differs from post_gain by the per-channel gain, so angles agree only up to
+      it (and the adaptive gate's sign can differ). ``"normalized"`` is a deprecated alias.
+    - ``"resid"``: ``hook_resid_pre`` of every chosen block (norm-preserving, but it writes the
+      residual stream itself, so each edit persists into later layers).
+
+    TL 3.9 calls ``ln1`` three times per layer (the q, k and v inputs, even without
+    ``use_split_qkv_input``), so ln1's hook fires thrice per layer with identical results; the
+    workbench's fast attention path replaces only the attention after ln1, so the hooks act the
+    same on it. Gemma-2 (sandwich norms): TL's ``ln2`` is HF's ``pre_feedforward_layernorm`` (the
+    MLP input), so these hooks rotate the attention and MLP inputs; the reference instead hooks HF's
+    ``post_attention_layernorm``, which normalises the attention *output* (TL's ``ln1_post``, not
+    hooked here).
+
+    ``adaptive``: ``"off"``/False rotates every token; ``"b1"``/True only tokens with ``b1ᵀh > 0``
+    (the paper's AAS), ``"b2"`` only tokens with ``b2ᵀh > 0``: strict, per token and per hook, on
+    the rotated vector h (post_gain: y); gated-off tokens pass through bit-identical.
     """
     cfg = _cfg(model_or_cfg)
     if mode not in ("to", "by"):
         raise ValueError(f"unknown rotation mode {mode!r}; use 'to' (absolute angle) or 'by' (offset)")
+    gate = gate_mode(adaptive)
+    if site not in ROTATION_SITES:
+        raise ValueError(
+            f"unknown rotation site {site!r}; use 'post_gain' (norm outputs, the study), 'pre_gain' "
+            "(TL's hook_normalized) or 'resid' (hook_resid_pre)"
+        )
     chosen = check_layers(layers, cfg.n_layers)
-    if site == "normalized":
-        if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
-            raise ValueError(
-                f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer "
-                "outputs, not inputs; use site='resid'"
-            )
-        names = [
-            f"blocks.{layer}.{ln}.hook_normalized"
-            for layer in chosen
-            for ln in ("ln1", "ln2")
-            if not (layer == 0 and ln == "ln1")
-        ]
-        if not names:
-            raise ValueError("layers=[0] with site='normalized' leaves only the MLP input; choose more layers")
-    elif site == "resid":
-        names = [hook_name("resid_pre", layer) for layer in chosen]
-    else:
-        raise ValueError(f"unknown rotation site {site!r}; use 'normalized' or 'resid'")
+    basis = as_basis(plane, cfg.d_model)
     if isinstance(theta_deg, Tensor) and theta_deg.ndim > 0:
         theta_deg = PerRow(theta_deg)
-    fn = _rotation_fn(OnDevice(as_basis(plane, cfg.d_model)), theta_deg, mode == "by", adaptive)
-    return _checked(model_or_cfg, [(n, fn) for n in names])
+    angles = angle_settings(theta_deg)  # one PerRow device cache shared by every hook
+    if site == "resid":
+        fn = _rotation_fn(OnDevice(basis), angles, mode == "by", gate)
+        return _checked(model_or_cfg, [(hook_name("resid_pre", layer), fn) for layer in chosen])
+    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer outputs, not inputs; "
+            "use site='resid'"
+        )
+    points = [(layer, ln) for layer in chosen for ln in ("ln1", "ln2") if not (layer == 0 and ln == "ln1")]
+    if not points:
+        raise ValueError(f"layers=[0] with site={site!r} leaves only the MLP input; choose more layers")
+    names = [f"blocks.{layer}.{ln}.hook_normalized" for layer, ln in points]
+    if site in ("pre_gain", "normalized"):
+        fn = _rotation_fn(OnDevice(basis), angles, mode == "by", gate)
+        return _checked(model_or_cfg, [(n, fn) for n in names])
+    if not hasattr(model_or_cfg, "blocks"):
+        raise ValueError(
+            "site='post_gain' needs the model, not its cfg: the norm gains g (and LayerNorm biases) it "
+            "rotates through live in model.blocks[l].ln1/ln2; pass the HookedTransformer, or use "
+            "site='pre_gain' to rotate TL's hook_normalized (pre-gain x/RMS(x))"
+        )
+    hooks = []
+    for name, (layer, ln) in zip(names, points):
+        frame, offset = _norm_frame(model_or_cfg, layer, ln, basis)
+        hooks.append((name, _rotation_fn(frame, angles, mode == "by", gate, offset)))
+    return _checked(model_or_cfg, hooks)
 
 
 def location_sweep_hooks(model_or_cfg, direction, locations: list[str], layers=None) -> list[Hook]:

@@ -54,22 +54,38 @@ def run_prefix(
     hooks_for: Callable[[list[int]], Sequence] | None = None,
     batch_size: int = 64,
     stop_at_layer: int | None = None,
+    start_at_layer: int | None = None,
+    start_resid: Float[Tensor, "prefix d_model"] | None = None,
 ) -> PrefixKV:
     """Run the token ids ``prefix`` once per slot, ``batch_size`` slots per forward, slot chunk
     ``c`` under the TL hooks ``hooks_for(c)`` (none by default), through block ``stop_at_layer - 1``
-    (default: every block)."""
+    (default: every block).
+
+    ``start_at_layer=l`` with ``start_resid`` (the prefix's ``resid_pre`` at block l, shared by
+    every slot) runs blocks l.. only; layers below l then stay empty, so the cache only serves a
+    forward that also starts at block l.
+    """
     if not prefix:
         raise ValueError("empty prefix; pass at least one token id (or skip the shared prefix)")
+    if (start_at_layer is None) != (start_resid is None):
+        raise ValueError("start_at_layer and start_resid go together: pass both (resid_pre at that block) or neither")
     device, stop = model.cfg.device, stop_at_layer or model.cfg.n_layers
     tokens = torch.tensor(list(prefix), device=device)
+    if start_resid is not None and start_resid.shape[0] != len(tokens):
+        raise ValueError(f"start_resid covers {start_resid.shape[0]} positions but the prefix has {len(tokens)}")
     parts = []
     for start in range(0, n_slots, batch_size):
         chunk = list(range(start, min(start + batch_size, n_slots)))
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
         batch_tokens = tokens.expand(len(chunk), -1)
+        mask = torch.ones_like(batch_tokens)
         hooks = list(hooks_for(chunk)) if hooks_for else []
         with model.hooks(fwd_hooks=hooks) if hooks else nullcontext():
-            model(batch_tokens, attention_mask=torch.ones_like(batch_tokens), past_kv_cache=cache, stop_at_layer=stop)
+            if start_resid is None:
+                model(batch_tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=stop)
+            else:  # blocks read the full mask themselves; TL appends it to the cache only from tokens
+                x = start_resid.to(device).expand(len(chunk), -1, -1)
+                model(x, start_at_layer=start_at_layer, attention_mask=mask, past_kv_cache=cache, stop_at_layer=stop)
         parts.append([(e.past_keys, e.past_values) for e in cache.entries])
     if len(parts) == 1:
         return PrefixKV(len(tokens), parts[0])

@@ -41,6 +41,9 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"], token_ids: Sequen
     ``logprobs`` is the log-softmax over the vocabulary at the last prompt position. With
     p_R = Σ_{t∈R} p_t (float64, each distinct id counted once) it returns
     log(p_R + 1e-8) − log(1 − p_R + 1e-8) in nats, float64; > 0 means refusal is more likely.
+    Pass float64 log-probs (as :func:`~workbench.generation.last_token_logprobs` returns them): a
+    float32 log-softmax already rounds 1 − p_R, which shifts scores of 13–15 by ~0.3 and
+    near-saturated ones by ~2.
     """
     ids = sorted({int(t) for t in token_ids})
     if not ids:
@@ -56,19 +59,28 @@ def refusal_logodds(logprobs: Float[Tensor, "prompt d_vocab"], token_ids: Sequen
 
 
 def first_token_kl(
-    base_logprobs: Float[Tensor, "prompt d_vocab"], steered_logprobs: Float[Tensor, "prompt d_vocab"]
+    base_logprobs: Float[Tensor, "prompt d_vocab"],
+    steered_logprobs: Float[Tensor, "prompt d_vocab"],
+    *,
+    eps: float = 0.0,
 ) -> Float[Tensor, " prompt"]:
     """KL(P_base ‖ P_steered) per prompt over the vocabulary, in nats, computed in float64.
 
-    Inputs are log-softmaxes (e.g. at the last prompt position). Tokens with p_base = 0 add
-    nothing; a token with p_base > 0 and p_steered = 0 makes the KL infinite.
+    Inputs are log-softmaxes (e.g. at the last prompt position). ``eps = 0`` (default) is the exact
+    KL: tokens with p_base = 0 add nothing; a token with p_base > 0 and p_steered = 0 makes it
+    infinite. ``eps > 0`` is Arditi et al.'s smoothed form (their ``kl_score`` uses 1e-6):
+    Σ_t p_t·(log(p_t + ε) − log(q_t + ε)), always finite.
     """
     if base_logprobs.shape != steered_logprobs.shape:
         raise ValueError(
             f"shape mismatch: base {tuple(base_logprobs.shape)} vs steered "
             f"{tuple(steered_logprobs.shape)}; score the same prompts with the same model"
         )
+    if not eps >= 0:
+        raise ValueError(f"eps must be ≥ 0 (0 = exact KL, Arditi et al.: 1e-6); got {eps}")
     lb, ls = base_logprobs.double(), steered_logprobs.double()
     p = lb.exp()
+    if eps:
+        return (p * (torch.log(p + eps) - torch.log(ls.exp() + eps))).sum(-1)
     terms = torch.where(p > 0, p * (lb - ls), torch.zeros_like(p))  # avoid 0·(−inf) = nan
     return terms.sum(-1)

@@ -19,10 +19,10 @@ import pandas as pd
 from . import data
 from .activations import Activations, cache_activations
 from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
-from .config import AnalysisConfig
+from .config import AnalysisConfig, protocol_of
 from .directions import CandidateKey, Candidates, Direction, diff_in_means, per_sample_candidates
-from .planes import Plane, build_plane
-from .selection import Selection, arditi_scores, candidate_stats, model_refusal_tokens, select
+from .planes import Plane, build_plane, plane_report
+from .selection import Selection, arditi_scores, candidate_stats, filter_prompts, model_refusal_tokens, select
 from .stages import Stages
 
 __all__ = ["AnalysisConfig", "Analysis", "model_key"]
@@ -77,10 +77,11 @@ class Analysis:
 
     def stage_files(self, stage: str) -> list[Path]:
         """The files that hold a stage of the default analysis (``activations``, ``refusal_tokens``,
-        ``arditi_scores``, ``selection``, ``plane``); a stage is done when they all exist."""
+        ``prompt_filter``, ``arditi_scores``, ``selection``, ``plane``); a stage is done when they all exist."""
         files = {
             "activations": ["activations.safetensors"],
             "refusal_tokens": ["refusal_tokens.json"],
+            "prompt_filter": ["prompt_filter.json"],
             "arditi_scores": ["arditi_scores.csv"],
             "selection": [f"direction-{self.config.direction_method}.safetensors"],
         }
@@ -144,13 +145,24 @@ class Analysis:
     # ------------------------------------------------------------------ candidates (computed, not stored)
     @cached_property
     def candidates(self) -> Candidates:
-        """Arditi's raw difference-in-means for every (site, layer, pos), on direction_train."""
-        return diff_in_means(self.activations["harmful_train"], self.activations["harmless_train"], kind="raw")
+        """Arditi's raw difference-in-means for every (site, layer, pos), on direction_train (only the
+        prompts the filter kept, when ``filter_prompts``)."""
+        harmful, harmless = self.activations["harmful_train"], self.activations["harmless_train"]
+        if self.config.filter_prompts:
+            kept = self.prompt_filter["direction_train"]
+            harmful, harmless = harmful.select_prompts(kept["harmful"]), harmless.select_prompts(kept["harmless"])
+        return diff_in_means(harmful, harmless, kind="raw")
 
     @cached_property
     def unit_candidates(self) -> Candidates:
-        """Angular steering's unit-mean differences (the plane is built from these)."""
+        """Angular steering's unit-mean differences on every direction_train prompt, every cached site."""
         return diff_in_means(self.activations["harmful_train"], self.activations["harmless_train"], kind="unit")
+
+    @cached_property
+    def plane_candidates(self) -> Candidates:
+        """The unit-mean differences the plane is built from (``plane_sites`` × ``plane_positions``)."""
+        cfg = self.config
+        return self.unit_candidates.subset(sites=list(cfg.plane_sites), positions=list(cfg.plane_positions))
 
     @cached_property
     def stats(self) -> pd.DataFrame:
@@ -170,22 +182,59 @@ class Analysis:
         return self.stages.run("refusal_tokens", [path], compute, lambda: json.loads(path.read_text())["ids"])
 
     @cached_property
+    def prompt_filter(self) -> dict:
+        """Arditi et al.'s prompt filter: of the direction_train prompts and the first
+        ``arditi_prompts`` validation prompts, keep harmful ones the model refuses (refusal log-odds
+        > 0) and harmless ones it does not (< 0). ``{split: {"harmful": rows kept, "harmless": rows
+        kept}}`` plus ``"counts"`` (kept/dropped per split and class)."""
+        path = self.stage_files("prompt_filter")[0]
+
+        def compute() -> dict:
+            out: dict = {"counts": {}}
+            for split, n in (("direction_train", None), ("validation", self.config.arditi_prompts)):
+                harmful = self.prompts.get("harmful", split)[:n]
+                harmless = self.prompts.get("harmless", split)[:n]
+                kept = filter_prompts(
+                    self.model, harmful, harmless, refusal_ids=self.refusal_ids, batch_size=self.config.batch_size
+                )
+                out[split] = {"harmful": kept.harmful_rows, "harmless": kept.harmless_rows}
+                out["counts"][split] = kept.counts
+            atomic_write_text(path, json.dumps(out, indent=1))
+            return out
+
+        return self.stages.run("prompt_filter", [path], compute, lambda: json.loads(path.read_text()))
+
+    def validation_prompts(self, kind: str) -> list[str]:
+        """The validation prompts Arditi's scores use: the first ``arditi_prompts``, then only those
+        the prompt filter kept (when ``filter_prompts``)."""
+        prompts = self.prompts.get(kind, "validation")[: self.config.arditi_prompts]
+        if not self.config.filter_prompts:
+            return prompts
+        return [prompts[i] for i in self.prompt_filter["validation"][kind]]
+
+    @cached_property
+    def arditi_candidates(self) -> Candidates:
+        """The candidates Arditi's scores cover: ``arditi_site``, every ``arditi_layer_stride``-th
+        layer, ``arditi_positions`` (``()`` = every cached post-instruction position)."""
+        cfg = self.config
+        layers = list(range(0, self.model.cfg.n_layers, cfg.arditi_layer_stride))
+        positions = list(cfg.arditi_positions) or None
+        return self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=positions)
+
+    @cached_property
     def arditi(self) -> pd.DataFrame:
-        """Arditi et al.'s bypass / induce / KL scores of the configured candidates (validation split)."""
+        """Arditi et al.'s bypass / induce / KL scores of :attr:`arditi_candidates` (validation split);
+        candidates in the pruned last 20 % of layers are not scored (NaN)."""
         path = self.stage_files("arditi_scores")[0]
 
         def compute() -> pd.DataFrame:
-            cfg, n_layers = self.config, self.model.cfg.n_layers
-            layers = list(range(0, n_layers, cfg.arditi_layer_stride))
-            cands = self.candidates.subset(sites=[cfg.arditi_site], layers=layers, positions=list(cfg.arditi_positions))
-            n = cfg.arditi_prompts
             table = arditi_scores(
                 self.model,
-                cands,
-                self.prompts.get("harmful", "validation")[:n],
-                self.prompts.get("harmless", "validation")[:n],
+                self.arditi_candidates,
+                self.validation_prompts("harmful"),
+                self.validation_prompts("harmless"),
                 refusal_ids=self.refusal_ids,
-                batch_size=cfg.batch_size,
+                batch_size=self.config.batch_size,
                 progress=self.progress,
             )
             atomic_write_text(path, table.to_csv(index=False))
@@ -201,8 +250,22 @@ class Analysis:
             arditi=self.arditi,
             n_layers=self.model.cfg.n_layers,
             kl_max=self.config.kl_max,
-            fallback_rank=self.config.fallback_rank,
+            fallback=self.config.arditi_fallback,
         )
+
+    def selection_report(self) -> dict:
+        """How the direction was selected: protocol, positions scored, prompt-filter counts, the
+        fallback used (None when a candidate passed Arditi's filters)."""
+        cfg, notes = self.config, self.selection.notes
+        return {
+            "protocol": protocol_of("arditi", cfg),
+            "positions_scored": sorted({k.pos for k in self.arditi_candidates.keys}),
+            "layers_scored": sorted({k.layer for k in self.arditi_candidates.keys}),
+            "filtered": self.prompt_filter["counts"] if cfg.filter_prompts else None,
+            "n_passed": notes.get("n_passed"),
+            "layer_cutoff": notes.get("layer_cutoff"),
+            "fallback": notes.get("fallback"),
+        }
 
     def direction(self, method: str | None = None) -> Direction:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
@@ -219,27 +282,47 @@ class Analysis:
 
     # ------------------------------------------------------------------ stage 3: plane
     def plane(
-        self, *, b1_method: str | None = None, variant: str = "pc1", layer_range: tuple[int, int] | None = None
+        self,
+        *,
+        b1_method: str | None = None,
+        variant: str = "pc1",
+        layer_range: tuple[int, int] | None = None,
+        candidate_norm: str | None = None,
     ) -> Plane:
-        """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of the unit candidates.
+        """The steering plane: b1 = the chosen unit candidate, b2 = PC1 of :attr:`plane_candidates`.
 
         ``b1_method``: any selection method (``mean_of_candidates`` uses the mean direction itself).
         ``variant``: ``pc1``, ``last_two_pcs`` or ``per_sample`` (PCA on each harmful sample minus
         the harmless mean at b1's site, layer and position). ``layer_range=(lo, hi)`` restricts the
-        candidates used for the PCA.
+        candidates used for the PCA. ``candidate_norm``: ``raw`` or ``unit`` (default: the config's
+        ``plane_candidates``).
         """
         b1_method = b1_method or self.config.plane_b1_method
+        norm = candidate_norm or self.config.plane_candidates
         path = self._plane_path(b1_method, variant, layer_range)
-        default = (b1_method, variant, layer_range) == (self.config.plane_b1_method, "pc1", None)
+        if norm != self.config.plane_candidates:
+            path = path.with_name(f"{path.stem}-{norm}{path.suffix}")
+        default = (b1_method, variant, layer_range, norm) == (
+            self.config.plane_b1_method,
+            "pc1",
+            None,
+            self.config.plane_candidates,
+        )
         return self.stages.run(
             "plane" if default else path.stem,
             [path],
-            lambda: self._build_plane(path, b1_method, variant, layer_range),
+            lambda: self._build_plane(path, b1_method, variant, layer_range, norm),
             lambda: Plane.load(path, d_model=self.model.cfg.d_model),
         )
 
-    def _build_plane(self, path: Path, b1_method: str, variant: str, layer_range: tuple[int, int] | None) -> Plane:
-        cands = self.unit_candidates.subset(positions=list(self.config.plane_positions))
+    def plane_report(self, plane: Plane) -> dict:
+        """:func:`workbench.planes.plane_report` plus the protocol the plane follows."""
+        return {"protocol": protocol_of("angular", self.config), **plane_report(plane)}
+
+    def _build_plane(
+        self, path: Path, b1_method: str, variant: str, layer_range: tuple[int, int] | None, norm: str
+    ) -> Plane:
+        cands = self.plane_candidates
         stats = candidate_stats(cands, self.activations["harmful_val"], self.activations["harmless_val"])
         b1: CandidateKey | Direction
         if b1_method == "arditi":
@@ -253,8 +336,16 @@ class Analysis:
             per_sample = per_sample_candidates(
                 self.activations["harmful_train"], self.activations["harmless_train"], key.site, key.layer, key.pos
             )
+        if isinstance(b1, CandidateKey) and b1 not in cands.keys:  # e.g. Arditi's resid_pre choice
+            b1 = self.unit_candidates.direction(b1)
         plane = build_plane(
-            cands, b1, variant=variant, layer_range=layer_range, per_sample=per_sample, model=model_key(self.model)
+            cands,
+            b1,
+            variant=variant,
+            layer_range=layer_range,
+            per_sample=per_sample,
+            model=model_key(self.model),
+            candidate_norm=norm,
         )
         plane.save(path)
         return plane

@@ -5,9 +5,10 @@ counter-clockwise toward b2 (b2 is at 90°), in [0, 360)**; ``angle = atan2(b2·
 ``radius = √((b1·x)² + (b2·x)²)``.
 
 The default plane (``variant="pc1"``) follows the reference: b1 is a chosen unit candidate and b2
-is the first principal component of the unit candidates, Gram–Schmidt-ed against b1. PC1 captures
-how the refusal direction drifts across depth. ``"last_two_pcs"`` reproduces a
-failed idea (the plane of the last two principal components) for comparison, and ``"per_sample"`` fits
+is the first principal component of the candidates (as computed, ``candidate_norm="raw"``; or
+rescaled to unit length, ``"unit"``), Gram–Schmidt-ed against b1. PC1 captures how the refusal
+direction drifts across depth. ``"last_two_pcs"`` reproduces a failed idea (the plane of the last
+two principal components of the unit candidates) for comparison, and ``"per_sample"`` fits
 the PCA on per-prompt candidates instead.
 """
 
@@ -187,19 +188,25 @@ def build_plane(
     per_sample: Float[Tensor, "n d_model"] | None = None,
     tol_deg: float = 1.0,
     model: str | None = None,
+    candidate_norm: str = "raw",
 ) -> Plane:
     """Build the steering plane from candidates and a chosen first axis.
 
     ``pc1``: b1 = unit ``b1`` (bit-identical to ``cands.unit()`` for a CandidateKey); b2 = PC1 of
-    the unit candidates (sklearn centres them; zero-norm candidates are excluded), Gram–Schmidt-ed
-    against b1. ``per_sample``: the same, but PCA on the ``per_sample`` rows (harmful sample −
-    harmless mean, as given). ``last_two_pcs``: b1, b2 = the last two components of the unit
-    candidates that carry variance (> 1e-10 of the total), b1 signed toward the given ``b1``.
+    the candidates (sklearn centres them; zero-norm candidates are excluded), Gram–Schmidt-ed
+    against b1. ``candidate_norm="raw"`` (angular steering as published) fits the PCA on the
+    candidate vectors as they are; ``"unit"`` rescales each to unit length first (then every depth
+    weighs the same, however long its mean difference). ``per_sample``: the same, but PCA on the
+    ``per_sample`` rows (harmful sample − harmless mean, as given). ``last_two_pcs``: b1, b2 = the
+    last two components of the unit candidates that carry variance (> 1e-10 of the total), b1
+    signed toward the given ``b1``.
     ``layer_range=(lo, hi)`` keeps candidates with lo ≤ layer ≤ hi. The sign of b2 follows
     :data:`SIGN_RULE`, evaluated on the candidates used (for ``per_sample``: the candidates in range).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown plane variant {variant!r}; choose one of {VARIANTS}")
+    if candidate_norm not in ("raw", "unit"):
+        raise ValueError(f"candidate_norm must be 'raw' (the study) or 'unit', got {candidate_norm!r}")
     vector, b1_key = _resolve_b1(cands, b1)
     check_d_model("b1", vector.shape[0], cands.d_model)
     if torch.linalg.vector_norm(vector.double()) == 0:
@@ -226,7 +233,7 @@ def build_plane(
         check_d_model("per_sample", per_sample.shape[1], cands.d_model)
         fit_rows = per_sample[torch.linalg.vector_norm(per_sample.double(), dim=1) > 0]
     else:
-        fit_rows = used
+        fit_rows = used if candidate_norm == "unit" else cands.vectors[use.to(cands.vectors.device)]
     components, ratio = principal_components(fit_rows)
     if float(ratio.sum()) == 0:
         raise ValueError(
@@ -239,6 +246,9 @@ def build_plane(
         "n_rows_pca": int(fit_rows.shape[0]),
         "n_candidates_used": int(use.sum()),
         "layer_range": list(layer_range) if layer_range else None,
+        "candidate_norm": candidate_norm,
+        "candidate_sites": list(dict.fromkeys(k.site for k in cands.keys)),
+        "candidate_positions": sorted({k.pos for k in cands.keys}),
     }
     b1_64 = b1_unit.double()
     if variant == "last_two_pcs":
@@ -302,5 +312,9 @@ def plane_report(plane: Plane) -> dict[str, Any]:
         "angle_pc1_b1_deg": plane.angle_pc1_b1_deg,
         "basis_max_abs_gram_error": plane.basis_max_abs_gram_error(),
         "sign_rule": plane.sign_rule,
-        **{k: v for k, v in plane.report.items() if k in ("n_candidates_used", "layer_range")},
+        **{
+            k: v
+            for k, v in plane.report.items()
+            if k in ("n_candidates_used", "layer_range", "candidate_norm", "candidate_sites", "candidate_positions")
+        },
     }

@@ -32,6 +32,7 @@ def main_figures(
     location_prompts: pd.DataFrame,
     subsets: pd.DataFrame,
     sweep: pd.DataFrame,
+    variants: pd.DataFrame,
     *,
     model: str,
 ) -> dict[str, tuple[go.Figure, str]]:
@@ -39,7 +40,7 @@ def main_figures(
     selection = analysis.selection
     acts = analysis.activations
     last = analysis.candidates.subset(positions=[-1])
-    unit = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
+    unit = analysis.plane_candidates
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
     resid = acts["harmful_val"].get(*direction.where())
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
@@ -76,11 +77,21 @@ def main_figures(
             fg.special_cases_figure(special_cases(resid, direction.vector, SPECIAL_CASE_ALPHAS), model=model),
             "ablation is rotation to 90° and addition a rotation by < 180° in each token's own plane",
         ),
+        "09_rotation_variants": (
+            fg.rotation_variants_figure(variants, model=model),
+            "first-token refusal log-odds and KL per angle when rotating post- vs pre-gain in the raw- vs "
+            "unit-candidate plane (the same prompts as 05)",
+        ),
     }
 
 
 def key_numbers(
-    analysis: Analysis, direction: Direction, plane: Plane, locations: pd.DataFrame, sweep: pd.DataFrame
+    analysis: Analysis,
+    direction: Direction,
+    plane: Plane,
+    locations: pd.DataFrame,
+    sweep: pd.DataFrame,
+    rotation: dict | None = None,
 ) -> dict:
     """The run's key numbers: the direction, each method's choice, the plane, refusal rates."""
     selection = analysis.selection
@@ -97,17 +108,46 @@ def key_numbers(
             "method": analysis.config.direction_method,
             "notes": selection.notes.get("arditi", ""),
         },
+        "selection": analysis.selection_report(),
         "choices": {m: str(k) for m, k in selection.choices.items()},
         "plane": {
+            "protocol": analysis.plane_report(plane)["protocol"],
             "b1": str(plane.b1_key),
+            "candidate_sites": plane.report.get("candidate_sites"),
+            "candidate_norm": plane.report.get("candidate_norm"),
             "pc1_explained_variance": round(plane.pc1_explained_variance, 3),
             "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1),
         },
+        "rotation": rotation or {},
         "refusal_by_location": loc,
         "harmful_refusal_by_angle": dict(
             zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
         ),
     }
+
+
+def _protocol_lines(summary: dict) -> list[str]:
+    """The protocols followed, the prompt filter and, loudly, any selection fallback."""
+    sel, p, rot = summary["selection"], summary["plane"], summary.get("rotation", {})
+    filtered = sel.get("filtered")
+    kept = (
+        "; ".join(
+            f"{split} {kind} {c['kept']}/{c['kept'] + c['dropped']}"
+            for split, by_kind in filtered.items()
+            for kind, c in by_kind.items()
+        )
+        if filtered
+        else "off"
+    )
+    lines = [
+        f"Protocols: direction selection `{sel['protocol']}` (positions scored {sel['positions_scored']}, "
+        f"{sel['n_passed']} candidate(s) passed the filters; prompts kept by the refusal-score filter: {kept}); "
+        f"plane `{p['protocol']}` (candidates at {', '.join(p['candidate_sites'] or [])}, {p['candidate_norm']}); "
+        f"rotation {rot.get('site', '?')}, adaptive {rot.get('adaptive', '?')}.",
+    ]
+    if sel.get("fallback"):
+        lines += ["", f"**Selection fallback: {sel['fallback']}.**"]
+    return lines
 
 
 def write_index(
@@ -124,6 +164,8 @@ def write_index(
         f"Direction: `{d['site']}` layer {d['layer']}, position {d['pos']} ({d['method']}). "
         f"Plane: b1 = `{p['b1']}`, PC1 explains {p['pc1_explained_variance']:.0%} of the candidates' "
         f"variance, {p['angle_pc1_b1_deg']}° from b1.",
+        "",
+        *_protocol_lines(summary),
         "",
         "| figure | what it shows |",
         "|---|---|",

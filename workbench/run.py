@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from . import data
@@ -63,6 +65,36 @@ def _manifest(folder: Path, analysis: Analysis, config: RunConfig) -> Manifest:
         seeds={"torch": config.seed, "splits": data.SPLIT_SEEDS if shipped else prompts.seed},
         versions=library_versions(),
     )
+
+
+def variant_name(site: str, norm: str) -> str:
+    return f"{site.replace('_', '-')}, {norm} plane"
+
+
+def _rotation_variants(stages, folder, analysis, config, sweep, prompts, angles, progress) -> pd.DataFrame:
+    """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
+    unit-candidate plane; the main sweep's own setting is taken from the sweep (same prompts)."""
+    main = (config.rotation_site, analysis.config.plane_candidates)
+    grid = [(site, norm) for norm in ("raw", "unit") for site in ("post_gain", "pre_gain") if (site, norm) != main]
+    path = folder / "rotation_variants.csv"
+
+    def compute() -> pd.DataFrame:
+        table = ex.rotation_variant_sweep(
+            analysis.model,
+            {variant_name(site, norm): (analysis.plane(candidate_norm=norm), site) for site, norm in grid},
+            prompts,
+            angles,
+            refusal_ids=analysis.refusal_ids,
+            adaptive=config.adaptive,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        atomic_write_text(path, table.to_csv(index=False))
+        return table
+
+    table = stages.run("rotation_variants", [path], compute, lambda: pd.read_csv(path))
+    own = sweep[["split", "angle", "logodds", "kl", "n"]].assign(variant=variant_name(*main), site=main[0])
+    return pd.concat([own[table.columns], table], ignore_index=True)
 
 
 def run_main(
@@ -127,15 +159,17 @@ def run_main(
         ),
     )
     angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
+    sweep_prompts: dict[str, Sequence[str]] = {k: v[: config.n_sweep] for k, v in test.items()}
     sweep, _ = tables(
         "angle_sweep",
         lambda: ex.angle_sweep(
-            model, plane, {k: v[: config.n_sweep] for k, v in test.items()}, angles, adaptive=config.adaptive, **sizes
+            model, plane, sweep_prompts, angles, site=config.rotation_site, adaptive=config.adaptive, **sizes
         ),
     )
+    variants = _rotation_variants(stages, folder, analysis, config, sweep, sweep_prompts, angles, progress)
 
     t_fig = time.perf_counter()
-    figs = main_figures(analysis, direction, plane, locations, location_prompts, subsets, sweep, model=spec)
+    figs = main_figures(analysis, direction, plane, locations, location_prompts, subsets, sweep, variants, model=spec)
     written = {key: save_figure(fig, key, figures_dir) for key, (fig, _) in figs.items()}
     stages.record(
         "figures", time.perf_counter() - t_fig, [f for paths in written.values() for f in paths if f.suffix == ".png"]
@@ -143,7 +177,9 @@ def run_main(
 
     summary = {
         "model": spec,
-        **key_numbers(analysis, direction, plane, locations, sweep),
+        **key_numbers(
+            analysis, direction, plane, locations, sweep, {"site": config.rotation_site, "adaptive": config.adaptive}
+        ),
         "timings_s": stages.top_level(),
         "seconds": round(time.perf_counter() - t0, 1),
         "run_dir": str(analysis.dir),

@@ -4,6 +4,7 @@
 (norm, mean cosine to the others, AUC and Cohen's d of the harmful/harmless projections);
 :func:`select` turns those scores (and optionally Arditi et al.'s model-based bypass/induce/KL
 table, from :func:`arditi_scores`, which runs the model on every candidate) into one choice per method.
+:func:`filter_prompts` is the study's prompt filter (keep what the model refuses / answers).
 """
 
 from __future__ import annotations
@@ -21,15 +22,30 @@ from . import interventions as iv
 from .activations import Activations
 from .artifacts import library_versions
 from .directions import CandidateKey, Candidates, Direction, _check_pair, cosine_matrix
-from .generation import generate, last_token_logprobs, repeat_prompts
+from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
 from .labels import is_refusal
 from .metrics import first_token_kl, refusal_logodds, refusal_token_ids
 
-__all__ = ["METHODS", "KL_FALLBACK", "candidate_stats", "model_refusal_tokens", "arditi_scores", "Selection", "select"]
+__all__ = [
+    "METHODS",
+    "FALLBACKS",
+    "KL_FALLBACK",
+    "KL_EPS",
+    "candidate_stats",
+    "layer_cutoff",
+    "model_refusal_tokens",
+    "PromptFilter",
+    "filter_prompts",
+    "arditi_scores",
+    "Selection",
+    "select",
+]
 
 METHODS = ("max_sim", "max_norm", "max_auc", "mean_of_candidates", "arditi")
+FALLBACKS = ("none", "balance", "bypass")  # select(fallback=...): the study stops; the others relax
 _ARDITI_COLUMNS = ("bypass", "induce", "kl")
 KL_FALLBACK = 0.25  # KL ≤ 0.1 rejects every candidate on the 135M organism (see select)
+KL_EPS = 1e-6  # the study's kl_score adds ε to both probabilities
 
 
 def _auc(pos: Float[Tensor, "cand n1"], neg: Float[Tensor, "cand n0"]) -> Float[Tensor, " cand"]:
@@ -105,6 +121,14 @@ def candidate_stats(cands: Candidates, harmful_val: Activations, harmless_val: A
 # ---------------------------------------------------------------- Arditi's model-based scores
 
 
+def layer_cutoff(n_layers: int, exclude_last_frac: float = 0.2) -> int:
+    """Arditi et al.'s late-layer filter: candidates at layer ≥ ``int((1 − frac)·n_layers)`` are
+    discarded (the study: ``int(0.8·L)``)."""
+    if not 0 <= exclude_last_frac < 1:
+        raise ValueError(f"exclude_last_frac must lie in [0, 1) (the study: 0.2); got {exclude_last_frac}")
+    return int((1 - exclude_last_frac) * n_layers)
+
+
 def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
     """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
     responses = generate(model, harmful, max_new_tokens=max_new_tokens)
@@ -112,6 +136,61 @@ def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int =
     if not refusals:
         raise ValueError("the model refused none of the prompts; pass refusal token ids explicitly")
     return refusal_token_ids(model.tokenizer, refusals)
+
+
+@dataclass(frozen=True)
+class PromptFilter:
+    """The prompts Arditi et al.'s filter keeps: harmful ones the model refuses (refusal log-odds
+    > 0), harmless ones it does not (< 0); a score of exactly 0 is dropped from both.
+
+    ``*_rows``: indices of the kept prompts in the input lists; ``*_scores``: every input
+    prompt's refusal log-odds (float64, nats); ``counts``:
+    ``{"harmful": {"kept": k, "dropped": d}, "harmless": {...}}``.
+    """
+
+    harmful: list[str]
+    harmless: list[str]
+    harmful_rows: list[int]
+    harmless_rows: list[int]
+    harmful_scores: Float[Tensor, " harmful"]
+    harmless_scores: Float[Tensor, " harmless"]
+    counts: dict[str, dict[str, int]]
+
+
+def filter_prompts(
+    model,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    refusal_ids: Sequence[int],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> PromptFilter:
+    """Arditi et al.'s prompt filter (applied to train and validation prompts): score every prompt
+    with the unsteered model's refusal log-odds and keep harmful ones > 0, harmless ones < 0."""
+    harmful, harmless = list(harmful), list(harmless)
+    scores = last_token_scores(
+        model,
+        harmful + harmless,
+        lambda lp, rows: refusal_logodds(lp, refusal_ids),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    s_h, s_s = scores[: len(harmful)], scores[len(harmful) :]
+    rows_h = torch.nonzero(s_h > 0).flatten().tolist()
+    rows_s = torch.nonzero(s_s < 0).flatten().tolist()
+    return PromptFilter(
+        harmful=[harmful[i] for i in rows_h],
+        harmless=[harmless[i] for i in rows_s],
+        harmful_rows=rows_h,
+        harmless_rows=rows_s,
+        harmful_scores=s_h,
+        harmless_scores=s_s,
+        counts={
+            "harmful": {"kept": len(rows_h), "dropped": len(harmful) - len(rows_h)},
+            "harmless": {"kept": len(rows_s), "dropped": len(harmless) - len(rows_s)},
+        },
+    )
 
 
 def arditi_scores(
@@ -122,27 +201,66 @@ def arditi_scores(
     *,
     refusal_ids: Sequence[int],
     batch_size: int = 64,
+    prune: bool = True,
+    exclude_last_frac: float = 0.2,
+    reuse_base: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Arditi et al.'s three scores for every candidate, scored many candidates per forward pass.
+    """Arditi et al.'s three scores for every candidate, many candidates per forward pass.
 
-    ``bypass``: mean refusal log-odds on ``harmful`` with the candidate ablated everywhere
-    (``all``). ``induce``: on ``harmless`` with the raw candidate added at its own site and layer.
-    ``kl``: mean first-token KL(base ‖ ablated) on ``harmless``. Zero-norm candidates get NaN.
+    One row per candidate, in ``cands`` order: site, layer, pos, bypass, induce, kl (nats, float64
+    means over prompts), pruned. ``bypass``: mean refusal log-odds on ``harmful`` with the unit
+    candidate ablated at every layer and position (``all``). ``induce``: on ``harmless`` with the
+    raw candidate added at its own site and layer, every position. ``kl``: mean KL(base ‖ ablated)
+    of the first response token on ``harmless``, smoothed as the study's (ε = 1e-6, see
+    :func:`~workbench.metrics.first_token_kl`). Candidates from any post-instruction position are
+    scored alike: ablation and addition act at every position.
+
+    Work that cannot change the choice is skipped: with ``prune`` (default) candidates at layer ≥
+    :func:`layer_cutoff` are not run (``pruned=True``, NaN scores; :func:`select` rejects them
+    anyway, so its fallback then relaxes within the scored layers only); zero-norm ones get NaN.
+    Bypass and KL ablate the same candidate, so they run as one job (a candidate's shared prefix
+    is computed once for both). ``reuse_base``: induce rows start at their candidate's block from
+    the unsteered model's cached residual (the layers below are unchanged by the addition).
     """
-    ok = cands.vectors.norm(dim=-1) > 0
-    idx = torch.nonzero(ok).flatten()
+    if not harmful or not harmless:
+        raise ValueError("arditi_scores needs at least one harmful and one harmless prompt")
+    cutoff = layer_cutoff(model.cfg.n_layers, exclude_last_frac)
+    pruned = torch.tensor([prune and key.layer >= cutoff for key in cands.keys], dtype=torch.bool)
+    scored = (cands.vectors.norm(dim=-1).cpu() > 0) & ~pruned
+    idx = torch.nonzero(scored).flatten()
+    table = cands.to_frame()[["site", "layer", "pos"]]
+    nan = np.full(len(cands), np.nan)
+    table["bypass"], table["induce"], table["kl"] = nan, nan.copy(), nan.copy()
+    table["pruned"] = pruned.numpy()
+    if len(idx) == 0:
+        return table
     vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
-    k = len(keys)
+    k, n_h, n_s = len(keys), len(harmful), len(harmless)
     layers = torch.tensor([key.layer for key in keys])
     sites = sorted({key.site for key in keys})
-    base = last_token_logprobs(model, harmless, batch_size=batch_size)
+    device = model.cfg.device
+    base = last_token_logprobs(model, harmless, batch_size=batch_size).to(device)
 
-    rows_h, cand_h = repeat_prompts(harmful, k)
+    # bypass and kl: candidate c's block holds the harmful then the harmless prompts, ablated alike
+    rows_a, cand_a = repeat_prompts([*harmful, *harmless], k)
+
+    def bypass_or_kl(lp, rows):
+        j = rows % (n_h + n_s)
+        kl = first_token_kl(base[(j - n_h).clamp_min(0)], lp, eps=KL_EPS)
+        return torch.where(j < n_h, refusal_logodds(lp, refusal_ids), kl)
+
+    scores_a = last_token_scores(
+        model,
+        rows_a,
+        bypass_or_kl,
+        hooks=lambda rows: iv.candidate_sweep_hooks(model, vectors[cand_a[rows.cpu()]], "all"),
+        groups=cand_a,
+        batch_size=batch_size,
+        progress=progress,
+    ).view(k, n_h + n_s)
+
     rows_s, cand_s = repeat_prompts(harmless, k)
-
-    def ablate(cand):  # row i ablates its own candidate everywhere
-        return lambda rows: iv.candidate_sweep_hooks(model, vectors[cand[rows.cpu()]], "all")
 
     def induce(rows):
         c = cand_s[rows.cpu()]
@@ -152,38 +270,20 @@ def arditi_scores(
             hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
         return hooks
 
-    score = lambda rows, hooks, groups: last_token_logprobs(  # noqa: E731
-        model, rows, hooks=hooks, groups=groups, batch_size=batch_size, progress=progress
-    )
-    lp_bypass = score(rows_h, ablate(cand_h), cand_h)
-    lp_kl = score(rows_s, ablate(cand_s), cand_s)
-    lp_induce = score(rows_s, induce, cand_s)
-    n_h, n_s = len(harmful), len(harmless)
-    table = pd.DataFrame(
-        {
-            "site": [key.site for key in keys],
-            "layer": layers.tolist(),
-            "pos": [key.pos for key in keys],
-            "bypass": refusal_logodds(lp_bypass, refusal_ids).view(k, n_h).mean(1).numpy(),
-            "induce": refusal_logodds(lp_induce, refusal_ids).view(k, n_s).mean(1).numpy(),
-            "kl": first_token_kl(base.repeat(k, 1), lp_kl).view(k, n_s).mean(1).numpy(),
-        }
-    )
-    zero = [key for key, good in zip(cands.keys, ok.tolist()) if not good]
-    if zero:
-        nan = float("nan")
-        table = pd.concat(
-            [
-                table,
-                pd.DataFrame(
-                    [
-                        {"site": z.site, "layer": z.layer, "pos": z.pos, "bypass": nan, "induce": nan, "kl": nan}
-                        for z in zero
-                    ]
-                ),
-            ],
-            ignore_index=True,
-        )
+    scores_i = last_token_scores(
+        model,
+        rows_s,
+        lambda lp, rows: refusal_logodds(lp, refusal_ids),
+        hooks=induce,
+        groups=cand_s,
+        start_layers=layers[cand_s] if reuse_base else None,
+        batch_size=batch_size,
+        progress=progress,
+    ).view(k, n_s)
+    at = idx.numpy()
+    table.loc[at, "bypass"] = scores_a[:, :n_h].mean(1).numpy()
+    table.loc[at, "kl"] = scores_a[:, n_h:].mean(1).numpy()
+    table.loc[at, "induce"] = scores_i.mean(1).numpy()
     return table
 
 
@@ -196,7 +296,9 @@ class Selection:
 
     ``choices["mean_of_candidates"]`` is the candidate closest (cosine) to ``mean_direction``; the
     mean itself is not a candidate, so ``direction("mean_of_candidates", …)`` returns the mean.
-    ``notes["fallback"]`` is True when no candidate passed Arditi's filters (see ``notes["arditi"]``).
+    ``notes`` (with an Arditi table): ``n_passed``, ``layer_cutoff``, ``filter_counts`` and
+    ``fallback``: None when a candidate passed Arditi's filters, else the one-line account of the
+    relaxation used (see :func:`select`).
     """
 
     table: pd.DataFrame
@@ -232,18 +334,25 @@ def select(
     n_layers: int | None = None,
     exclude_last_frac: float = 0.2,
     kl_max: float = 0.1,
-    fallback_rank: str = "balance",
+    fallback: str = "balance",
 ) -> Selection:
     """Choose a candidate by each method in :data:`METHODS` (``arditi`` only if its table is given).
 
     Zero-norm candidates are never chosen. ``arditi`` needs columns site, layer, pos, bypass,
     induce, kl and ``n_layers`` (the model's depth): a candidate passes unless a score is NaN,
     ``layer ≥ int((1 − exclude_last_frac)·n_layers)``, ``kl > kl_max`` or ``induce < 0``; the
-    minimum bypass wins (Arditi et al. exactly). If none passes, instead of raising as the reference
-    does, the filters are relaxed in stages (kl ≤ 0.25 below the cut-off, then any layer, then
-    kl ≤ 1) and the relaxed candidate with the largest ``balance = min(−bypass, induce)`` wins;
-    ``notes`` records ``fallback``, the level used and why.
+    minimum bypass wins (Arditi et al. exactly). ``fallback`` says what happens if none passes:
+    ``"none"`` (the study) raises ValueError with the filter counts; ``"balance"`` / ``"bypass"``
+    relax the filters in stages (kl ≤ 0.25 below the cut-off, then any layer, then kl ≤ 1) and take
+    the relaxed candidate with the largest ``balance = min(−bypass, induce)`` or the lowest bypass.
+    ``notes``: ``n_passed``, ``layer_cutoff``, ``filter_counts`` and ``fallback`` (None when a
+    candidate passed, else one line naming the counts, the ranking and the level used;
+    ``fallback_level`` holds the level alone).
     """
+    if fallback not in FALLBACKS:
+        raise ValueError(
+            f"fallback must be one of {', '.join(FALLBACKS)} (config key arditi_fallback); got {fallback!r}"
+        )
     key_cols = ["site", "layer", "pos"]
     need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
     if need:
@@ -277,7 +386,7 @@ def select(
     notes: dict = {}
     if arditi is not None:
         table, choices["arditi"], notes = _select_arditi(
-            table, ok, arditi, n_layers, exclude_last_frac, kl_max, fallback_rank
+            table, ok, arditi, n_layers, exclude_last_frac, kl_max, fallback
         )
     return Selection(table, choices, mean_direction, notes)
 
@@ -289,7 +398,7 @@ def _select_arditi(
     n_layers: int | None,
     exclude_last_frac: float,
     kl_max: float,
-    fallback_rank: str = "balance",
+    fallback: str,
 ) -> tuple[pd.DataFrame, CandidateKey, dict]:
     missing = {"site", "layer", "pos", *_ARDITI_COLUMNS} - set(arditi.columns)
     if missing:
@@ -303,20 +412,39 @@ def _select_arditi(
     table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
         scores, on=["site", "layer", "pos"], how="left", validate="one_to_one"
     )
-    cutoff = int((1 - exclude_last_frac) * n_layers)
+    cutoff = layer_cutoff(n_layers, exclude_last_frac)
     finite = table[list(_ARDITI_COLUMNS)].notna().all(axis=1)
     early = table["layer"] < cutoff
     passed = ok & finite & early & (table["kl"] <= kl_max) & (table["induce"] >= 0)
     table["arditi_pass"] = passed
-    notes: dict[str, object] = {"fallback": False, "layer_cutoff": cutoff}
+    # each count among the non-zero candidates; late ones (pruned: unscored) are counted as late only
+    counts = {
+        "candidates": int(ok.sum()),
+        "nan": int((ok & early & ~finite).sum()),
+        "late": int((ok & ~early).sum()),
+        "kl": int((ok & (table["kl"] > kl_max)).sum()),
+        "induce": int((ok & (table["induce"] < 0)).sum()),
+        "passed": int(passed.sum()),
+    }
+    notes: dict[str, object] = {
+        "n_passed": counts["passed"],
+        "layer_cutoff": cutoff,
+        "filter_counts": counts,
+        "fallback": None,
+        "fallback_level": None,
+    }
     if passed.any():
         return table, _argmax_key(table, passed, ["bypass"], ascending=True), notes
-    notes["fallback"] = True
-    counts = (
-        f"{int((ok & ~finite).sum())} NaN, {int((ok & ~early).sum())} at layer ≥ {cutoff}, "
-        f"{int((ok & (table['kl'] > kl_max)).sum())} with kl > {kl_max}, "
-        f"{int((ok & (table['induce'] < 0)).sum())} with induce < 0"
+    said = (
+        f"{counts['candidates']} non-zero candidates: {counts['nan']} NaN, {counts['late']} at layer ≥ {cutoff}, "
+        f"{counts['kl']} with kl > {kl_max}, {counts['induce']} with induce < 0"
     )
+    if fallback == "none":
+        raise ValueError(
+            f"no candidate passed Arditi's filters ({said}); the study stops here. To choose anyway, "
+            "set the config key arditi_fallback to 'balance' (relax the filters, rank by min(−bypass, induce)) "
+            "or 'bypass' (relax, rank by bypass), i.e. select(..., fallback='balance')"
+        )
     # Relax one filter at a time, never the coherence one entirely: the minimum bypass over *all*
     # candidates is often a layer whose ablation breaks the model (kl ≫ 1, gibberish scored as
     # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
@@ -329,24 +457,19 @@ def _select_arditi(
         ("kl ≤ 1, any layer", ok & finite & (table["kl"] <= 1.0)),
         ("any finite score", ok & finite),
     )
-    level, fallback = next(((name, mask) for name, mask in levels if mask.any()), ("", None))
-    if fallback is None:
+    level, relaxed = next(((name, mask) for name, mask in levels if mask.any()), ("", None))
+    if relaxed is None:
         raise ValueError(
             "arditi table has no finite scores for any non-zero candidate; "
             "check that it was computed for these candidates"
         )
-    # Among relaxed candidates none is known to be a clean two-way mediator, so rank by the weaker
-    # of its two effects (bypass lowers refusal, induce raises it) instead of bypass alone: a
-    # candidate that bypasses well but barely induces is a poor "refusal direction" to steer with.
-    if fallback_rank not in ("balance", "bypass"):
-        raise ValueError(f"fallback_rank must be 'balance' or 'bypass', got {fallback_rank!r}")
+    # Among relaxed candidates none is known to be a clean two-way mediator, so "balance" ranks by
+    # the weaker of its two effects (bypass lowers refusal, induce raises it) instead of bypass
+    # alone: a candidate that bypasses well but barely induces is a poor direction to steer with.
     table["balance"] = np.minimum(-table["bypass"], table["induce"])
-    if fallback_rank == "bypass":  # Arditi's own ranking, applied to the relaxed set
+    if fallback == "bypass":  # Arditi's own ranking, applied to the relaxed set
         table["balance"] = -table["bypass"]
-    notes["arditi"] = (
-        f"no candidate passed Arditi's filters ({counts}); relaxed to {level} and took the "
-        f"best by {'min(−bypass, induce)' if fallback_rank == 'balance' else 'bypass'} there"
-    )
+    notes["fallback"] = f"no candidate passed Arditi's filters ({said}); fallback {fallback} used: relaxed to {level}"
     notes["fallback_level"] = level
-    best = table[fallback].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
+    best = table[relaxed].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
     return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes

@@ -12,6 +12,7 @@ Conventions (those of the angular-steering paper, Vu & Nguyen 2025):
   (``Plane``). Angles are in degrees, 0° = b1, counter-clockwise toward b2.
 - A per-row setting (an angle, a coefficient, a mask) is a float, a ``[batch]`` tensor (row ``i`` of
   ``x`` gets entry ``i``, broadcast over positions), or a :class:`PerRow`.
+- An adaptive gate (``adaptive=``) is ``"off"``/False, ``"b1"``/True or ``"b2"`` (:func:`gate_mode`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from torch import Tensor
 
 __all__ = [
     "PerRow",
+    "GATES",
+    "Adaptive",
+    "gate_mode",
     "angle_settings",
     "as_vector",
     "unit_vector",
@@ -204,6 +208,25 @@ def angle_settings(theta_deg) -> tuple:
     return PerRow(rads.cos(), per_row.layout), PerRow(rads.sin(), per_row.layout)
 
 
+GATES: tuple[str, ...] = ("off", "b1", "b2")
+Adaptive = bool | str  # False/"off", True/"b1" or "b2"; checked at run time by gate_mode
+
+
+def gate_mode(adaptive: Adaptive) -> str:
+    """The adaptive gate as one of :data:`GATES`: ``False``/``"off"`` rotates every token;
+    ``True``/``"b1"`` only tokens with ``b1ᵀh > 0`` (strict; the paper's AAS, reference mode 1);
+    ``"b2"`` only tokens with ``b2ᵀh > 0`` (strict; the reference's exploratory mode 2).
+    Raises ValueError for anything else."""
+    if isinstance(adaptive, bool):
+        return "b1" if adaptive else "off"
+    if isinstance(adaptive, str) and adaptive in GATES:
+        return adaptive
+    raise ValueError(
+        f"unknown adaptive gate {adaptive!r}; use False/'off' (every token), True/'b1' (tokens with "
+        "b1ᵀh > 0, the paper's AAS) or 'b2' (tokens with b2ᵀh > 0)"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Kernels: inputs already in the compute dtype and on x's device. Shared by functions and hooks.
 
@@ -214,24 +237,57 @@ def _ablate_kernel(xf: Tensor, u: Tensor, scale: Tensor | float = 1.0) -> Tensor
     return xf - (proj * scale)[..., None] * u
 
 
-def _rotate_kernel(xf: Tensor, basis: Tensor, cos, sin, *, by: bool = False, adaptive: bool = False) -> Tensor:
-    """Rank-2 update ``x + k1·b1 + k2·b2`` in the plane of ``basis`` (two dot products per token).
+def _plane_update(
+    xf: Tensor,
+    read: Tensor,
+    write: Tensor,
+    cos,
+    sin,
+    *,
+    by: bool,
+    gate: str,
+    offset: Tensor | None = None,
+) -> Tensor:
+    """``x + k1·w1 + k2·w2`` where ``(k1, k2)`` rotate the plane coordinates ``c = R x (+ o)``.
 
-    to θ: ``k1 = ρcosθ − c1, k2 = ρsinθ − c2`` with ``c = Bx``, ``ρ = ‖c‖``.
+    ``read`` (R) and ``write`` (w1, w2) are ``[2, d]``; both equal the basis for a plain rotation.
+    For a post-gain rotation behind a norm ``y = g⊙x̂ + b`` they are ``B⊙g`` and ``B/g`` with
+    ``o = Bb``, so the coordinates and the gate are those of y and ``g⊙x̂' + b = rotate(y)``.
+    to θ: ``k1 = ρcosθ − c1, k2 = ρsinθ − c2`` with ``ρ = ‖c‖``.
     by δ: ``k1 = c1cosδ − c2sinδ − c1, k2 = c1sinδ + c2cosδ − c2``.
-    Adaptive: ``k = 0`` where ``c1 ≤ 0``, so those tokens come back bit-identical (x + 0·b = x).
+    Gate ``"b1"``/``"b2"``: only tokens with ``c1 > 0`` / ``c2 > 0`` (strict) change; the others are
+    returned bit-identical (selected, not ``x + 0·w``, which would turn −0.0 into +0.0).
     """
-    c = xf @ basis.T  # [..., 2]
+    c = xf @ read.T  # [..., 2]
+    if offset is not None:
+        c = c + offset
     c1, c2 = c[..., 0], c[..., 1]
     if by:
         k1, k2 = c1 * cos - c2 * sin - c1, c1 * sin + c2 * cos - c2
     else:
         rho = torch.hypot(c1, c2)  # ρ = 0 ⇒ k = 0: untouched, no ε needed
         k1, k2 = rho * cos - c1, rho * sin - c2
-    if adaptive:  # AAS gate, strict > 0, per token
-        gate = c1 > 0
-        k1, k2 = torch.where(gate, k1, 0.0), torch.where(gate, k2, 0.0)
-    return xf + k1[..., None] * basis[0] + k2[..., None] * basis[1]
+    out = xf + k1[..., None] * write[0] + k2[..., None] * write[1]
+    if gate == "off":
+        return out
+    on = (c1 if gate == "b1" else c2) > 0  # per token, strict
+    return torch.where(on[..., None], out, xf)
+
+
+def _rotate_kernel(xf: Tensor, basis: Tensor, cos, sin, *, by: bool = False, adaptive: Adaptive = "off") -> Tensor:
+    """Rank-2 update ``x + k1·b1 + k2·b2`` in the plane of ``basis`` (two dot products per token);
+    see :func:`_plane_update` for ``k`` and :func:`gate_mode` for ``adaptive``."""
+    return _plane_update(xf, basis, basis, cos, sin, by=by, gate=gate_mode(adaptive))
+
+
+def _post_gain_frame(basis: Tensor, gain: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``(read, write)`` stacked ``[4, d]`` and the offset ``[2]`` (None without a bias), in float64,
+    that make :func:`_plane_update` on ``x̂`` rotate ``y = g⊙x̂ + b``: with ``c = (B⊙g)x̂ + Bb = By``
+    and ``x̂' = x̂ + (k1 b1 + k2 b2)/g`` we get ``g⊙x̂' + b = y + k1 b1 + k2 b2``. ``gain`` must have no
+    zero entry (checked by the caller, which can name the module)."""
+    b64, g = basis.to(torch.float64), gain.to(torch.float64)
+    frame = torch.cat([b64 * g, b64 / g])
+    return frame, None if bias is None else b64 @ bias.to(torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +311,7 @@ def add(x: Float[Tensor, "... d_model"], r, alpha=1.0) -> Float[Tensor, "... d_m
 
 
 def rotate(
-    x: Float[Tensor, "... d_model"], basis, theta_deg, *, adaptive: bool = False
+    x: Float[Tensor, "... d_model"], basis, theta_deg, *, adaptive: Adaptive = "off"
 ) -> Float[Tensor, "... d_model"]:
     """Angular steering, "rotate TO θ" (Vu & Nguyen Eq. 2).
 
@@ -266,23 +322,28 @@ def rotate(
     sets the in-plane angle to θ (0° = b1, counter-clockwise toward b2) while keeping ``ρ``, the
     orthogonal complement and hence ``‖x‖``. Idempotent; ``ρ = 0`` leaves x untouched; no θ is the
     identity ("0°" is not "off"). ``theta_deg``: float or per-row ``[batch]`` tensor / PerRow.
-    ``adaptive=True`` rotates only tokens with ``b1ᵀx > 0`` (strict), decided per token.
+    ``adaptive``: ``"b1"`` (or True) rotates only tokens with ``b1ᵀx > 0``, ``"b2"`` only tokens
+    with ``b2ᵀx > 0`` (strict, decided per token; the others come back bit-identical); ``"off"``
+    (or False) rotates every token.
     """
+    gate = gate_mode(adaptive)  # fail before any work
     dt = compute_dtype(x.dtype)
     b = as_basis(basis, x.shape[-1]).to(x.device, dt)
     cos, sin = (_setting(s, x, dt) for s in angle_settings(theta_deg))
-    return _rotate_kernel(x.to(dt), b, cos, sin, adaptive=adaptive).to(x.dtype)
+    return _rotate_kernel(x.to(dt), b, cos, sin, adaptive=gate).to(x.dtype)
 
 
 def rotate_by(
-    x: Float[Tensor, "... d_model"], basis, delta_deg, *, adaptive: bool = False
+    x: Float[Tensor, "... d_model"], basis, delta_deg, *, adaptive: Adaptive = "off"
 ) -> Float[Tensor, "... d_model"]:
     """ "Rotate BY δ" (Selective Steering / AISteer360 "offset"): ``x' = x − Px + B R_δ Bᵀ x`` with
-    ``R_δ`` the counter-clockwise 2×2 rotation. Linear in x; δ = 0 is exactly the identity."""
+    ``R_δ`` the counter-clockwise 2×2 rotation. Linear in x; δ = 0 is exactly the identity.
+    ``adaptive`` as in :func:`rotate`."""
+    gate = gate_mode(adaptive)
     dt = compute_dtype(x.dtype)
     b = as_basis(basis, x.shape[-1]).to(x.device, dt)
     cos, sin = (_setting(s, x, dt) for s in angle_settings(delta_deg))
-    return _rotate_kernel(x.to(dt), b, cos, sin, by=True, adaptive=adaptive).to(x.dtype)
+    return _rotate_kernel(x.to(dt), b, cos, sin, by=True, adaptive=gate).to(x.dtype)
 
 
 def plane_angle(x: Float[Tensor, "... d_model"], basis) -> Float[Tensor, ...]:
