@@ -102,17 +102,21 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     assert summary["refusal_by_location"]["harmful/all"] <= 0.3
     manifest = json.loads(Path(summary["manifest"]).read_text())
     stages = manifest["stages"]
-    # the selection stage runs its own two (refusal tokens, Arditi scores) first
+    # the selection stage runs its own (refusal tokens, prompt filter, Arditi scores) first; the
+    # rotation variants build the unit-candidate plane inside their stage
     assert list(stages) == [
         "model",
         "activations",
         "refusal_tokens",
+        "prompt_filter",
         "arditi_scores",
         "selection",
         "plane",
         "locations",
         "layer_subsets",
         "angle_sweep",
+        "plane-max_auc-pc1-unit",
+        "rotation_variants",
         "figures",
     ]
     assert list(summary["timings_s"]) == [
@@ -123,6 +127,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "locations",
         "layer_subsets",
         "angle_sweep",
+        "rotation_variants",
         "figures",
     ]
     assert not any(s["reused"] for s in stages.values())
@@ -140,12 +145,14 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         for s in (
             "activations",
             "refusal_tokens",
+            "prompt_filter",
             "arditi_scores",
             "selection",
             "plane",
             "locations",
             "layer_subsets",
             "angle_sweep",
+            "rotation_variants",
         )
     )
 
