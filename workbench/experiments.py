@@ -274,10 +274,13 @@ def rotation_variant_sweep(
     angles = [float(a) for a in angles]
     theta = torch.tensor(angles)
     rows = []
+    bases = {
+        split: last_token_logprobs(model, prompts, batch_size=batch_size) for split, prompts in prompt_sets.items()
+    }
     for name, (plane, site) in variants.items():
         for split, prompts in prompt_sets.items():
             texts, setting = repeat_prompts(prompts, len(angles))
-            base = last_token_logprobs(model, prompts, batch_size=batch_size)
+            base = bases[split]  # unsteered: the same for every variant
             lp = last_token_logprobs(
                 model,
                 texts,
