@@ -393,6 +393,7 @@ def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_
     from workbench.generation import last_token_logprobs
     from workbench.interventions import ablation_hooks, addition_hooks
     from workbench.metrics import first_token_kl, refusal_logodds
+    from workbench.selection import KL_EPS
 
     base = last_token_logprobs(model, harmless, batch_size=batch_size)
     rows = []
@@ -411,7 +412,7 @@ def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_
             | {
                 "bypass": float(refusal_logodds(lp_bypass, refusal_ids).mean()),
                 "induce": float(refusal_logodds(lp_induce, refusal_ids).mean()),
-                "kl": float(first_token_kl(base, lp_kl).mean()),
+                "kl": float(first_token_kl(base, lp_kl, eps=KL_EPS).mean()),
             }
         )
     return pd.DataFrame(rows)

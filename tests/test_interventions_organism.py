@@ -146,7 +146,7 @@ def test_bad_intervention_spec_is_a_clear_error():
     from workbench.cli import _spec_hooks
 
     with pytest.raises(ValueError, match="bad intervention 'ablate:everywhere'"):
-        _spec_hooks("ablate:everywhere", None, None)
+        _spec_hooks("ablate:everywhere", None, None, None)
 
 
 @pytest.mark.slow

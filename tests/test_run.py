@@ -130,7 +130,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "figures",
     ]
-    assert not any(s["reused"] for s in stages.values())
+    assert [n for n, s in stages.items() if s["reused"]] == []
     assert "activations.safetensors" in "".join(stages["activations"]["files"])
     assert manifest["prompts"]["sets"]["harmful/test"]["n"] == 7 and manifest["seeds"]["splits"] == 0
     assert manifest["run_config"]["n_eval"] == RunConfig.from_file(config).n_eval

@@ -128,8 +128,8 @@ def test_plane_variants_are_selectable_and_reported(analysis, b1, variant, layer
     assert 1.0 < report["angle_pc1_b1_deg"] <= 90
     # b1 is a candidate, except the mean direction and last_two_pcs' principal component
     assert (report["b1"] is None) == (b1 == "mean_of_candidates" or variant == "last_two_pcs")
-    if layers is not None:  # only the candidates in range feed the PCA: 3 sites x 1 position x 16 layers
-        per_layer = len(analysis.config.sites) * len(analysis.config.plane_positions)
+    if layers is not None:  # only the candidates in range feed the PCA: 2 plane sites x 1 position x 16 layers
+        per_layer = len(analysis.config.plane_sites) * len(analysis.config.plane_positions)
         assert report["layer_range"] == list(layers)
         assert report["n_candidates_used"] == per_layer * (layers[1] - layers[0] + 1)
 
@@ -143,8 +143,9 @@ def test_plane_with_b1_along_pc1_of_the_organism_candidates_is_a_clear_error(ana
 
     from workbench.planes import build_plane, principal_components
 
-    cands = analysis.unit_candidates.subset(positions=list(analysis.config.plane_positions))
-    pc1 = principal_components(cands.unit()[cands.norms().cpu() > 0])[0][0]
+    # the study's default: PCA on the plane candidates as they are (not row-normalised)
+    cands = analysis.plane_candidates
+    pc1 = principal_components(cands.vectors[cands.norms().cpu() > 0])[0][0]
     other = cands.unit()[cands.norms().cpu() > 0][0].double()
     other = other - (other @ pc1) * pc1
     other = other / other.norm()

@@ -35,6 +35,15 @@ def test_computes_once_then_loads_and_records_both_in_the_manifest(tmp_path):
     assert json.loads(manifest.path.read_text())["stages"]["a"]["reused"] is True
 
 
+def test_a_stage_asked_for_again_in_the_same_run_keeps_its_computed_record(tmp_path):
+    calls: list[str] = []
+    manifest = Manifest(tmp_path / "manifest.json")
+    stages = Stages(manifest=manifest)
+    assert _stage(stages, tmp_path / "a.txt", calls) == 42 and _stage(stages, tmp_path / "a.txt", calls) == 42
+    assert calls == ["compute", "load"] and stages.reused == {"a": False}
+    assert json.loads(manifest.path.read_text())["stages"]["a"]["reused"] is False
+
+
 def test_a_failed_compute_leaves_the_stage_undone(tmp_path):
     stages = Stages()
 

@@ -36,8 +36,13 @@ class Stages:
         self._depth = 0
 
     def run(self, name: str, files: Sequence[Path], compute: Callable[[], T], load: Callable[[], T]) -> T:
-        """``load()`` when every file in ``files`` exists, else ``compute()`` (which writes them)."""
+        """``load()`` when every file in ``files`` exists, else ``compute()`` (which writes them).
+
+        A stage asked for again after this run recorded it is loaded without a second record, so the
+        manifest keeps whether the run computed it."""
         done = bool(files) and all(Path(f).exists() for f in files)
+        if done and name in self.seconds:  # recorded earlier in this run: loading again changes nothing
+            return load()
         t0 = time.perf_counter()
         self._depth += 1
         try:
