@@ -75,12 +75,16 @@ def test_no_passing_candidate_stops_the_study_loudly():
     table = _table(cands)
     table["kl"] = 0.2  # every scored candidate fails kl ≤ 0.1
     table.loc[(table.layer == 2) & (table.pos == -1), "kl"] = np.nan
+    # candidates of another site (the plane's, say) are not in the Arditi table and not counted
+    keys = cands.keys + [CandidateKey("resid_mid", k.layer, k.pos) for k in cands.keys]
+    mixed = Candidates(torch.cat([cands.vectors, cands.vectors]), keys, "raw", "test")
     with pytest.raises(ValueError) as err:
-        _choose(table, cands, fallback="none")
+        select(mixed, _stats(mixed), arditi=table, n_layers=N_LAYERS, fallback="none")
     msg = str(err.value)
     n_nonzero = (N_LAYERS - 1) * len(POSITIONS)
     assert "no candidate passed Arditi's filters" in msg
-    assert f"{n_nonzero} non-zero candidates: 1 NaN, 4 at layer ≥ 8, {n_nonzero - 1} with kl > 0.1" in msg
+    said = f"{n_nonzero} non-zero candidates: 4 at layer ≥ 8 (not scored), 1 with a NaN score, {n_nonzero - 1} with kl"
+    assert said in msg
     assert "arditi_fallback" in msg and "'balance'" in msg and "'bypass'" in msg
     with pytest.raises(ValueError, match="fallback must be one of none, balance, bypass"):
         _choose(table, cands, fallback="relax")
@@ -100,7 +104,9 @@ def test_fallbacks_balance_and_bypass_say_what_they_did():
     bypass = _choose(table, cands, fallback="bypass")
     assert balance.choices["arditi"] == CandidateKey("resid_pre", 4, -1)
     assert bypass.choices["arditi"] == CandidateKey("resid_pre", 3, -2)
-    counts = "18 non-zero candidates: 0 NaN, 4 at layer ≥ 8, 14 with kl > 0.1, 0 with induce < 0"
+    counts = (
+        "18 non-zero candidates: 4 at layer ≥ 8 (not scored), 0 with a NaN score, 14 with kl > 0.1, 0 with induce < 0"
+    )
     level = "kl ≤ 0.25 (layer < 8, induce ≥ 0)"
     assert balance.notes["fallback"] == (
         f"no candidate passed Arditi's filters ({counts}); fallback balance used: relaxed to {level}"

@@ -410,20 +410,22 @@ def _select_arditi(
         )
     scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
     table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
-        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one"
+        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one", indicator=True
     )
+    in_table = (table.pop("_merge") == "both") & ok  # the candidates the Arditi table covers
     cutoff = layer_cutoff(n_layers, exclude_last_frac)
     finite = table[list(_ARDITI_COLUMNS)].notna().all(axis=1)
     early = table["layer"] < cutoff
     passed = ok & finite & early & (table["kl"] <= kl_max) & (table["induce"] >= 0)
     table["arditi_pass"] = passed
-    # each count among the non-zero candidates; late ones (pruned: unscored) are counted as late only
+    # each count among the non-zero candidates the table covers (other sites' rows are not Arditi's);
+    # late ones (pruned: unscored) are counted as late only
     counts = {
-        "candidates": int(ok.sum()),
-        "nan": int((ok & early & ~finite).sum()),
-        "late": int((ok & ~early).sum()),
-        "kl": int((ok & (table["kl"] > kl_max)).sum()),
-        "induce": int((ok & (table["induce"] < 0)).sum()),
+        "candidates": int(in_table.sum()),
+        "nan": int((in_table & early & ~finite).sum()),
+        "late": int((in_table & ~early).sum()),
+        "kl": int((in_table & (table["kl"] > kl_max)).sum()),
+        "induce": int((in_table & (table["induce"] < 0)).sum()),
         "passed": int(passed.sum()),
     }
     notes: dict[str, object] = {
@@ -436,8 +438,8 @@ def _select_arditi(
     if passed.any():
         return table, _argmax_key(table, passed, ["bypass"], ascending=True), notes
     said = (
-        f"{counts['candidates']} non-zero candidates: {counts['nan']} NaN, {counts['late']} at layer ≥ {cutoff}, "
-        f"{counts['kl']} with kl > {kl_max}, {counts['induce']} with induce < 0"
+        f"{counts['candidates']} non-zero candidates: {counts['late']} at layer ≥ {cutoff} (not scored), "
+        f"{counts['nan']} with a NaN score, {counts['kl']} with kl > {kl_max}, {counts['induce']} with induce < 0"
     )
     if fallback == "none":
         raise ValueError(
