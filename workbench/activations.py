@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .chat import (
+    check_lengths,
     check_prompts,
     encode,
     format_prompts,
@@ -149,6 +150,7 @@ def cache_activations(
 
     texts = list(prompts) if templated else format_prompts(model.tokenizer, prompts, system=system)
     ids = encode(model.tokenizer, texts)
+    check_lengths(ids, model.cfg.n_ctx, prompts)
     shortest = min(len(r) for r in ids)
     if shortest < -positions[0]:
         raise ValueError(f"position {positions[0]} is before the start of the shortest prompt ({shortest} tokens)")

@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "cache_dir",
+    "cache_root",
+    "check_writable_dir",
     "atomic_write_text",
     "atomic_write_bytes",
     "save_tensors",
@@ -36,10 +38,33 @@ CACHE_ENV = "REFUSAL_WORKBENCH_CACHE"
 
 def cache_dir(*parts: str) -> Path:
     """The workbench cache folder (created), or a subfolder of it."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "refusal-workbench")
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    path = cache_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create the cache folder {path} ({err.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from None
     return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "refusal-workbench")
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Raise a ValueError unless ``path`` is a folder this process can write, or can be created as
+    one: found before a long job, not when its first file is written."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder; pass a folder (or move the file)")
+    existing = path
+    while not existing.exists():  # the first folder that exists is the one that must be writable
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {existing} is a file; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} is not writable ({existing} is read-only); pass a writable folder")
 
 
 def _atomic(path: Path, write) -> None:
@@ -154,6 +179,19 @@ class Manifest:
             "files": {name_of(f): sha256_file(f) for f in files},
         }
         self._write()
+
+    def mismatched(self, name: str, files: Sequence[str | Path]) -> list[Path]:
+        """Those of ``files`` whose sha256 differs from the one recorded for stage ``name`` (files
+        not recorded pass): a cached artifact replaced or damaged since its stage wrote it."""
+        recorded = self.data["stages"].get(name, {}).get("files", {})
+        root = self.root.resolve()
+        out = []
+        for f in map(Path, files):
+            resolved = f.resolve()
+            key = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+            if key in recorded and sha256_file(f) != recorded[key]:
+                out.append(f)
+        return out
 
     def _write(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))

@@ -24,6 +24,7 @@ __all__ = [
     "shared_prefix_length",
     "post_instruction_tokens",
     "check_prompts",
+    "check_lengths",
 ]
 
 _PLACEHOLDER = "XYZZY_INSTRUCTION"
@@ -79,6 +80,18 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     if wants_bos and not all(_bos_in_template(tokenizer, t) for t in texts):
         ids = [[tokenizer.bos_token_id] + row for row in ids]
     return [list(row) for row in ids]
+
+
+def check_lengths(ids: Sequence[Sequence[int]], n_ctx: int, prompts: Sequence[str], reserve: int = 0) -> None:
+    """Reject a prompt that does not fit the model's context (``n_ctx`` tokens, ``reserve`` of them
+    kept for new tokens) before any forward: past it the positional tables index out of range."""
+    for i, row in enumerate(ids):
+        if len(row) + reserve > n_ctx:
+            extra = f" + {reserve} new tokens" if reserve else ""
+            raise ValueError(
+                f"prompt {i} ({str(prompts[i])[:40]!r}...) is {len(row)} tokens{extra}, more than the model's "
+                f"context of {n_ctx} tokens (model.cfg.n_ctx); shorten or drop it"
+            )
 
 
 def pad_left(

@@ -47,17 +47,16 @@ def cmd_organism(args) -> dict:
 
 def cmd_run(args) -> dict:
     """The main job: every analysis, experiment and figure (see workbench.run)."""
-    from .config import load_configs
     from .run import run_main
 
-    config, analysis_config = load_configs(args.config)
+    config, analysis_config = args.configs
     return run_main(
         args.model,
         device=args.device,
         dtype=args.dtype,
         config=config,
         analysis_config=analysis_config,
-        prompts=_prompt_splits(args),
+        prompts=args.prompt_splits,
         figures_dir=args.figures,
     )
 
@@ -72,14 +71,11 @@ def _prompt_splits(args):
 
 
 def _analysis(args):
-    from .config import load_configs
     from .models import load_model
     from .pipeline import Analysis
 
-    prompts = _prompt_splits(args)
-    _, config = load_configs(args.config)  # before loading: a bad file fails fast
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    return model, Analysis(model, config, prompts=prompts)
+    return model, Analysis(model, args.configs[1], prompts=args.prompt_splits)
 
 
 def cmd_select(args) -> dict:
@@ -118,8 +114,9 @@ def cmd_select(args) -> dict:
 
 def cmd_plane(args) -> dict:
     model, analysis = _analysis(args)
-    layer_range = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
-    plane = analysis.plane(b1_method=args.b1, variant=args.variant, layer_range=layer_range)
+    if args.layer_range and args.layer_range[1] >= model.cfg.n_layers:
+        raise ValueError(f"--layers {args.layers}: this model has layers 0-{model.cfg.n_layers - 1}")
+    plane = analysis.plane(b1_method=args.b1, variant=args.variant, layer_range=args.layer_range)
     report = analysis.plane_report(plane)
     return {
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
@@ -127,59 +124,80 @@ def cmd_plane(args) -> dict:
     }
 
 
+SPEC_HELP = "none, ablate:all|resid|attn|mlp, add, add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive|b1|b2"
+_GATES = {"": "off", "adaptive": "b1", "b1": "b1", "b2": "b2"}
+_BIG_ALPHA = 20.0  # |alpha| beyond this is far past the refusal direction's own size: expect gibberish
+
+
+def _parse_spec(spec: str) -> tuple[str, dict]:
+    """``(kind, settings)`` of an intervention spec, checked without a model: NaN or infinite
+    numbers are rejected; any finite angle is fine (taken mod 360)."""
+    import math
+    import re
+
+    from .interventions import LOCATIONS
+
+    def number(text: str, what: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--intervention {spec!r}: {what} {text!r} is not a number; use {SPEC_HELP}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--intervention {spec!r}: {what} must be a finite number, got {text!r}")
+        return value
+
+    kind, _, rest = spec.partition(":")
+    if kind == "none" and not rest:
+        return kind, {}
+    if kind == "ablate" and rest in LOCATIONS:
+        return kind, {"location": rest}
+    if kind == "add":
+        alpha, _, at = (rest or "1").partition("@")
+        if at and not re.fullmatch(r"-?\d+", at):
+            raise ValueError(f"--intervention {spec!r}: layer {at!r} after @ must be a block index, e.g. add:1@9")
+        return kind, {"alpha": number(alpha, "alpha"), "layer": int(at) if at else None}
+    if kind == "rotate" and rest:
+        angle, _, mode = rest.partition(":")
+        if mode not in _GATES:
+            raise ValueError(f"rotate takes ':adaptive' (= ':b1'), ':b2' or nothing after the angle, got {mode!r}")
+        return kind, {"angle": number(angle, "angle"), "adaptive": _GATES[mode]}
+    raise ValueError(f"bad intervention {spec!r}; use {SPEC_HELP}")
+
+
 def _spec_hooks(spec: str, model, analysis, run_config):
     """``none``, ``ablate:LOC``, ``add``, ``add:ALPHA[@LAYER]``, ``rotate:ANGLE[:adaptive|b1|b2]`` → hooks
     (rotation at the config's ``rotation_site``)."""
     from . import interventions as iv
 
-    kind, _, rest = spec.partition(":")
-    if kind == "none" and not rest:
+    kind, settings = _parse_spec(spec)
+    if kind == "none":
         return [], {}
-    if kind == "ablate" and rest in iv.LOCATIONS:
+    if kind == "ablate":
         direction = analysis.direction()
-        return iv.ablation_hooks(model, direction, rest), {"layer": direction.layer}
+        return iv.ablation_hooks(model, direction, settings["location"]), {"layer": direction.layer}
     if kind == "add":
         direction = analysis.direction()
-        alpha, _, at = (rest or "1").partition("@")
-        layer = int(at) if at else direction.where()[1]
-        return iv.addition_hooks(direction, alpha=float(alpha), layers=[layer], model=model), {
-            "alpha": float(alpha),
-            "layer": layer,
-        }
-    if kind == "rotate" and rest:
-        angle, _, mode = rest.partition(":")
-        gate = {"": "off", "adaptive": "b1", "b1": "b1", "b2": "b2"}.get(mode)
-        if gate is None:
-            raise ValueError(f"rotate takes ':adaptive' (= ':b1'), ':b2' or nothing after the angle, got {mode!r}")
-        site = run_config.rotation_site
-        hooks = iv.rotation_hooks(model, analysis.plane(), float(angle), site=site, adaptive=gate)
-        return hooks, {"angle": float(angle), "adaptive": gate, "site": site}
-    raise ValueError(
-        f"bad intervention {spec!r}; use none, ablate:all|resid|attn|mlp, add, "
-        "add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive|b1|b2"
-    )
+        layer = settings["layer"] if settings["layer"] is not None else direction.where()[1]
+        hooks = iv.addition_hooks(direction, alpha=settings["alpha"], layers=[layer], model=model)
+        return hooks, {"alpha": settings["alpha"], "layer": layer}
+    site = run_config.rotation_site
+    hooks = iv.rotation_hooks(model, analysis.plane(), settings["angle"], site=site, adaptive=settings["adaptive"])
+    return hooks, {**settings, "site": site}
 
 
 def cmd_generate(args) -> dict:
-    from pathlib import Path
-
     from .artifacts import atomic_write_text
-    from .config import load_configs
-    from .data import read_prompts
     from .experiments import score_responses
     from .generation import generate
     from .labels import label_counts
 
-    prompts = read_prompts(args.prompts)
+    prompts, out = args.prompt_list, args.out_path
     model, analysis = _analysis(args)
-    hooks, params = _spec_hooks(args.intervention, model, analysis, load_configs(args.config)[0])
+    hooks, params = _spec_hooks(args.intervention, model, analysis, args.configs[0])
     responses = generate(
         model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True
     )
     table = score_responses(prompts, responses)  # prompt, response, refused, empty, label
-    out = (
-        Path(args.out) if args.out else Path(args.prompts).with_suffix(f".{args.intervention.replace(':', '_')}.jsonl")
-    )
     atomic_write_text(out, table.to_json(orient="records", lines=True, force_ascii=False))
     shares = {k: v for k, v in label_counts(list(table["label"])).items() if v > 0}
     return {
@@ -191,6 +209,104 @@ def cmd_generate(args) -> dict:
         "labels": shares,
         "output": str(out),
     }
+
+
+def _validate(args) -> None:
+    """Check every argument, file and output path before a model loads or any work starts; each
+    problem is one ValueError naming the argument or file and the fix. Parsed values are kept on
+    ``args`` (``configs``, ``prompt_splits``, ``layer_range``, ``prompt_list``, ``out_path``)."""
+    if args.command == "organism":
+        return
+    from .artifacts import CACHE_ENV, cache_root, check_writable_dir
+    from .config import load_configs
+    from .hub import resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
+    try:
+        dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
+    except ValueError as err:
+        raise ValueError(f"--dtype: {err}") from None
+    args.configs = load_configs(args.config)
+    from .selection import METHODS
+
+    for field in ("direction_method", "plane_b1_method"):  # config.py sits below selection: checked here
+        if getattr(args.configs[1], field) not in METHODS:
+            raise ValueError(
+                f'"analysis"."{field}" of {args.config} is {getattr(args.configs[1], field)!r}; '
+                f"choose one of {', '.join(METHODS)}"
+            )
+    args.prompt_splits = _prompt_splits(args)
+    check_writable_dir(cache_root(), f"the cache folder (${CACHE_ENV} or ~/.cache/refusal-workbench)")
+    if args.command == "run":
+        check_writable_dir(args.figures, "--figures")
+    if args.command == "plane":
+        _check_plane_args(args)
+    if args.command == "generate":
+        _check_generate_args(args, dtype)
+    from .models import check_model_spec
+
+    check_model_spec(args.model)
+    if args.dtype is not None and dtype != "float32":  # a silent recompute of minutes looks like a hang
+        print(
+            f"note: --dtype {args.dtype} gets its own run folder; its analysis is computed there on first use "
+            f"(minutes on a CPU), not reused from float32",
+            file=sys.stderr,
+        )
+
+
+def _check_plane_args(args) -> None:
+    import re
+
+    from .planes import VARIANTS
+    from .selection import METHODS
+
+    if args.b1 is not None and args.b1 not in METHODS:
+        raise ValueError(f"--b1 {args.b1!r} is not a selection method; choose one of {', '.join(METHODS)}")
+    if args.variant not in VARIANTS:
+        raise ValueError(f"--variant {args.variant!r} is not a plane variant; choose one of {', '.join(VARIANTS)}")
+    args.layer_range = None
+    if args.layers is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", args.layers)
+        if not match:
+            raise ValueError(
+                f"--layers {args.layers!r} must be a range LO-HI of layer indices, e.g. 5-20 (one layer: 5-5)"
+            )
+        lo, hi = int(match[1]), int(match[2])
+        if lo > hi:
+            raise ValueError(f"--layers {args.layers}: the range is reversed; write {hi}-{lo}")
+        args.layer_range = (lo, hi)
+
+
+def _check_generate_args(args, dtype: str) -> None:
+    import re
+    from pathlib import Path
+
+    from .artifacts import check_writable_dir
+    from .data import read_prompts
+
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    kind, settings = _parse_spec(args.intervention)
+    if kind == "add" and abs(settings["alpha"]) > _BIG_ALPHA:
+        print(
+            f"note: --intervention {args.intervention}: |alpha| > {_BIG_ALPHA:g} adds {abs(settings['alpha']):g} times "
+            "the refusal direction; expect incoherent text (typical values: 0.5-4)",
+            file=sys.stderr,
+        )
+    args.prompt_list = read_prompts(args.prompts)
+    if args.out:
+        out = Path(args.out)
+    else:  # model, dtype and intervention in the name: no run overwrites another's output
+        tag = re.sub(r"[^A-Za-z0-9.@-]+", "_", f"{Path(args.model).name}-{dtype}.{args.intervention}").strip("_")
+        out = Path(args.prompts).with_suffix(f".{tag}.jsonl")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; pass a file name, e.g. {out / 'responses.jsonl'}")
+    check_writable_dir(out.parent, "--out's folder" if args.out else "the prompts' folder (for the output)")
+    args.out_path = out
 
 
 def _model_args(p) -> None:
@@ -262,9 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--intervention",
         default="none",
         help="none | ablate:all|resid|attn|mlp | add | add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive|b1|b2] "
-        "(rotation at the config's rotation_site, default post_gain)",
+        "(ANGLE: any finite degrees, taken mod 360; rotation at the config's rotation_site, default post_gain)",
     )
-    p.add_argument("--out", default=None, help="JSONL output (default: next to the prompts)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSONL output (default: next to the prompts, named by model, dtype and intervention)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
@@ -275,9 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
+        _validate(args)
         summary = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            f"workbench {args.command}: interrupted; finished stages are saved, rerun the same command to resume "
+            "from the last finished stage",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, OSError, KeyError) as err:  # OSError: e.g. a download that failed after all
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
     _emit(summary, getattr(args, "json", False))
     return 0

@@ -14,10 +14,13 @@ fields under ``"analysis"``. Unknown keys and values of the wrong type are rejec
 from __future__ import annotations
 
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .sites import SITES
 
 __all__ = [
     "AnalysisConfig",
@@ -42,6 +45,40 @@ def _check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
             raise ValueError(
                 f"{type(config).__name__}.{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}"
             )
+
+
+def _check_fields(config: Any, minimums: dict[str, float]) -> None:
+    """Every field's type (lists become tuples, ints floats), finiteness and lower bound, so that
+    the Python API rejects what a config file would (a negative size silently drops prompts)."""
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    for f in fields(config):
+        value = _check_value(cls, f.name, hints[f.name], getattr(config, f.name))
+        object.__setattr__(config, f.name, value)  # frozen: the converted value must still be stored
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError(f"{cls.__name__}.{f.name} must be a finite number, got {value!r}")
+        low = minimums.get(f.name)
+        if low is not None and any(v < low for v in items):
+            raise ValueError(f"{cls.__name__}.{f.name} must be at least {low}, got {value!r}")
+
+
+def _check_sites(config: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        bad = [s for s in (value if isinstance(value, tuple) else (value,)) if s not in SITES]
+        if bad:
+            raise ValueError(
+                f"{type(config).__name__}.{name} has unknown site(s) {bad}; choose from {', '.join(SITES)}"
+            )
+
+
+def _check_positions(config: Any, name: str) -> None:
+    if any(p >= 0 for p in getattr(config, name)):
+        raise ValueError(
+            f"{type(config).__name__}.{name} must hold negative, end-relative positions (-1 = the last prompt "
+            f"token), got {list(getattr(config, name))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +114,13 @@ class AnalysisConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        _check_fields(self, {"arditi_layer_stride": 1, "arditi_prompts": 1, "kl_max": 0, "batch_size": 1})
         _check_choices(self, {"arditi_fallback": ("none", "balance", "bypass"), "plane_candidates": ("raw", "unit")})
+        _check_sites(self, ("sites", "arditi_site", "plane_sites"))
+        _check_positions(self, "arditi_positions")
+        _check_positions(self, "plane_positions")
+        if not self.sites or not self.plane_sites or not self.plane_positions:
+            raise ValueError("AnalysisConfig.sites, plane_sites and plane_positions must not be empty")
 
 
 @dataclass(frozen=True)
@@ -98,7 +141,11 @@ class RunConfig:
     seed: int = 0  # torch seed (decoding is greedy; recorded in the manifest)
 
     def __post_init__(self) -> None:
+        sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
+        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0})
         _check_choices(self, {"rotation_site": ("post_gain", "pre_gain", "resid"), "adaptive": ("off", "b1", "b2")})
+        if not 0 < self.angle_step <= 360:
+            raise ValueError(f"RunConfig.angle_step must be in (0, 360] degrees, e.g. 30; got {self.angle_step!r}")
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
@@ -223,11 +270,11 @@ BENCH_FULL_CPU = BenchSizes(
 )
 
 
-def _check_value(cls: type, name: str, hint: Any, value: Any, where: str) -> Any:
+def _check_value(cls: type, name: str, hint: Any, value: Any, where: str | None = None) -> Any:
     """``value`` converted to the field's type (lists → tuples, ints → floats), or a ValueError."""
 
     def bad(expected: str) -> ValueError:
-        return ValueError(f"{cls.__name__}.{name} in {where} must be {expected}, got {value!r}")
+        return ValueError(f"{cls.__name__}.{name}{f' in {where}' if where else ''} must be {expected}, got {value!r}")
 
     origin = typing.get_origin(hint)
     if origin is tuple:
@@ -261,7 +308,11 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "the config") -
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)} in {where}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _check_value(cls, k, hints[k], v, where) for k, v in values.items()})
+    checked = {k: _check_value(cls, k, hints[k], v, where) for k, v in values.items()}
+    try:
+        return cls(**checked)
+    except ValueError as err:  # the range checks of __post_init__: say which file
+        raise ValueError(f"{err} (in {where})") from None
 
 
 def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
@@ -274,8 +325,13 @@ def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
         return RunConfig(), AnalysisConfig()
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read config file {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"cannot read config file {path}: not valid JSON, line {err.lineno} column {err.colno}: {err.msg}; "
+            "fix it (configs/*.json are examples)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read config file {path}: {err}; check the path given to --config") from None
     if not isinstance(values, dict):
         raise ValueError(f'{path} must hold a JSON object of RunConfig fields (and an "analysis" object)')
     analysis = values.pop("analysis", {})

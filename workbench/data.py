@@ -189,7 +189,7 @@ def _pick_column(found: Iterable[str], column: str | None, candidates: Sequence[
             return name
     raise ValueError(
         f"no recognisable prompt column in {source} (looked for {list(candidates)}); the columns found are "
-        f"{found}; pass column='...' naming the one that holds the prompts"
+        f"{found}; rename the prompt column to 'prompt' (or, in Python, pass read_prompts(path, column='...'))"
     )
 
 
@@ -264,6 +264,14 @@ def read_prompts(path: str | os.PathLike[str], *, column: str | None = None, lim
         )
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}; check the path (relative to {Path.cwd()})")
+    try:
+        prompts = _read_file(path, suffix, column)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); re-save it as UTF-8") from None
+    return _finish(prompts, limit, path)
+
+
+def _read_file(path: Path, suffix: str, column: str | None) -> list[str]:
     if suffix == ".txt":
         prompts = _read_txt(path)
     elif suffix == ".csv":
@@ -292,7 +300,7 @@ def read_prompts(path: str | os.PathLike[str], *, column: str | None = None, lim
                         f"{path}: line {n} is not valid JSON ({err.msg}); each line must be one JSON object or string"
                     ) from err
         prompts = _from_records(records, column, path)
-    return _finish(prompts, limit, path)
+    return prompts
 
 
 def load_hf_dataset(

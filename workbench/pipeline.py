@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import data
 from .activations import Activations, cache_activations
-from .artifacts import atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
+from .artifacts import Manifest, atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
 from .config import AnalysisConfig, protocol_of
 from .directions import CandidateKey, Candidates, Direction, diff_in_means, per_sample_candidates
 from .planes import Plane, build_plane, plane_report
@@ -59,7 +59,6 @@ class Analysis:
         stages: Stages | None = None,
     ):
         self.model, self.config, self.progress = model, config, progress
-        self.stages = stages or Stages()
         self.prompts = prompts or data.PromptSplits.shipped()
         # one folder per (model, config, prompts): a changed config never reuses stale stages
         salt = "" if self.prompts.source == "shipped" else self.prompts.key()
@@ -70,6 +69,8 @@ class Analysis:
         if config_file.exists() and json.loads(config_file.read_text()) != _jsonable(config):
             raise ValueError(f"{self.dir} holds a run made with another config; use another run_dir")
         atomic_write_text(config_file, json.dumps(_jsonable(config), indent=2))
+        # without a caller's stages, the folder's own manifest records (and later verifies) the sha256s
+        self.stages = stages or Stages(manifest=Manifest(self.dir / "manifest.json", model=model_key(model)))
         atomic_write_text(
             self.dir / "prompts.json",
             json.dumps({"source": self.prompts.source, "sets": self.prompts.fingerprints()}, indent=2),

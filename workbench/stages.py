@@ -1,16 +1,19 @@
 """Stages: named steps whose results live in files, so that a run resumes where it stopped.
 
 A stage is *done* when every file it declares exists. :meth:`Stages.run` then loads the result
-instead of computing it; otherwise it computes it, and the compute function writes the files
-atomically (:mod:`workbench.artifacts`), the file that marks the stage done last. Either way the
-stage's wall time, whether it was reused and the sha256 of its files are recorded: in
-:attr:`Stages.seconds` and, once one is attached, in the run's :class:`~workbench.artifacts.Manifest`.
-Stages may run inside stages (the selection stage runs the refusal-token and Arditi-score stages);
-each is recorded under its own name, and :meth:`Stages.top_level` gives the times that add up.
+instead of computing it (a file whose sha256 differs from the manifest's record, or that cannot be
+read, is renamed ``*.corrupt`` and the stage recomputed); otherwise it computes it, and the
+compute function writes the files atomically (:mod:`workbench.artifacts`), the file that marks
+the stage done last. Either way the stage's wall time, whether it was reused and the sha256 of its
+files are recorded: in :attr:`Stages.seconds` and, once one is attached, in the run's
+:class:`~workbench.artifacts.Manifest`. Stages may run inside stages (the selection stage runs the
+refusal-token and Arditi-score stages); each is recorded under its own name, and
+:meth:`Stages.top_level` gives the times that add up.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,14 +46,30 @@ class Stages:
         done = bool(files) and all(Path(f).exists() for f in files)
         if done and name in self.seconds:  # recorded earlier in this run: loading again changes nothing
             return load()
+        if done and self.manifest is not None and (changed := self.manifest.mismatched(name, files)):
+            done = self._set_aside(name, changed, "differs from the sha256 the manifest recorded")
         t0 = time.perf_counter()
         self._depth += 1
         try:
-            value = load() if done else compute()
+            if done:
+                try:
+                    value = load()
+                except Exception as err:  # noqa: BLE001 - a truncated or unreadable cache file: recompute it
+                    done = self._set_aside(name, files, f"cannot be read ({type(err).__name__}: {err})")
+            if not done:
+                value = compute()
         finally:
             self._depth -= 1
         self.record(name, time.perf_counter() - t0, files, reused=done)
         return value
+
+    def _set_aside(self, name: str, files: Sequence[Path], why: str) -> bool:
+        """Rename damaged stage files to ``*.corrupt`` (kept for a look, never read) and say so."""
+        for f in map(Path, files):
+            if f.exists():
+                f.replace(f.with_name(f.name + ".corrupt"))
+                print(f"[{self.label}] {name}: {f} {why}; moved it to {f.name}.corrupt, recomputing", file=sys.stderr)
+        return False
 
     def record(self, name: str, seconds: float, files: Sequence[Path] = (), *, reused: bool = False) -> None:
         """Record a stage timed elsewhere (e.g. loading the model, before the run folder is known)."""

@@ -29,6 +29,7 @@ __all__ = [
     "Adaptive",
     "gate_mode",
     "angle_settings",
+    "check_finite",
     "as_vector",
     "unit_vector",
     "as_basis",
@@ -193,9 +194,19 @@ def _setting(value, x: Tensor, dtype: torch.dtype) -> Tensor | float:
     return value.get(x, dtype) if isinstance(value, PerRow) else float(value)
 
 
+def check_finite(value, name: str, hint: str = ""):
+    """``value`` (a number, tensor, list or PerRow) unchanged, or a ValueError: a NaN or infinite
+    angle or coefficient turns every activation into NaN, i.e. empty responses, not an error."""
+    values = value.values if isinstance(value, PerRow) else torch.as_tensor(value, dtype=torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must be finite, got {value!r}{hint}")
+    return value
+
+
 def angle_settings(theta_deg) -> tuple:
     """``(cos θ, sin θ)`` as floats, or as PerRows with θ's layout, computed once in float64
-    (so cos 90° is 6e-17, not fp32's −4e-8)."""
+    (so cos 90° is 6e-17, not fp32's −4e-8). Any finite angle is valid (taken mod 360)."""
+    check_finite(theta_deg, "theta_deg", "; any finite angle in degrees works (taken mod 360)")
     if isinstance(theta_deg, Tensor) and theta_deg.ndim == 0:
         theta_deg = float(theta_deg)
     if isinstance(theta_deg, (int, float)):
