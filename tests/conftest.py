@@ -30,3 +30,28 @@ def organism():
     from workbench.models import load_model
 
     return load_model("organism", device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def generate_both_ways():
+    """``f(model, tokens, hooks)`` → greedy tokens with and without TL's KV cache under ``hooks``
+    (4 new tokens, no early stop): a hook that is not position-free makes them differ."""
+
+    def generate(model, tokens, hooks, max_new_tokens: int = 4):
+        outs = []
+        for kv in (True, False):
+            with model.hooks(fwd_hooks=hooks):
+                outs.append(
+                    model.generate(
+                        tokens,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        stop_at_eos=False,
+                        use_past_kv_cache=kv,
+                        verbose=False,
+                        return_type="tokens",
+                    )
+                )
+        return outs
+
+    return generate

@@ -285,7 +285,7 @@ def test_candidate_and_addition_sweeps(model, tokens):
         _run(model, tokens, candidate_sweep_hooks(model, dirs))
 
 
-def test_rotation_hooks_per_row_and_kv_cache(model, tokens):
+def test_rotation_hooks_per_row_and_kv_cache(model, tokens, generate_both_ways):
     b = _basis(seed=9).float()
     thetas = torch.tensor([30.0, 210.0])
     with model.hooks(fwd_hooks=rotation_hooks(model, b, thetas, site="pre_gain")):  # angle of hook_normalized
@@ -298,21 +298,8 @@ def test_rotation_hooks_per_row_and_kv_cache(model, tokens):
         assert (logits[i] - ref[0]).abs().max() < 1e-5
     # position-free: KV-cached decoding sees [batch, 1, d] and must match the full recompute
     hooks = rotation_hooks(model, b, thetas, adaptive=True) + ablation_hooks(model, _rand(D).float(), "attn")
-    outs = []
-    for kv in (True, False):
-        with model.hooks(fwd_hooks=hooks):
-            outs.append(
-                model.generate(
-                    tokens,
-                    max_new_tokens=4,
-                    do_sample=False,
-                    stop_at_eos=False,
-                    use_past_kv_cache=kv,
-                    verbose=False,
-                    return_type="tokens",
-                )
-            )
-    assert torch.equal(outs[0], outs[1])
+    cached, recomputed = generate_both_ways(model, tokens, hooks)
+    assert torch.equal(cached, recomputed)
 
 
 # ---------------------------------------------------------------------------------------------- ortho

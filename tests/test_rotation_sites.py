@@ -344,24 +344,11 @@ def test_fast_attention_path_and_hf_reference(tiny_llama, tokens):
     assert (pre - ref).abs().max().item() > 100 * TOL
 
 
-def test_kv_cached_decoding_on_fast_path(tiny_llama, tokens):
+def test_kv_cached_decoding_on_fast_path(tiny_llama, tokens, generate_both_ways):
     _, model = tiny_llama
     hooks = rotation_hooks(model, _basis(seed=1), torch.tensor([30.0, 200.0]), adaptive="b2")
-    outs = []
-    for kv in (True, False):
-        with model.hooks(fwd_hooks=hooks):
-            outs.append(
-                model.generate(
-                    tokens,
-                    max_new_tokens=4,
-                    do_sample=False,
-                    stop_at_eos=False,
-                    use_past_kv_cache=kv,
-                    verbose=False,
-                    return_type="tokens",
-                )
-            )
-    assert torch.equal(outs[0], outs[1])
+    cached, recomputed = generate_both_ways(model, tokens, hooks)
+    assert torch.equal(cached, recomputed)
 
 
 def test_gemma2_gains_include_the_plus_one():

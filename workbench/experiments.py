@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
-from .generation import generate, last_token_logprobs, repeat_prompts
+from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
 from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
 
@@ -280,19 +280,25 @@ def rotation_variant_sweep(
     for name, (plane, site) in variants.items():
         for split, prompts in prompt_sets.items():
             texts, setting = repeat_prompts(prompts, len(angles))
-            base = bases[split]  # unsteered: the same for every variant
-            lp = last_token_logprobs(
+            base = bases[split].to(model.cfg.device)  # unsteered: the same for every variant
+            n = len(prompts)
+
+            def score(lp, r, base=base, n=n):  # per batch: only one batch's log-probs exist at a time
+                kl = first_token_kl(base[r % n], lp)
+                return torch.stack([refusal_logodds(lp, refusal_ids), kl], dim=-1)
+
+            scores = last_token_scores(
                 model,
                 texts,
+                score,
                 hooks=lambda r, plane=plane, site=site, setting=setting: iv.rotation_hooks(  # type: ignore[misc]
                     model, plane, theta[setting[r.cpu()]], site=site, adaptive=adaptive
                 ),
                 groups=setting,
                 batch_size=batch_size,
                 progress=progress,
-            )
-            logodds = refusal_logodds(lp, refusal_ids).view(len(angles), len(prompts))
-            kl = first_token_kl(base.repeat(len(angles), 1), lp).view(len(angles), len(prompts))
+            ).view(len(angles), n, 2)
+            logodds, kl = scores[..., 0], scores[..., 1]
             for i, angle in enumerate(angles):
                 rows.append(
                     {
