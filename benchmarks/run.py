@@ -387,19 +387,20 @@ def choose(scores, cands, n_layers: int) -> tuple[str, dict]:
 
 
 def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_size):
-    """The same three scores as ``experiments.arditi_scores``, one candidate per iteration."""
+    """The same three scores as ``selection.arditi_scores``, one candidate per iteration (pruned layers skipped alike)."""
     import pandas as pd
 
     from workbench.generation import last_token_logprobs
     from workbench.interventions import ablation_hooks, addition_hooks
     from workbench.metrics import first_token_kl, refusal_logodds
-    from workbench.selection import KL_EPS
+    from workbench.selection import KL_EPS, layer_cutoff
 
     base = last_token_logprobs(model, harmless, batch_size=batch_size)
+    cutoff = layer_cutoff(model.cfg.n_layers)
     rows = []
     for key, vector in zip(cands.keys, cands.vectors):
         row = {"site": key.site, "layer": key.layer, "pos": key.pos}
-        if float(vector.norm()) == 0:
+        if float(vector.norm()) == 0 or key.layer >= cutoff:  # zero, or pruned as the study prunes
             rows.append(row | {"bypass": float("nan"), "induce": float("nan"), "kl": float("nan")})
             continue
         ablate = ablation_hooks(model, vector, "all")
