@@ -13,13 +13,14 @@ from workbench import data
 from workbench import interventions as iv
 from workbench.activations import cache_activations
 from workbench.directions import diff_in_means
-from workbench.figures import cosine_matrix_figure, plane_projection, projection_histograms
+from workbench.figures import cosine_matrix_figure, plane_projection, projection_histograms, use_notebook_renderer
 from workbench.generation import generate
 from workbench.models import load_model
 from workbench.planes import build_plane, plane_report
 from workbench.selection import candidate_stats, select
 
 torch.set_grad_enabled(False)
+use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
 model = load_model("organism")
 print(model.cfg.n_layers, "layers, d_model =", model.cfg.d_model)
 

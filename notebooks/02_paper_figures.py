@@ -19,6 +19,7 @@ from workbench.pipeline import Analysis
 from workbench.steering_math import special_cases
 
 torch.set_grad_enabled(False)
+fg.use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
 N, TOKENS = 8, 24
 model = load_model("organism")
 analysis = Analysis(model)  # cached stages: activations, candidates, selection, plane

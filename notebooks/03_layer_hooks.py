@@ -10,11 +10,13 @@ import torch
 from workbench import data
 from workbench import interventions as iv
 from workbench.chat import format_prompts, tokenize
+from workbench.figures import use_notebook_renderer
 from workbench.models import load_model
 from workbench.pipeline import Analysis
 from workbench.sites import SITES, hook_name
 
 torch.set_grad_enabled(False)
+use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
 model = load_model("organism")
 analysis = Analysis(model)
 direction = analysis.direction()

@@ -50,6 +50,8 @@ __all__ = [
     "layer_subset_figure",
     "special_cases_figure",
     "save_figure",
+    "use_notebook_renderer",
+    "NOTEBOOK_RENDERER",
     "PNG_SIZE",
 ]
 
@@ -95,6 +97,23 @@ TEMPLATE.layout.update(
     margin={"t": 90},
 )
 pio.templates["workbench"] = TEMPLATE
+
+# Plotly's own combination for "every place a notebook is shown": the plotly mimetype (JupyterLab, VS Code,
+# nteract) plus HTML that embeds plotly.js once per kernel (classic notebook, nbconvert HTML export, offline).
+NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
+
+
+def use_notebook_renderer() -> str:
+    """Make ``fig.show()`` / a cell's figure render in JupyterLab, the classic notebook and nbconvert HTML.
+
+    Plotly's default in a kernel is the plotly mimetype alone, which nbconvert's HTML export drops
+    ("mimetype application/vnd.plotly.v1+json is not able to be represented"). This sets
+    :data:`NOTEBOOK_RENDERER`, whose HTML half embeds plotly.js (no CDN, so exported HTML works offline);
+    call it in a notebook's first cell. Returns the renderer set.
+    """
+    pio.renderers.default = NOTEBOOK_RENDERER
+    return NOTEBOOK_RENDERER
+
 
 STAT_TITLES = {
     "bypass": "bypass: refusal log-odds on harmful, candidate ablated (nats, lower = better)",
