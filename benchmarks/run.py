@@ -387,7 +387,7 @@ def choose(scores, cands, n_layers: int) -> tuple[str, dict]:
 
 
 def looped_arditi_scores(model, cands, harmful, harmless, *, refusal_ids, batch_size):
-    """The same three scores as ``selection.arditi_scores``, one candidate per iteration (pruned layers skipped alike)."""
+    """The same three scores as ``selection.arditi_scores``, one candidate at a time (pruned layers skipped alike)."""
     import pandas as pd
 
     from workbench.generation import last_token_logprobs
