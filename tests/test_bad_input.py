@@ -362,3 +362,13 @@ def test_a_truncated_safetensors_is_named_set_aside_and_recomputed(tmp_path, cap
     assert calls == ["compute"] and got["x"].tolist() == [0.0, 1.0, 2.0]
     err = capsys.readouterr().err
     assert f"{path} cannot be read" in err and "moved it to acts.safetensors.corrupt, recomputing" in err
+
+
+def test_json_output_never_holds_nan(capsys):
+    """A NaN score (e.g. a zero-norm candidate's) is printed as null: every --json line parses as JSON."""
+    from workbench.cli import _emit
+
+    _emit({"a": math.nan, "b": [1.0, math.inf, {"c": -math.inf}], "d": "nan", "e": 2}, True)
+    line = capsys.readouterr().out.strip()
+    assert json.loads(line) == {"a": None, "b": [1.0, None, {"c": None}], "d": "nan", "e": 2}
+    assert "NaN" not in line and "Infinity" not in line

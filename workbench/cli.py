@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -12,9 +13,20 @@ import warnings
 __all__ = ["main"]
 
 
+def _strict_json(value):
+    """``value`` with every non-finite float as None: JSON has no NaN, and ``--json`` must parse."""
+    if isinstance(value, float) and not math.isfinite(value):  # numpy floats are floats too
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def _emit(summary: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print(json.dumps(_strict_json(summary), sort_keys=True, allow_nan=False))
     else:
         for key, value in summary.items():
             print(f"{key:>28}: {value}")
