@@ -128,8 +128,9 @@ def _randomize(hf, family: str) -> None:
             hf.model.norm.weight.add_(120.0)
 
 
-@functools.cache
-def _built(family: str, folder: str):
+def build_family_folder(family: str, folder: str):
+    """Save a tiny random ``family`` model (one of FAMILIES) with a word-level tokenizer as a local
+    Hugging Face folder; returns the HF model. Other test files import it."""
     config, cls = _configs()[family]
     config.architectures = [cls.__name__]
     torch.manual_seed(FAMILIES.index(family))
@@ -137,6 +138,12 @@ def _built(family: str, folder: str):
     _randomize(hf, family)
     hf.save_pretrained(folder)
     _tokenizer().save_pretrained(folder)
+    return hf
+
+
+@functools.cache
+def _built(family: str, folder: str):
+    hf = build_family_folder(family, folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(folder, device="cpu", dtype="float32")

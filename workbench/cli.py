@@ -73,6 +73,13 @@ def cmd_run(args) -> dict:
     )
 
 
+def cmd_models(args) -> dict:
+    """What the workbench makes of one model: family, fast paths, exact interventions (workbench.doctor)."""
+    from .doctor import model_report
+
+    return model_report(args.model, device=args.device, dtype=args.dtype)
+
+
 def _prompt_splits(args):
     """Your own harmful/harmless files (both or neither), else the shipped splits (None)."""
     from .data import PromptSplits
@@ -241,6 +248,11 @@ def _validate(args) -> None:
         dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     except ValueError as err:
         raise ValueError(f"--dtype: {err}") from None
+    from .models import check_model_spec
+
+    if args.command == "models":
+        check_model_spec(args.model)
+        return
     args.configs = load_configs(args.config)
     from .selection import METHODS
 
@@ -258,8 +270,6 @@ def _validate(args) -> None:
         _check_plane_args(args)
     if args.command == "generate":
         _check_generate_args(args, dtype)
-    from .models import check_model_spec
-
     check_model_spec(args.model)
     if args.dtype is not None and dtype != "float32":  # a silent recompute of minutes looks like a hang
         print(
@@ -400,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="a model's family, which fast paths engage, which interventions are exact")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="organism, smollm2-135m-instruct, a Hugging Face folder, a .gguf file or an official TransformerLens name",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+    p.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on GPU)"
+    )
+    p.add_argument("--json", action="store_true", help="stdout is one JSON object")
+    p.set_defaults(func=cmd_models, describe=True)
     return parser
 
 
@@ -420,7 +443,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
-    _emit(summary, getattr(args, "json", False))
+    if getattr(args, "describe", False) and not args.json:
+        from .doctor import describe
+
+        print(describe(summary))
+    else:
+        _emit(summary, getattr(args, "json", False))
     return 0
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "candidate_sweep_hooks",
     "addition_sweep_hooks",
     "orthogonalize_weights",
+    "orthogonalization_caveats",
 ]
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
@@ -498,6 +499,21 @@ def _shares_storage(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+def orthogonalization_caveats(cfg) -> list[str]:
+    """Why :func:`orthogonalize_weights` is NOT exactly equivalent to hook ablation at ``all`` for
+    a model with this cfg (empty: equivalent); it warns each one."""
+    caveats = []
+    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        caveats.append(
+            "this model normalises sublayer outputs before the residual add (sandwich/post "
+            "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "
+            "equivalent to hook ablation"
+        )
+    if cfg.post_embedding_ln:
+        caveats.append("post-embedding LayerNorm re-introduces r̂ after W_E; not exactly equivalent")
+    return caveats
+
+
 def orthogonalize_weights(model, direction, *, inplace: bool = False):
     """A copy of ``model`` with ``W′ = W − r̂r̂ᵀW`` (along d_model) for every residual write.
 
@@ -524,15 +540,8 @@ def orthogonalize_weights(model, direction, *, inplace: bool = False):
             "model has hooks attached; call orthogonalize_weights outside "
             "`with model.hooks(...)` (or model.reset_hooks(including_permanent=True))"
         )
-    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        warnings.warn(
-            "this model normalises sublayer outputs before the residual add (sandwich/post "
-            "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "
-            "equivalent to hook ablation",
-            stacklevel=2,
-        )
-    if cfg.post_embedding_ln:
-        warnings.warn("post-embedding LayerNorm re-introduces r̂ after W_E; not exactly equivalent", stacklevel=2)
+    for caveat in orthogonalization_caveats(cfg):
+        warnings.warn(caveat, stacklevel=2)
     out = model if inplace else copy.deepcopy(model)
     if _shares_storage(out.unembed.W_U, out.embed.W_E):
         warnings.warn("W_U shares storage with W_E; untying it so the unembedding is unchanged", stacklevel=2)

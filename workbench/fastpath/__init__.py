@@ -17,9 +17,11 @@ from __future__ import annotations
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
+import torch
+
 from . import attention, layout, unembed
 
-__all__ = ["install", "TESTED_TL", "tl_version_tested"]
+__all__ = ["install", "report", "TESTED_TL", "tl_version_tested"]
 
 TESTED_TL = ("3.9",)  # major.minor releases of transformer-lens the fast paths are tested on
 
@@ -32,15 +34,67 @@ def tl_version_tested() -> bool:
         return False
 
 
+def _tl_version() -> str:
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def install(model) -> dict[str, int | bool]:
     """Engage every fast path on ``model`` that its guard allows; returns what was engaged
     (``{"layout": bool, "attention": blocks, "unembed": bool}``)."""
     if not tl_version_tested():
         warnings.warn(
-            f"transformer-lens is not a tested release ({', '.join(TESTED_TL)}.x): the "
+            f"transformer-lens {_tl_version()} is not a tested release ({', '.join(TESTED_TL)}.x): the "
             "workbench's fast paths stay off and TransformerLens' own forward runs",
             stacklevel=2,
         )
         return {"layout": False, "attention": 0, "unembed": False}
     layout.fast_weight_layout(model)
     return {"layout": True, "attention": attention.install(model), "unembed": unembed.install(model)}
+
+
+def report(model) -> dict:
+    """Which fast paths are engaged on ``model`` and why the others are not, read from the same
+    guards :func:`install` uses (and from the model itself: what was actually installed)."""
+    tested = tl_version_tested()
+    untested = f"transformer-lens {_tl_version()} is not a tested release ({', '.join(TESTED_TL)}.x)"
+    reasons: dict[str, list[int]] = {}
+    engaged: list[int] = []
+    for i, block in enumerate(model.blocks):
+        if hasattr(block.attn, "_workbench_tl_forward"):
+            engaged.append(i)
+            continue
+        for reason in attention.why_unsupported(block.attn) or ([untested] if not tested else ["not installed"]):
+            reasons.setdefault(reason, []).append(i)
+    unembed_on = unembed.installed(model)
+    w_u = model.unembed.W_U
+    slicing = unembed.slices_apply(torch.empty(0, device=w_u.device), w_u.T)
+    return {
+        "transformer_lens": {"version": _tl_version(), "tested": tested, "tested_releases": list(TESTED_TL)},
+        "weight_layout": {
+            "engaged": tested,
+            "why": "MLP, W_Q/K/V/O and W_U stored in the layout TL's forward copies them into" if tested else untested,
+        },
+        "attention": {
+            "engaged_layers": engaged,
+            "n_layers": len(model.blocks),
+            "why_not": reasons,
+            "note": "steps aside to TL's forward while a hook is attached inside attention "
+            f"({', '.join(attention.INNER_HOOKS)})",
+        },
+        "chunked_unembed": {
+            "engaged": unembed_on,
+            "slices_here": unembed_on and slicing,
+            "why": (
+                unembed.why_not(model)
+                or (untested if not tested else None)
+                or (
+                    f"CPU only: on {w_u.device.type} TL's one matmul runs"
+                    if not slicing
+                    else "the CPU unembedding runs in 1,024-row slices"
+                )
+            ),
+        },
+    }

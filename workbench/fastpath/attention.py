@@ -37,33 +37,41 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["install", "uninstall", "supported", "INNER_HOOKS"]
+__all__ = ["install", "uninstall", "supported", "why_unsupported", "INNER_HOOKS"]
 
 INNER_HOOKS = ("hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 _SIDE = "_workbench_rotated"  # attribute on a TL cache entry: (source past_keys, rotated K, V)
 _OLMO = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
+def why_unsupported(attn) -> list[str]:
+    """Why the fast forward does not reproduce ``attn`` exactly: one reason per unmet condition,
+    empty when it does (the guard :func:`supported` and :func:`install` use, and what
+    ``workbench models`` reports)."""
+    cfg = attn.cfg
+    checks = (
+        (cfg.positional_embedding_type in ("rotary", "standard"), f"{cfg.positional_embedding_type} positions"),
+        (cfg.attention_dir == "causal", f"{cfg.attention_dir} attention"),
+        (getattr(attn, "attn_type", "global") == "global", f"{getattr(attn, 'attn_type', '?')} (sliding-window) layer"),
+        (not cfg.use_attn_result, "use_attn_result"),
+        (not cfg.use_split_qkv_input, "use_split_qkv_input"),
+        (not cfg.use_attn_in, "use_attn_in"),
+        (not cfg.load_in_4bit, "4-bit weights"),
+        (not cfg.use_logn_attn, "log-n attention scaling"),
+        (not cfg.use_attention_sinks, "attention sinks"),
+        (not getattr(cfg, "use_dynamic_ntk_rope", False), "dynamic NTK rope"),
+        (cfg.attn_scores_soft_cap in (None, -1.0, -1), "attention-score soft-cap"),
+        (cfg.clip_qkv is None, "clip_qkv"),
+        (cfg.original_architecture not in _OLMO, f"{cfg.original_architecture} is excluded"),
+        (hasattr(attn, "IGNORE"), "no IGNORE buffer"),
+    )
+    return [reason for ok, reason in checks if not ok]
+
+
 def supported(attn) -> bool:
     """Whether ``attn``'s configuration is one the fast forward reproduces exactly (global causal
     attention with rotary or learned absolute positions; plain or grouped-query heads)."""
-    cfg = attn.cfg
-    return (
-        cfg.positional_embedding_type in ("rotary", "standard")
-        and cfg.attention_dir == "causal"
-        and getattr(attn, "attn_type", "global") == "global"
-        and not cfg.use_attn_result
-        and not cfg.use_split_qkv_input
-        and not cfg.use_attn_in
-        and not cfg.load_in_4bit
-        and not cfg.use_logn_attn
-        and not cfg.use_attention_sinks
-        and not getattr(cfg, "use_dynamic_ntk_rope", False)
-        and cfg.attn_scores_soft_cap in (None, -1.0, -1)
-        and cfg.clip_qkv is None
-        and cfg.original_architecture not in _OLMO
-        and hasattr(attn, "IGNORE")
-    )
+    return not why_unsupported(attn)
 
 
 def install(model) -> int:

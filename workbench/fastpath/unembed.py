@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens.components import Unembed
 
-__all__ = ["install", "chunked_unembed"]
+__all__ = ["install", "installed", "why_not", "slices_apply", "chunked_unembed"]
 
 _VOCAB_CHUNK = 1024  # rows of W_U per matmul; measured fastest on a 2-core AVX2 CPU
 
@@ -22,7 +22,7 @@ def chunked_unembed(self, residual):
     """
     residual = self.hook_in(residual)
     weight = self.W_U.T  # [d_vocab, d_model]
-    if residual.device.type != "cpu" or not weight.is_contiguous():
+    if not slices_apply(residual, weight):
         return self.hook_out(F.linear(residual, weight.contiguous(), self.b_U))
     parts = [
         F.linear(residual, weight[i : i + _VOCAB_CHUNK], self.b_U[i : i + _VOCAB_CHUNK])
@@ -31,10 +31,28 @@ def chunked_unembed(self, residual):
     return self.hook_out(torch.cat(parts, dim=-1))
 
 
+def slices_apply(residual, weight) -> bool:
+    """Whether :func:`chunked_unembed` slices (a CPU residual, W_U in the layout of
+    :mod:`.layout`); otherwise it runs TL's one matmul."""
+    return residual.device.type == "cpu" and weight.is_contiguous()
+
+
+def why_not(model) -> str | None:
+    """Why :func:`install` leaves ``model.unembed`` alone, or None when it installs."""
+    if type(model.unembed).forward is not Unembed.forward:
+        return f"{type(model.unembed).__name__} overrides TL's Unembed.forward"
+    return None
+
+
+def installed(model) -> bool:
+    """Whether ``model.unembed`` runs :func:`chunked_unembed`."""
+    return getattr(model.unembed.forward, "__func__", None) is chunked_unembed
+
+
 def install(model) -> bool:
     """Use :func:`chunked_unembed` for ``model.unembed``, only where it runs TL's own forward;
     returns whether it was installed."""
-    if type(model.unembed).forward is not Unembed.forward:
+    if why_not(model) is not None:
         return False
     model.unembed.forward = types.MethodType(chunked_unembed, model.unembed)
     return True

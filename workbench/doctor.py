@@ -1,0 +1,164 @@
+"""``workbench models MODEL``: what the workbench makes of a model, as one report.
+
+The family and shape, the norm placement, sliding windows and soft-caps as the loaded
+``HookedTransformer`` has them; which fast paths are engaged and why the others are not (from the
+same guards :func:`workbench.fastpath.install` uses, see :func:`workbench.fastpath.report`); and,
+per intervention, whether it is exact on this family and why. Every answer is computed by the code
+that decides it (the fast-path guards, the hook factories, :func:`orthogonalization_caveats`), so
+the report cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from . import fastpath
+from .interventions import ablation_hooks, addition_hooks, orthogonalization_caveats, rotation_hooks
+from .models import load_model
+
+__all__ = ["model_report", "diagnose", "describe"]
+
+
+def model_report(spec: str, *, device=None, dtype=None) -> dict:
+    """Load ``spec`` (any spec :func:`workbench.models.load_model` takes) and :func:`diagnose` it."""
+    return diagnose(load_model(spec, device=device, dtype=dtype), spec)
+
+
+def _hf_architecture(model, spec: str | None) -> str:
+    """The architecture config.json names (a local folder), else TL's ``original_architecture``,
+    which the loader copies from the Hugging Face config's ``architectures[0]``."""
+    config = Path(spec).expanduser() / "config.json" if spec else None
+    if config is not None and config.is_file():
+        names = json.loads(config.read_text()).get("architectures") or []
+        if names:
+            return str(names[0])
+    return str(model.cfg.original_architecture)
+
+
+def _norm(cfg) -> dict:
+    if cfg.use_normalization_before_and_after:
+        placement = "sandwich"  # a norm before and after each sublayer (Gemma-2/3)
+    elif cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        placement = "post"  # a norm on each sublayer's output only (OLMo-2/3)
+    else:
+        placement = "pre"
+    return {"type": cfg.normalization_type, "placement": placement}
+
+
+def _sliding_window(model) -> dict | None:
+    layers = [i for i, block in enumerate(model.blocks) if getattr(block.attn, "attn_type", "global") == "local"]
+    if not layers:
+        return None
+    return {"size": model.cfg.window_size, "layers": layers}
+
+
+def _softcap(cfg) -> dict | None:
+    caps = {
+        "attn": cfg.attn_scores_soft_cap if (cfg.attn_scores_soft_cap or -1) > 0 else None,
+        "final": cfg.output_logits_soft_cap if (cfg.output_logits_soft_cap or -1) > 0 else None,
+    }
+    return caps if any(v is not None for v in caps.values()) else None
+
+
+def _available(build) -> tuple[bool, str | None]:
+    """Whether the hook factory ``build()`` accepts this model (its own checks), and its refusal."""
+    try:
+        build()
+    except ValueError as err:
+        return False, str(err)
+    return True, None
+
+
+def _interventions(model) -> dict:
+    d = model.cfg.d_model
+    r = torch.zeros(d)
+    r[0] = 1.0
+    plane = torch.eye(2, d)
+    out: dict = {}
+    ok, err = _available(lambda: ablation_hooks(model, r, "all"))
+    out["ablation"] = {
+        "exact": ok,
+        "why": err
+        or "hooks remove r̂ from the activations themselves (resid_pre, attn_out, mlp_out), position-free, "
+        "so cached and uncached runs agree",
+    }
+    ok, err = _available(lambda: addition_hooks(r, 1.0, layers=[0], model=model))
+    out["addition"] = {"exact": ok, "why": err or "hooks add αr to hook_resid_pre, position-free"}
+    sandwich = model.cfg.use_normalization_before_and_after
+    rotation_why = {
+        "post_gain": "rotates the norm outputs g⊙x̂ (+ b) that attention and the MLP read, exactly up to rounding",
+        "pre_gain": "rotates TL's hook_normalized x̂ (before the gain); angles differ from post_gain by the gain",
+        "resid": "rotates hook_resid_pre; the edit persists into later layers",
+    }
+    for site, why in rotation_why.items():
+        ok, err = _available(lambda site=site: rotation_hooks(model, plane, 45.0, site=site))
+        if ok and sandwich and site != "resid":
+            why += (
+                "; sandwich norms: TL's ln2 is HF's pre_feedforward_layernorm, so the MLP input is rotated "
+                "(the reference hooks HF's post_attention_layernorm, TL's ln1_post)"
+            )
+        out[f"rotation_{site}"] = {"exact": ok, "why": err or why}
+    caveats = orthogonalization_caveats(model.cfg)
+    out["weight_orthogonalization"] = {
+        "exact": not caveats,
+        "why": "; ".join(caveats)
+        or "every sublayer writes linearly into the residual stream, so W′ = (I − r̂r̂ᵀ)W equals hook "
+        "ablation at 'all' (a W_U tied to W_E is untied first)",
+    }
+    return out
+
+
+def diagnose(model, spec: str | None = None) -> dict:
+    """The report of a loaded model (see the module docs); ``spec`` is what it was loaded from."""
+    cfg = model.cfg
+    return {
+        "model": spec if spec is not None else getattr(model, "workbench_name", None),
+        "family": _hf_architecture(model, spec),
+        "original_architecture": cfg.original_architecture,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "n_ctx": cfg.n_ctx,
+        "dtype": str(cfg.dtype).removeprefix("torch."),
+        "device": str(model.unembed.W_U.device),
+        "norm": _norm(cfg),
+        "sliding_window": _sliding_window(model),
+        "softcap": _softcap(cfg),
+        "fast_paths": fastpath.report(model),
+        "interventions": _interventions(model),
+    }
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def describe(report: dict) -> str:
+    """``report`` as a few readable lines (the command's output without ``--json``)."""
+    norm, fp = report["norm"], report["fast_paths"]
+    window = report["sliding_window"]
+    lines = [
+        f"model: {report['model']}",
+        f"family: {report['family']} (TransformerLens: {report['original_architecture']})",
+        f"shape: {report['n_layers']} layers, d_model {report['d_model']}, n_ctx {report['n_ctx']}; "
+        f"{report['dtype']} on {report['device']}",
+        f"norm: {norm['type']}, {norm['placement']}-norm",
+        "sliding window: " + (f"{window['size']} tokens on layers {window['layers']}" if window else "none"),
+        "soft-cap: "
+        + (", ".join(f"{k} {v:g}" for k, v in report["softcap"].items() if v) if report["softcap"] else "none"),
+        f"fast paths (transformer-lens {fp['transformer_lens']['version']}, "
+        f"tested: {_yes(fp['transformer_lens']['tested'])}):",
+        f"  weight layout: {_yes(fp['weight_layout']['engaged'])} ({fp['weight_layout']['why']})",
+        f"  attention: {len(fp['attention']['engaged_layers'])}/{fp['attention']['n_layers']} layers"
+        + "".join(f"; not {layers}: {why}" for why, layers in fp["attention"]["why_not"].items()),
+        f"  chunked unembedding: {_yes(fp['chunked_unembed']['engaged'])} ({fp['chunked_unembed']['why']})",
+        "interventions:",
+    ]
+    lines += [
+        f"  {name}: {'exact' if v['exact'] else 'NOT exact'} ({v['why']})"
+        for name, v in report["interventions"].items()
+    ]
+    return "\n".join(lines)
