@@ -35,6 +35,46 @@ def test_notebook_runs(path, tmp_path):
     assert not errors
 
 
+@pytest.mark.slow
+def test_live_steering_controls_regenerate_when_driven_in_the_kernel(tmp_path):
+    """04_live_steering: setting the widgets' values in the kernel reruns the callback, and its rows
+    change: the first default harmful prompt is refused unsteered and answered with the direction
+    ablated everywhere; rotating the plane to 180° changes the responses too."""
+    import jupytext
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell
+
+    notebook = jupytext.read(ROOT / "notebooks" / "04_live_steering.py")
+    notebook.cells.append(
+        new_code_cell(
+            "import json\n"
+            "runs = {'none': LAST['rows']}\n"
+            "location.value = 'all'\n"
+            "mode.value = 'ablate'\n"
+            "runs['ablate'] = LAST['rows']\n"
+            "mode.value = 'rotate'\n"
+            "angle.value = 180\n"
+            "runs['rotate'] = LAST['rows']\n"
+            "runs['settings'] = LAST['settings']\n"
+            "runs['direct'] = steer({'mode': 'none', 'prompts': DEFAULT_PROMPTS})\n"
+            "print('RUNS' + json.dumps(runs))"
+        )
+    )
+    client = NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    text = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.get("output_type") == "stream")
+    runs = json.loads(text.split("RUNS", 1)[1])
+    none, ablate, rotate = runs["none"], runs["ablate"], runs["rotate"]
+    assert len(none) == len(ablate) == len(rotate) == 4
+    assert none[0]["label"] == "refusal"
+    assert ablate[0]["label"].startswith("comply"), ablate[0]
+    assert [r["response"] for r in rotate] != [r["response"] for r in none]
+    assert runs["settings"]["mode"] == "rotate" and runs["settings"]["angle"] == 180
+    assert runs["direct"] == none  # steer() alone gives what the panel showed (greedy, deterministic)
+
+
 def _build_script():
     spec = importlib.util.spec_from_file_location("notebooks_build", ROOT / "notebooks" / "build.py")
     assert spec and spec.loader
@@ -51,7 +91,7 @@ def test_build_script_picks_notebooks_by_name_or_prefix():
     assert build.pick(["notebooks/01_explore.py"]) == [ROOT / "notebooks" / "01_explore.py"]
     with pytest.raises(SystemExit, match="names 0 notebooks"):
         build.pick(["nope"])
-    with pytest.raises(SystemExit, match="names 3 notebooks"):
+    with pytest.raises(SystemExit, match="names 4 notebooks"):
         build.pick(["0"])
 
 
