@@ -27,7 +27,7 @@ from .chat import (
     post_instruction_tokens,
     shared_prefix_length,
 )
-from .kv import run_prefix
+from .kv import prefix_fits_window, run_prefix
 from .sites import SITES, check_hook_names, check_layers, check_site, hook_name
 
 __all__ = ["Activations", "cache_activations", "post_instruction_positions"]
@@ -158,8 +158,10 @@ def cache_activations(
     # The chat template's common opening runs once; its keys/values seed every batch's KV cache,
     # and only each prompt's own tokens run per prompt (unless a cached position lies inside it).
     prefix = shared_prefix_length(ids)
-    if prefix and shortest - prefix < -positions[0]:
-        prefix = 0
+    lengths = [len(r) for r in ids]  # batches follow suffix lengths: the same order, prefix or not
+    batches = length_sorted_batches(lengths, batch_size, balanced=True)
+    if prefix and (shortest - prefix < -positions[0] or not prefix_fits_window(model, lengths, batches)):
+        prefix = 0  # a cached position inside the prefix, or pads inside a row in a sliding window
     prefix_kv = run_prefix(model, ids[0][:prefix], stop_at_layer=stop) if prefix else None
     store = {
         s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model, dtype=model.cfg.dtype, device=device)
@@ -173,10 +175,7 @@ def cache_activations(
         store[site][li, rows_now[0]] = x.index_select(1, pos_index + x.shape[1])
         return None
 
-    suffix_lengths = [len(r) - prefix for r in ids]
-    for rows in tqdm(
-        length_sorted_batches(suffix_lengths, batch_size, balanced=True), desc="cache", disable=not progress
-    ):
+    for rows in tqdm(batches, desc="cache", disable=not progress):
         tokens, mask = pad_left(model.tokenizer, [ids[i][prefix:] for i in rows], device=device)
         cache = prefix_kv.seed(model, torch.zeros(len(rows), dtype=torch.long)) if prefix_kv else None
         rows_now[:] = [torch.tensor(rows, device=device)]

@@ -15,7 +15,9 @@ Speed:
   and values are copied to every row of the group; only each row's own suffix runs per row.
   Position-free hooks see the prefix exactly as they would in the full prompt. Scoring batches
   then follow suffix length alone (little left padding); generation keeps a setting's rows
-  together (fewer hooks per batch, and batches that all stop early end early).
+  together (fewer hooks per batch, and batches that all stop early end early). Sliding-window
+  models (Mistral, Gemma-2/3) share it only where no window can see a row's pads
+  (:func:`workbench.kv.prefix_fits_window`); otherwise whole rows run, left-padded, which is exact.
 - **One prefill for scores and text.** ``generate(..., return_logprobs=True)`` also returns the
   first-token log-probs, so a sweep scores and generates from the same forward pass.
 - **Late hooks start late.** ``last_token_scores(..., start_layers=...)``: a row whose hooks act
@@ -45,7 +47,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.utilities import apply_softcap
 
 from .chat import check_lengths, encode, format_prompts, length_sorted_batches, pad_left, shared_prefix_length
-from .kv import PrefixKV, run_prefix, take_rows
+from .kv import PrefixKV, prefix_fits_window, run_prefix, take_rows
 
 __all__ = [
     "Hooks",
@@ -111,10 +113,12 @@ def _plan(
     ids = encode(model.tokenizer, texts)
     check_lengths(ids, model.cfg.n_ctx, texts if prompts is None else prompts, reserve)
     groups = _groups(hooks, groups, len(ids))
+    lengths = [len(r) for r in ids]  # batches follow suffix lengths: the same order, prefix or not
+    batches = length_sorted_batches(lengths, batch_size, balanced=True, groups=groups if group_major else None)
     prefix = shared_prefix_length(ids) if share_prefix else 0
-    batches = length_sorted_batches(
-        [len(r) - prefix for r in ids], batch_size, balanced=True, groups=groups if group_major else None
-    )
+    # generation feeds reserve - 1 tokens after the prompt through the cache (the last is never fed)
+    if prefix and not prefix_fits_window(model, lengths, batches, max(reserve - 1, 0)):
+        prefix = 0  # pads inside a row would take sliding-window slots: run whole rows instead
     plan = _Plan(ids, groups, prefix, batches)
     if prefix:
         # the shared prefix runs once per group, under that group's hooks (any row stands for it)
@@ -341,6 +345,10 @@ def _scores_from_layers(
                 "hooks (and prefix), so give them one start layer"
             )
     prefix = shared_prefix_length(ids) if share_prefix else 0
+    # batches here are per start layer and per distinct suffix: check as if every row shared one
+    one_batch = [list(range(len(ids)))] if batch_size > 1 else [[i] for i in range(len(ids))]
+    if prefix and not prefix_fits_window(model, [len(r) for r in ids], one_batch):
+        prefix = 0  # pads inside a row would take sliding-window slots: run whole rows instead
     layers = sorted(set(starts))
     prefix_resid, suffix_resid, row_suffix = _base_residuals(model, ids, prefix, layers, batch_size)
     work = []

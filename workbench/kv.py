@@ -4,6 +4,12 @@ Chat prompts open with the same template tokens (SmolLM2: a 24-token system line
 attention means those tokens' keys and values do not depend on what follows, so the prefix runs
 once per *slot* (one slot per hook setting; hooks may change the prefix too) and every row of a
 batch starts its TransformerLens KV cache from its slot's copy; only each row's own suffix runs.
+
+Sliding-window layers (Mistral, Gemma-2/3) count a window in *columns*, and the shared-prefix layout
+``[prefix][left pad][suffix]`` puts a row's pads between its tokens, where they take window slots
+that real tokens would fill: wrong results (issue 16; plain left padding stays exact, the pads
+come before every real token). :func:`prefix_fits_window` says when the layout is still exact;
+callers run without a shared prefix when it is not.
 """
 
 from __future__ import annotations
@@ -17,9 +23,35 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-__all__ = ["PrefixKV", "run_prefix", "take_rows"]
+__all__ = ["PrefixKV", "run_prefix", "take_rows", "sliding_window", "prefix_fits_window"]
 
 KV = tuple[Float[Tensor, "slot prefix kv_head d_head"], Float[Tensor, "slot prefix kv_head d_head"]]
+
+
+def sliding_window(model) -> int | None:
+    """The attention window of ``model``'s sliding-window (TL "local") layers; None without any."""
+    local = any(getattr(getattr(b, "attn", None), "attn_type", "global") == "local" for b in model.blocks)
+    return int(model.cfg.window_size) if local else None
+
+
+def prefix_fits_window(model, lengths: Sequence[int], batches: Sequence[Sequence[int]], extra_tokens: int = 0) -> bool:
+    """Whether running ``batches`` of rows (full token ``lengths``: prefix + suffix) in the layout
+    ``[shared prefix][left pad][suffix]``, then ``extra_tokens`` more positions fed through the KV
+    cache (generation), equals running each row alone.
+
+    True without sliding-window layers, and for a batch without pads (all its rows one length).
+    Otherwise the pads sit inside the rows, so the padded width (the batch's longest row plus
+    ``extra_tokens``) must fit in the window: then every window covers a whole row and masks
+    nothing but pads.
+    """
+    window = sliding_window(model)
+    if window is None:
+        return True
+    for batch in batches:
+        widths = {lengths[i] for i in batch}
+        if len(widths) > 1 and max(widths) + extra_tokens > window:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
