@@ -36,36 +36,32 @@ def test_notebook_runs(path, tmp_path):
 
 
 @pytest.mark.slow
-def test_live_steering_controls_regenerate_when_driven_in_the_kernel(tmp_path):
-    """04_live_steering: setting the widgets' values in the kernel reruns the callback, and its rows
+def test_live_steering_controls_regenerate_when_driven(tmp_path, monkeypatch):
+    """04_live_steering: setting the widgets' values reruns the callback, and its rows
     change: the first default harmful prompt is refused unsteered and answered with the direction
     ablated everywhere; rotating the plane to 180° changes the responses too."""
+    # In this process, not through nbclient: driving the widgets over a kernel hung once with the
+    # kernel idle (nbclient waiting for a reply); test_notebook_runs executes the notebook in a kernel.
+    import contextlib
+    import io
+
     import jupytext
-    from nbclient import NotebookClient
-    from nbformat.v4 import new_code_cell
 
     notebook = jupytext.read(ROOT / "notebooks" / "04_live_steering.py")
-    notebook.cells.append(
-        new_code_cell(
-            "import json\n"
-            "runs = {'none': LAST['rows']}\n"
-            "location.value = 'all'\n"
-            "mode.value = 'ablate'\n"
-            "runs['ablate'] = LAST['rows']\n"
-            "mode.value = 'rotate'\n"
-            "angle.value = 180\n"
-            "runs['rotate'] = LAST['rows']\n"
-            "runs['settings'] = LAST['settings']\n"
-            "runs['direct'] = steer({'mode': 'none', 'prompts': DEFAULT_PROMPTS})\n"
-            "print('RUNS' + json.dumps(runs))"
-        )
-    )
-    client = NotebookClient(
-        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    text = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.get("output_type") == "stream")
-    runs = json.loads(text.split("RUNS", 1)[1])
+    code = "\n\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    ns: dict = {}
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):  # displayed tables and figures print their repr here
+        exec(compile(code, "04_live_steering.py", "exec"), ns)
+        runs = {"none": ns["LAST"]["rows"]}
+        ns["location"].value = "all"
+        ns["mode"].value = "ablate"
+        runs["ablate"] = ns["LAST"]["rows"]
+        ns["mode"].value = "rotate"
+        ns["angle"].value = 180
+        runs["rotate"] = ns["LAST"]["rows"]
+        runs["settings"] = ns["LAST"]["settings"]
+        runs["direct"] = ns["steer"]({"mode": "none", "prompts": ns["DEFAULT_PROMPTS"]})
     none, ablate, rotate = runs["none"], runs["ablate"], runs["rotate"]
     assert len(none) == len(ablate) == len(rotate) == 4
     assert none[0]["label"] == "refusal"
