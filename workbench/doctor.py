@@ -18,6 +18,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from . import fastpath
 from .interventions import ablation_hooks, addition_hooks, orthogonalization_caveats, rotation_hooks
+from .kv import local_layers, sliding_window
 from .models import load_model
 
 __all__ = ["model_report", "diagnose", "describe"]
@@ -50,10 +51,8 @@ def _norm(cfg) -> dict:
 
 
 def _sliding_window(model) -> dict | None:
-    layers = [i for i, block in enumerate(model.blocks) if getattr(block.attn, "attn_type", "global") == "local"]
-    if not layers:
-        return None
-    return {"size": model.cfg.window_size, "layers": layers}
+    layers = local_layers(model)  # the same test that decides prefix sharing
+    return {"size": sliding_window(model), "layers": layers} if layers else None
 
 
 def _softcap(cfg) -> dict | None:

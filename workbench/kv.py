@@ -23,15 +23,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-__all__ = ["PrefixKV", "run_prefix", "take_rows", "sliding_window", "prefix_fits_window"]
+__all__ = ["PrefixKV", "run_prefix", "take_rows", "local_layers", "sliding_window", "prefix_fits_window"]
 
 KV = tuple[Float[Tensor, "slot prefix kv_head d_head"], Float[Tensor, "slot prefix kv_head d_head"]]
 
 
+def local_layers(model) -> list[int]:
+    """The blocks whose attention is a sliding window (TL's ``attn_type == "local"``)."""
+    return [
+        i for i, b in enumerate(model.blocks) if getattr(getattr(b, "attn", None), "attn_type", "global") == "local"
+    ]
+
+
 def sliding_window(model) -> int | None:
     """The attention window of ``model``'s sliding-window (TL "local") layers; None without any."""
-    local = any(getattr(getattr(b, "attn", None), "attn_type", "global") == "local" for b in model.blocks)
-    return int(model.cfg.window_size) if local else None
+    return int(model.cfg.window_size) if local_layers(model) else None
 
 
 def prefix_fits_window(model, lengths: Sequence[int], batches: Sequence[Sequence[int]], extra_tokens: int = 0) -> bool:
