@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parent.parent
 # notebooks/build.py is the script that executes them, not a notebook
@@ -51,17 +52,21 @@ def test_live_steering_controls_regenerate_when_driven(tmp_path, monkeypatch):
     code = "\n\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
     ns: dict = {}
     monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()):  # displayed tables and figures print their repr here
-        exec(compile(code, "04_live_steering.py", "exec"), ns)
-        runs = {"none": ns["LAST"]["rows"]}
-        ns["location"].value = "all"
-        ns["mode"].value = "ablate"
-        runs["ablate"] = ns["LAST"]["rows"]
-        ns["mode"].value = "rotate"
-        ns["angle"].value = 180
-        runs["rotate"] = ns["LAST"]["rows"]
-        runs["settings"] = ns["LAST"]["settings"]
-        runs["direct"] = ns["steer"]({"mode": "none", "prompts": ns["DEFAULT_PROMPTS"]})
+    grad_was = torch.is_grad_enabled()  # the notebook turns grad off for the whole process
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # displayed tables and figures print their repr here
+            exec(compile(code, "04_live_steering.py", "exec"), ns)
+            runs = {"none": ns["LAST"]["rows"]}
+            ns["location"].value = "all"
+            ns["mode"].value = "ablate"
+            runs["ablate"] = ns["LAST"]["rows"]
+            ns["mode"].value = "rotate"
+            ns["angle"].value = 180
+            runs["rotate"] = ns["LAST"]["rows"]
+            runs["settings"] = ns["LAST"]["settings"]
+            runs["direct"] = ns["steer"]({"mode": "none", "prompts": ns["DEFAULT_PROMPTS"]})
+    finally:
+        torch.set_grad_enabled(grad_was)
     none, ablate, rotate = runs["none"], runs["ablate"], runs["rotate"]
     assert len(none) == len(ablate) == len(rotate) == 4
     assert none[0]["label"] == "refusal"

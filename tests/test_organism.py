@@ -155,3 +155,28 @@ def test_rebuild_from_scratch_meets_targets_and_matches_the_shipped_adapter(tmp_
 def _delta(factors: dict, module: str, scale: float) -> torch.Tensor:
     """The merged update ``scale · B @ A`` of one module, in float32 (as merge_adapter adds it)."""
     return scale * (factors[f"{module}.lora_B"].float() @ factors[f"{module}.lora_A"].float())
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["template-prefix", "no-prefix"])
+def test_training_runs_with_gradients_turned_off_by_the_caller(tmp_path, shared):
+    """The notebooks call ``torch.set_grad_enabled(False)`` for the whole process; a rebuild from
+    a notebook (or a test run after one) must still train: the LoRA factors move off their init."""
+    from test_families import _tokenizer, build_family_folder
+
+    from workbench.training import _train
+
+    hf = build_family_folder("llama", str(tmp_path))
+    tok = _tokenizer()
+    # a 4-token template prefix (run once, its KV cache repeated over the batch) or none
+    head = "w3 w4 w5 w6 " if shared else ""
+    examples = [(f"{head}w{7 + i} w8", f"w{20 + i} w{30 + i}") for i in range(4)]
+    recipe = Recipe(epochs=1, batch_size=2, bf16_autocast=False, warmup_steps=1, target_modules=("q_proj",))
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        factors, losses = _train(recipe, hf, tok, examples, progress=False)
+    finally:
+        torch.set_grad_enabled(grad_was)
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    lora_b = [v for k, v in factors.items() if k.endswith("lora_B")]
+    assert lora_b and all(b.abs().max() > 0 for b in lora_b)  # B starts at zero; a step moved it

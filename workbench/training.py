@@ -101,8 +101,10 @@ def _loss(model, prefix: torch.Tensor, ids, mask, labels, first_token_weight: fl
     Prefix sharing (exact): the shared prefix runs once, with gradients, and its KV cache is
     repeated over the batch, so ~24 of ~65 tokens per row are not recomputed 16 times.
     """
-    cache = model.model(input_ids=prefix[None], use_cache=True).past_key_values
-    cache.batch_repeat_interleave(ids.shape[0])
+    cache = None
+    if prefix.numel():  # prompts without a common template prefix (< 4 tokens) run whole
+        cache = model.model(input_ids=prefix[None], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
     full_mask = torch.cat([torch.ones(ids.shape[0], prefix.shape[0], dtype=mask.dtype), mask], dim=1)
     hidden = model.model(input_ids=ids, attention_mask=full_mask, past_key_values=cache).last_hidden_state
     keep = labels[:, 1:] != -100
@@ -136,6 +138,7 @@ def native_bf16() -> bool:
     return info is None or bool({"avx512_bf16", "amx_bf16"} & info[1])
 
 
+@torch.enable_grad()  # the notebooks turn grad off globally; training must not depend on the caller's mode
 def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``hf`` (left unchanged) and return its factors and the per-step losses."""
     if recipe.bf16_autocast and not native_bf16():
@@ -172,7 +175,7 @@ def _train(recipe: Recipe, hf, tok, examples, progress: bool) -> tuple[dict[str,
     base = model.get_base_model()
     rows = [tok(p, add_special_tokens=False)["input_ids"] for p, _ in examples]
     prefix_ids = rows[0][: shared_prefix_length(rows)]  # the template's system block and user header
-    prefix = torch.tensor(prefix_ids)
+    prefix = torch.tensor(prefix_ids, dtype=torch.long)
     lengths = token_lengths(tok, [p + t for p, t in examples])
     for _ in range(recipe.epochs):
         for rows in _bucketed_batches(lengths, recipe.batch_size, gen):
