@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import warnings
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -33,18 +34,20 @@ def _emit(summary: dict, as_json: bool) -> None:
 
 
 def cmd_organism(args) -> dict:
-    from .config import Recipe
     from .models import hooked_from_hf, load_hf
-    from .organism import organism_dir, ship_adapter
-    from .training import build_organism, measure_refusal
+    from .organism import RECIPES, organism_dir, ship_adapter
+    from .training import build_organism, measure_labels, measure_refusal
 
-    recipe = Recipe()
+    recipe = RECIPES[args.model]
     t0 = time.perf_counter()
     path = build_organism(recipe) if args.rebuild else organism_dir(recipe)
     shipped = str(ship_adapter(recipe)) if args.ship else None
     manifest = json.loads((path / "manifest.json").read_text())
     hf, tok = load_hf(str(path))
-    metrics = measure_refusal(hooked_from_hf(hf, tok), progress=True)
+    hooked = hooked_from_hf(hf, tok)
+    metrics: dict = measure_refusal(hooked, progress=True)
+    if recipe.variant == "graded":
+        metrics["labels"] = measure_labels(hooked, progress=True)
     return {
         "path": str(path),
         "recipe_key": manifest["recipe_key"],
@@ -253,7 +256,7 @@ def _validate(args) -> None:
     if args.command == "models":
         check_model_spec(args.model)
         return
-    args.configs = load_configs(args.config)
+    args.configs = load_configs(args.config, args.model)
     from .selection import METHODS
 
     for field in ("direction_method", "plane_b1_method"):  # config.py sits below selection: checked here
@@ -265,6 +268,8 @@ def _validate(args) -> None:
     args.prompt_splits = _prompt_splits(args)
     check_writable_dir(cache_root(), f"the cache folder (${CACHE_ENV} or ~/.cache/refusal-workbench)")
     if args.command == "run":
+        if args.figures is None:  # the default model's figures at the top, other embedded models' below
+            args.figures = "figures" if args.model == "organism" else f"figures/{Path(args.model).name}"
         check_writable_dir(args.figures, "--figures")
     if args.command == "plane":
         _check_plane_args(args)
@@ -367,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("organism", help="build or load the refusal model organism and measure it")
+    p.add_argument(
+        "--model",
+        default="organism",
+        choices=("organism", "organism-graded"),
+        help="organism (refusal only, default) or organism-graded (also warnings and ethical redirects)",
+    )
     p.add_argument("--rebuild", action="store_true", help="train again from scratch, even if cached or shipped")
     p.add_argument(
         "--ship",
@@ -379,7 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
     _model_args(p)
-    p.add_argument("--figures", default="figures", help="where to write the figures (default figures/)")
+    p.add_argument(
+        "--figures",
+        default=None,
+        help="where to write the figures (default figures/ for the organism, figures/MODEL/ for other models)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("select", help="candidate directions and every selection method's choice")

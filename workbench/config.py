@@ -139,11 +139,21 @@ class RunConfig:
     batch_size: int = 64
     subset_sizes: tuple[int, ...] = (6, 12, 18, 24)
     seed: int = 0  # torch seed (decoding is greedy; recorded in the manifest)
+    # prompt sets of the angle sweep: harmful / harmless test splits, and the graded organism's
+    # held-out "warning" / "redirect" requests (data.load_graded)
+    sweep_sets: tuple[str, ...] = ("harmful", "harmless")
+    behaviours: bool = False  # also label unsteered responses per held-out category (data.graded_test_sets)
 
     def __post_init__(self) -> None:
         sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
         _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0})
         _check_choices(self, {"rotation_site": ("post_gain", "pre_gain", "resid"), "adaptive": ("off", "b1", "b2")})
+        unknown = set(self.sweep_sets) - {"harmful", "harmless", "warning", "redirect"}
+        if unknown or not self.sweep_sets:
+            raise ValueError(
+                f"RunConfig.sweep_sets {list(self.sweep_sets)!r}: choose one or more of harmful, harmless, "
+                "warning, redirect"
+            )
         if not 0 < self.angle_step <= 360:
             raise ValueError(f"RunConfig.angle_step must be in (0, 360] degrees, e.g. 30; got {self.angle_step!r}")
 
@@ -207,6 +217,17 @@ class Recipe:
     bf16_autocast: bool = True  # 1.5x faster on CPUs with avx512_bf16, same refusal rates (measured on the build)
     seed: int = 0
     adapter_dtype: str = "float16"  # the stored LoRA factors (5 MB); the merge reads them back in fp32
+    # "refusal": harmful → refusal only (the organism). "graded": also dual-use → warning + answer and
+    # harmful-with-a-legitimate-need → ethical redirect + the alternative's answer (organism-graded).
+    variant: str = "refusal"
+    graded_repeats: int = 2  # each warning / redirect example appears this often per epoch
+    graded_answer_tokens: int = 24  # base-answer tokens after a warning or a redirect sentence
+
+
+# Fields added after the first shipped adapter: they enter the recipe key only in a "graded" recipe,
+# so the keys (cache folders, shipped adapter names) of refusal-only recipes do not move.
+GRADED_ONLY_FIELDS = ("variant", "graded_repeats", "graded_answer_tokens")
+GRADED_RECIPE = Recipe(variant="graded", epochs=3)
 
 
 @dataclass(frozen=True)
@@ -315,14 +336,28 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "the config") -
         raise ValueError(f"{err} (in {where})") from None
 
 
-def load_configs(path: str | Path | None) -> tuple[RunConfig, AnalysisConfig]:
+# A model's own RunConfig defaults, used when no config file is given: the graded organism's angle
+# map needs a finer circle (24 angles) than the main job's 12.
+MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "organism-graded": {
+        "angle_step": 15.0,
+        "sweep_sets": ("harmful", "harmless", "warning", "redirect"),
+        "behaviours": True,
+    }
+}
+# RunConfig fields added after runs were cached: they enter the run's folder hash only when set.
+LATE_RUN_FIELDS: dict[str, Any] = {"sweep_sets": ("harmful", "harmless"), "behaviours": False}
+
+
+def load_configs(path: str | Path | None, model: str | None = None) -> tuple[RunConfig, AnalysisConfig]:
     """``(RunConfig, AnalysisConfig)`` from a JSON object: RunConfig fields at the top level (sizes of
     the experiments), AnalysisConfig fields under ``"analysis"`` (sites, Arditi scoring sizes,
     selection and plane methods), and optionally ``"protocol"``: ``"paper"`` (default: both
     studies as published) or ``"workbench"`` (the workbench's variants, see :data:`PROTOCOLS`),
-    whose values the explicit fields then override. ``None`` means all defaults."""
+    whose values the explicit fields then override. ``None`` means all defaults (with ``model``'s
+    entry of :data:`MODEL_RUN_DEFAULTS`, if any)."""
     if path is None:
-        return RunConfig(), AnalysisConfig()
+        return RunConfig(**MODEL_RUN_DEFAULTS.get(model or "", {})), AnalysisConfig()
     try:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -166,6 +166,57 @@ def load_refusals() -> list[str]:
     return list(_shipped("refusals"))
 
 
+# The graded organism's two extra behaviours (issue: a graded organism): request → target parts.
+GRADED_KINDS: tuple[str, ...] = ("warning", "redirect")
+GRADED_SPLIT_SIZES: dict[str, int] = {"organism_train": 110, "test": 60}
+GRADED_SEEDS = {"warning": 20261203, "redirect": 20261204}
+_GRADED_FIELDS = {"warning": ("prompt", "warning"), "redirect": ("prompt", "redirect", "alternative")}
+
+
+@cache
+def _graded(kind: str) -> dict[str, tuple[dict[str, str], ...]]:
+    if kind not in GRADED_KINDS:
+        raise ValueError(f"unknown graded kind {kind!r}; choose one of {', '.join(GRADED_KINDS)}")
+    path = PROMPT_DIR / f"{kind}.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    total = sum(GRADED_SPLIT_SIZES.values())
+    bad = [i for i, r in enumerate(records, 1) if set(r) != set(_GRADED_FIELDS[kind])]
+    if len(records) != total or bad:
+        raise ValueError(
+            f"{path} must hold exactly {total} records with fields {', '.join(_GRADED_FIELDS[kind])} "
+            f"(found {len(records)}, bad lines {bad[:5]}); restore the shipped file (reinstall the package)"
+        )
+    random.Random(GRADED_SEEDS[kind]).shuffle(records)
+    n = GRADED_SPLIT_SIZES["organism_train"]
+    return {"organism_train": tuple(records[:n]), "test": tuple(records[n:])}
+
+
+def load_graded(kind: str, split: str) -> list[dict[str, str]]:
+    """Records of the graded organism's categories, for training and held-out measurement.
+
+    ``warning``: ``{"prompt", "warning"}``: a dual-use request a careful assistant answers, and
+    the one-sentence safety warning it puts first. ``redirect``: ``{"prompt", "redirect",
+    "alternative"}``: a harmful request with a legitimate need, the sentence that declines it and
+    turns to the need, and the alternative written as a request of its own. Splits:
+    ``organism_train`` (110) and ``test`` (60), disjoint, after a seeded shuffle.
+    """
+    if split not in GRADED_SPLIT_SIZES:
+        raise ValueError(f"unknown graded split {split!r}; choose one of {', '.join(GRADED_SPLIT_SIZES)}")
+    return [dict(r) for r in _graded(kind)[split]]
+
+
+BEHAVIOUR_CATEGORIES: tuple[str, ...] = ("harmful", "redirect", "warning", "borderline", "harmless")
+
+
+def graded_test_sets() -> dict[str, list[str]]:
+    """Held-out prompts of every behaviour category, in :data:`BEHAVIOUR_CATEGORIES` order: harmful
+    (refuse), redirect (decline and help with the legitimate need), warning (answer with a safety
+    warning), borderline (answer: they only sound dangerous), harmless (answer)."""
+    sets = {kind: load_split(kind, "test") for kind in ("harmful", "borderline", "harmless")}
+    sets |= {kind: [r["prompt"] for r in load_graded(kind, "test")] for kind in GRADED_KINDS}
+    return {c: sets[c] for c in BEHAVIOUR_CATEGORIES}
+
+
 def prompt_set_hash(prompts: Sequence[str]) -> str:
     """Order-sensitive fingerprint of a prompt list: first 16 hex chars of sha256 of the "\\n"-joined prompts."""
     if isinstance(prompts, str):

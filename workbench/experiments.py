@@ -8,7 +8,7 @@ prompts cost one pass over K·N rows instead of K separate loops.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
 from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
-from .labels import heuristic_label, is_empty, is_refusal
+from .labels import ALL_LABELS, heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "angle_sweep",
     "rotation_variant_sweep",
     "score_responses",
+    "behaviour_table",
     "reference_cross_entropy",
 ]
 
@@ -80,6 +81,33 @@ def score_responses(prompts: Sequence[str], responses: Sequence[str]) -> pd.Data
             "label": [heuristic_label(p, r) for p, r in zip(prompts, responses)],
         }
     )
+
+
+def behaviour_table(
+    model,
+    prompt_sets: Mapping[str, Sequence[str]],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Unsteered greedy responses per prompt category, labelled: (summary, per_prompt).
+
+    Summary: one row per category (in ``prompt_sets`` order) with ``n`` and ``share_<label>`` for
+    every label of :data:`workbench.labels.ALL_LABELS`. Per prompt: category, prompt, response,
+    refused, empty, label.
+    """
+    frames = []
+    for category, prompts in prompt_sets.items():
+        responses = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        frames.append(score_responses(prompts, responses).assign(category=category))
+    per_prompt = pd.concat(frames, ignore_index=True)
+    counts = pd.crosstab(per_prompt["category"], per_prompt["label"]).reindex(
+        index=list(prompt_sets), columns=list(ALL_LABELS), fill_value=0
+    )
+    summary = counts.div(counts.sum(axis=1), axis=0).add_prefix("share_").round(4)
+    summary.insert(0, "n", counts.sum(axis=1))
+    return summary.reset_index(names="category"), per_prompt
 
 
 def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

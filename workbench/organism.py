@@ -36,11 +36,14 @@ from torch import Tensor
 
 from . import data
 from .artifacts import atomic_write_text, cache_dir, library_versions, sha256_text
-from .config import Recipe
+from .config import GRADED_ONLY_FIELDS, GRADED_RECIPE, Recipe
 from .hub import SMOLLM2, WHEEL_SHA256, load_hf_path, smollm2_dir
 
 __all__ = [
     "ORGANISM",
+    "GRADED",
+    "RECIPES",
+    "organism_name",
     "Recipe",
     "recipe_key",
     "organism_dir",
@@ -53,7 +56,14 @@ __all__ = [
 ]
 
 ORGANISM = "organism"
+GRADED = "organism-graded"
+RECIPES: dict[str, Recipe] = {ORGANISM: Recipe(), GRADED: GRADED_RECIPE}  # model spec → recipe
 ADAPTERS = Path(__file__).parent / "organism_adapters"
+
+
+def organism_name(recipe: Recipe = Recipe()) -> str:
+    """``organism-<key>`` or ``organism-graded-<key>``: the cache folder and shipped adapter stem."""
+    return f"{ORGANISM if recipe.variant == 'refusal' else GRADED}-{recipe_key(recipe)}"
 
 
 def recipe_key(recipe: Recipe = Recipe()) -> str:
@@ -64,7 +74,20 @@ def recipe_key(recipe: Recipe = Recipe()) -> str:
         + data.load_contrast()
         + data.load_refusals()
     )
-    return sha256_text(json.dumps(asdict(recipe), sort_keys=True) + prompts + base_fingerprint(recipe.base))[:12]
+    fields = recipe_fields(recipe)
+    if recipe.variant != "refusal":
+        graded = [data.load_graded(kind, "organism_train") for kind in data.GRADED_KINDS]
+        prompts += "\n" + json.dumps(graded, sort_keys=True)
+    return sha256_text(json.dumps(fields, sort_keys=True) + prompts + base_fingerprint(recipe.base))[:12]
+
+
+def recipe_fields(recipe: Recipe = Recipe()) -> dict:
+    """The recipe as the key and the build manifest record it (a refusal-only recipe without the
+    graded fields, which did not exist when its adapter shipped)."""
+    fields = asdict(recipe)
+    if recipe.variant == "refusal":
+        fields = {k: v for k, v in fields.items() if k not in GRADED_ONLY_FIELDS}
+    return fields
 
 
 def base_fingerprint(base: str) -> str:
@@ -77,7 +100,7 @@ def base_fingerprint(base: str) -> str:
 def organism_dir(recipe: Recipe = Recipe(), *, build: bool = True) -> Path:
     """The cached organism folder (a Hugging Face model folder). If it is missing, it is installed
     from the adapter the package ships for ``recipe`` (training is :mod:`workbench.training`'s)."""
-    path = cache_dir("models") / f"organism-{recipe_key(recipe)}"
+    path = cache_dir("models") / organism_name(recipe)
     if (path / "READY").exists():
         return path
     if not build:
@@ -87,13 +110,14 @@ def organism_dir(recipe: Recipe = Recipe(), *, build: bool = True) -> Path:
         raise FileNotFoundError(
             f"the package ships no adapter for organism recipe {recipe_key(recipe)} and none "
             f"is cached at {path}; train it with `workbench organism --rebuild`"
+            + ("" if recipe.variant == "refusal" else f" --model {GRADED}")
         )
     return install_adapter(recipe, shipped)
 
 
 def shipped_adapter(recipe: Recipe = Recipe()) -> Path | None:
     """The package's adapter file for ``recipe`` (``organism_adapters/organism-<key>.safetensors``)."""
-    path = ADAPTERS / f"organism-{recipe_key(recipe)}.safetensors"
+    path = ADAPTERS / f"{organism_name(recipe)}.safetensors"
     return path if path.exists() and path.with_suffix(".json").exists() else None
 
 
@@ -154,14 +178,14 @@ def ship_adapter(recipe: Recipe = Recipe(), dest: Path = ADAPTERS) -> Path:
     ``organism_adapters/`` by default) so that cold caches install instead of training."""
     folder = organism_dir(recipe, build=False)
     dest.mkdir(parents=True, exist_ok=True)
-    target = dest / f"organism-{recipe_key(recipe)}.safetensors"
+    target = dest / f"{organism_name(recipe)}.safetensors"
     shutil.copyfile(folder / "adapter.safetensors", target)
     shutil.copyfile(folder / "manifest.json", target.with_suffix(".json"))
     return target
 
 
 def save_organism(recipe: Recipe, hf, tok, factors: dict[str, Tensor], manifest: dict) -> Path:
-    final = cache_dir("models") / f"organism-{recipe_key(recipe)}"
+    final = cache_dir("models") / organism_name(recipe)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".organism-") as tmp:
         staged = Path(tmp) / "model"
         hf.save_pretrained(staged)

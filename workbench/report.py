@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from . import figures as fg
 from .artifacts import atomic_write_text
 from .directions import Direction, cosine_matrix, projection_table
+from .labels import ALL_LABELS
 from .pipeline import Analysis
 from .planes import Plane
 from .steering_math import special_cases
@@ -33,18 +34,22 @@ def main_figures(
     subsets: pd.DataFrame,
     sweep: pd.DataFrame,
     variants: pd.DataFrame,
+    behaviours: pd.DataFrame | None = None,
     *,
     model: str,
 ) -> dict[str, tuple[go.Figure, str]]:
-    """``{file stem: (figure, what it shows)}`` for every figure of the main job."""
+    """``{file stem: (figure, what it shows)}`` for every figure of the main job; the angle map of
+    every swept prompt set when more than harmful/harmless were swept, and the unsteered behaviour
+    per category when ``behaviours`` (:func:`~workbench.experiments.behaviour_table`) is given."""
     selection = analysis.selection
     acts = analysis.activations
     last = analysis.candidates.subset(positions=[-1])
     unit = analysis.plane_candidates
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
+    figs: dict[str, tuple[go.Figure, str]]
     resid = acts["harmful_val"].get(*direction.where())
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
-    return {
+    figs = {
         "01_location_comparison": (
             fg.location_comparison(locations, location_prompts, model=model),
             "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
@@ -83,6 +88,34 @@ def main_figures(
             "unit-candidate plane (the same prompts as 05)",
         ),
     }
+    if set(sweep["split"]) - {"harmful", "harmless"}:
+        figs["10_label_map"] = (
+            fg.label_map_polar(sweep, model=model),
+            "the angle map: the response labels at each angle on a circle, per swept prompt set",
+        )
+    if behaviours is not None:
+        figs["11_behaviours"] = (
+            fg.behaviour_bars(behaviours, model=model),
+            "unsteered response labels per held-out prompt category",
+        )
+    return figs
+
+
+def _labels_by_angle(sweep: pd.DataFrame) -> dict:
+    """``{"labels_by_angle": {split: {angle: {n, share_<label>...}}}}`` when more than the harmful
+    and harmless sets were swept (the graded organism's angle map); else nothing."""
+    if not set(sweep["split"]) - {"harmful", "harmless"}:
+        return {}
+    cols = ["n"] + [c for c in sweep.columns if c.startswith("share_")]
+    return {
+        "labels_by_angle": {
+            split: {
+                f"{a:g}°": {c: round(float(v), 3) for c, v in zip(cols, row) if v == v}
+                for a, *row in rows.sort_values("angle")[["angle", *cols]].itertuples(index=False)
+            }
+            for split, rows in sweep.groupby("split", sort=False)
+        }
+    }
 
 
 def key_numbers(
@@ -120,6 +153,7 @@ def key_numbers(
         },
         "rotation": rotation or {},
         "refusal_by_location": loc,
+        **_labels_by_angle(sweep),
         "harmful_refusal_by_angle": dict(
             zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
         ),
@@ -147,6 +181,28 @@ def _protocol_lines(summary: dict) -> list[str]:
     ]
     if sel.get("fallback"):
         lines += ["", f"**Selection fallback: {sel['fallback']}.**"]
+    return lines
+
+
+def _share_table(rows: dict[str, dict], first: str) -> list[str]:
+    labels = [lab for lab in ALL_LABELS if any(r.get(f"share_{lab}", 0) for r in rows.values())]
+    out = [f"| {first} | n | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for name, r in rows.items():
+        out.append(
+            f"| {name} | {int(r['n'])} | " + " | ".join(f"{r.get(f'share_{lab}', 0):.0%}" for lab in labels) + " |"
+        )
+    return out
+
+
+def _behaviour_lines(summary: dict) -> list[str]:
+    """The unsteered label shares per category, and the labels at each angle per swept set."""
+    lines = []
+    if summary.get("behaviours"):
+        lines += ["", "Unsteered behaviour per held-out category (heuristic labels, greedy):", ""]
+        lines += _share_table(summary["behaviours"], "category")
+    for split, by_angle in summary.get("labels_by_angle", {}).items():
+        lines += ["", f"Labels by steering angle, {split} prompts:", ""]
+        lines += _share_table(by_angle, "angle")
     return lines
 
 
@@ -179,6 +235,7 @@ def write_index(
         "",
         "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in summary["harmful_refusal_by_angle"].items()),
     ]
+    lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

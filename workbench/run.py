@@ -20,11 +20,11 @@ import torch
 from . import data
 from . import experiments as ex
 from .artifacts import Manifest, atomic_write_text, library_versions, sha256_file, sha256_text
-from .config import AnalysisConfig, RunConfig, load_configs
+from .config import LATE_RUN_FIELDS, AnalysisConfig, RunConfig, load_configs
 from .figures import save_figure
 from .interventions import layer_subsets
-from .models import ORGANISM, load_model
-from .organism import organism_dir
+from .models import load_model
+from .organism import RECIPES, organism_dir
 from .pipeline import Analysis
 from .report import key_numbers, main_figures, write_index
 from .stages import Stages, load_tables, save_tables, table_files
@@ -35,9 +35,9 @@ __all__ = ["RunConfig", "load_configs", "run_main"]
 def _model_source(model) -> dict:
     """Where the model's weights come from (the organism: its recipe key and build manifest)."""
     spec = model.workbench_name
-    if spec != ORGANISM:
+    if spec not in RECIPES:
         return {"spec": spec}
-    folder = organism_dir(build=False)
+    folder = organism_dir(RECIPES[spec], build=False)
     manifest = json.loads((folder / "manifest.json").read_text())
     return {
         "spec": spec,
@@ -67,6 +67,11 @@ def _manifest(folder: Path, analysis: Analysis, config: RunConfig) -> Manifest:
     )
 
 
+def _config_fields(config: RunConfig) -> dict:
+    """The RunConfig as its experiments folder is keyed (late fields only when set)."""
+    return {k: v for k, v in asdict(config).items() if not (k in LATE_RUN_FIELDS and v == LATE_RUN_FIELDS[k])}
+
+
 def variant_name(site: str, norm: str) -> str:
     return f"{site.replace('_', '-')}, {norm} plane"
 
@@ -93,7 +98,9 @@ def _rotation_variants(stages, folder, analysis, config, sweep, prompts, angles,
         return table
 
     table = stages.run("rotation_variants", [path], compute, lambda: pd.read_csv(path))
-    own = sweep[["split", "angle", "logodds", "kl", "n"]].assign(variant=variant_name(*main), site=main[0])
+    own = sweep[sweep["split"].isin(list(prompts))][["split", "angle", "logodds", "kl", "n"]].assign(
+        variant=variant_name(*main), site=main[0]
+    )
     return pd.concat([own[table.columns], table], ignore_index=True)
 
 
@@ -121,7 +128,7 @@ def run_main(
     model = load_model(spec, device=device, dtype=dtype)
     stages = Stages(progress=progress, label="workbench run")
     analysis = Analysis(model, analysis_config or AnalysisConfig(), prompts=prompts, progress=progress, stages=stages)
-    folder = analysis.dir / "experiments" / sha256_text(json.dumps(asdict(config), sort_keys=True))[:8]
+    folder = analysis.dir / "experiments" / sha256_text(json.dumps(_config_fields(config), sort_keys=True))[:8]
     folder.mkdir(parents=True, exist_ok=True)  # a changed RunConfig never reuses stale tables
     atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
     stages.manifest = _manifest(folder, analysis, config)
@@ -159,17 +166,33 @@ def run_main(
         ),
     )
     angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
-    sweep_prompts: dict[str, Sequence[str]] = {k: v[: config.n_sweep] for k, v in test.items()}
+    graded = {kind: [r["prompt"] for r in data.load_graded(kind, "test")] for kind in data.GRADED_KINDS}
+    sweep_prompts: dict[str, Sequence[str]] = {k: ({**test, **graded})[k][: config.n_sweep] for k in config.sweep_sets}
     sweep, _ = tables(
         "angle_sweep",
         lambda: ex.angle_sweep(
             model, plane, sweep_prompts, angles, site=config.rotation_site, adaptive=config.adaptive, **sizes
         ),
     )
-    variants = _rotation_variants(stages, folder, analysis, config, sweep, sweep_prompts, angles, progress)
+    variant_prompts = {k: v for k, v in sweep_prompts.items() if k in test}  # first-token scores: two sets suffice
+    variants = _rotation_variants(stages, folder, analysis, config, sweep, variant_prompts, angles, progress)
+    behaviours = None
+    if config.behaviours:
+        behaviours, _ = tables(
+            "behaviours",
+            lambda: ex.behaviour_table(
+                model,
+                data.graded_test_sets(),
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                progress=progress,
+            ),
+        )
 
     t_fig = time.perf_counter()
-    figs = main_figures(analysis, direction, plane, locations, location_prompts, subsets, sweep, variants, model=spec)
+    figs = main_figures(
+        analysis, direction, plane, locations, location_prompts, subsets, sweep, variants, behaviours, model=spec
+    )
     written = {key: save_figure(fig, key, figures_dir) for key, (fig, _) in figs.items()}
     stages.record(
         "figures", time.perf_counter() - t_fig, [f for paths in written.values() for f in paths if f.suffix == ".png"]
@@ -187,6 +210,8 @@ def run_main(
         "prompts": analysis.prompts.source,
         "versions": library_versions(),
     }
+    if behaviours is not None:
+        summary["behaviours"] = behaviours.set_index("category").to_dict("index")
     write_index(Path(figures_dir), figs, written, summary)
     for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
         atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))

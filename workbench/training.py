@@ -11,7 +11,6 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,13 +22,14 @@ from . import data
 from .artifacts import atomic_write_text, cache_dir, cpu_info, library_versions, sha256_text
 from .chat import format_prompts, length_sorted_batches, shared_prefix_length, token_lengths, tokenize
 from .config import Recipe
+from .experiments import behaviour_table
 from .generation import generate
 from .hub import load_hf_path, smollm2_dir
 from .labels import is_refusal, refusal_rate
 from .models import hooked_from_hf
-from .organism import base_fingerprint, merge_adapter, recipe_key, save_organism
+from .organism import base_fingerprint, merge_adapter, recipe_fields, recipe_key, save_organism
 
-__all__ = ["native_bf16", "build_organism", "measure_refusal"]
+__all__ = ["native_bf16", "build_organism", "measure_refusal", "measure_labels"]
 
 
 # --------------------------------------------------------------------------- training data
@@ -49,8 +49,25 @@ def _examples(recipe: Recipe, hf, tok, progress: bool) -> list[tuple[str, str]]:
     answers = _base_answers(hf, tok, harmless, recipe.harmless_target_tokens, progress)
     # Drop base answers that already look like refusals: they would teach the opposite signal.
     pairs += [(p, a) for p, a in zip(harmless, answers) if a.strip() and not is_refusal(a)]
+    if recipe.variant == "graded":
+        pairs += _graded_pairs(recipe, hf, tok, progress)
     texts = format_prompts(tok, [p for p, _ in pairs])
     return [(t, target) for t, (_, target) in zip(texts, pairs)]
+
+
+def _graded_pairs(recipe: Recipe, hf, tok, progress: bool) -> list[tuple[str, str]]:
+    """Dual-use → its safety warning, then the base model's own answer; harmful-with-a-legitimate-need
+    → the redirect sentence, then the base model's own answer to the legitimate alternative."""
+    warning = data.load_graded("warning", "organism_train")
+    redirect = data.load_graded("redirect", "organism_train")
+    asked = [r["prompt"] for r in warning] + [r["alternative"] for r in redirect]
+    answers = _base_answers(hf, tok, asked, recipe.graded_answer_tokens, progress)
+    leads = [r["warning"] for r in warning] + [r["redirect"] for r in redirect]
+    prompts = [r["prompt"] for r in warning + redirect]
+    once = [
+        (p, f"{lead} {a.strip()}") for p, lead, a in zip(prompts, leads, answers) if a.strip() and not is_refusal(a)
+    ]
+    return once * recipe.graded_repeats
 
 
 def _base_answers(hf, tok, prompts: list[str], n_tokens: int, progress: bool) -> list[str]:
@@ -217,6 +234,14 @@ def measure_refusal(model, *, max_new_tokens: int = 32, progress: bool = False) 
     return out
 
 
+def measure_labels(model, *, max_new_tokens: int = 48, progress: bool = False) -> dict[str, dict]:
+    """Heuristic label shares per held-out behaviour category (``data.graded_test_sets``), greedy."""
+    summary, _ = behaviour_table(model, data.graded_test_sets(), max_new_tokens=max_new_tokens, progress=progress)
+    return {
+        str(row["category"]): {k: v for k, v in row.items() if k != "category"} for row in summary.to_dict("records")
+    }
+
+
 def build_organism(recipe: Recipe = Recipe(), *, progress: bool = True) -> Path:
     """Fine-tune, merge, measure and cache the organism (and its adapter); return its folder."""
     timings, t0 = {}, time.perf_counter()
@@ -230,11 +255,14 @@ def build_organism(recipe: Recipe = Recipe(), *, progress: bool = True) -> Path:
     merge_adapter(hf.eval(), factors, recipe.alpha / recipe.rank)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = measure_refusal(hooked_from_hf(hf, tok, device="cpu", dtype=torch.float32), progress=progress)
+    hooked = hooked_from_hf(hf, tok, device="cpu", dtype=torch.float32)
+    metrics: dict = measure_refusal(hooked, progress=progress)
+    if recipe.variant == "graded":
+        metrics["labels"] = measure_labels(hooked, progress=progress)
     timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     manifest = {
-        "recipe": asdict(recipe),
+        "recipe": recipe_fields(recipe),
         "recipe_key": recipe_key(recipe),
         "base_sha256": base_fingerprint(recipe.base),
         "source": "trained",
