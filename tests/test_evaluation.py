@@ -229,3 +229,18 @@ def test_llama_guard_short_responses_forced_safe_without_loading(monkeypatch):
 def test_available_judges():
     judges = available_judges()
     assert set(judges) == {"heuristic", "llama_guard"} and all(judges.values())
+
+
+def test_label_agreement_counts_a_known_confusion():
+    from workbench.labels import label_agreement
+
+    hand = ["refusal", "refusal", "ethical_redirect", "comply", "comply_with_warning"]
+    said = ["refusal", "ethical_redirect", "refusal", "comply", "comply"]
+    out = label_agreement(hand, said)
+    assert out["n"] == 5 and out["accuracy"] == 0.4
+    assert out["confusion"]["ethical_redirect"]["refusal"] == 1 and out["confusion"]["refusal"]["refusal"] == 1
+    assert out["per_label"]["refusal"] == {"precision": 0.5, "recall": 0.5, "support": 2}
+    assert out["per_label"]["comply"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert out["per_label"]["comply_with_warning"] == {"precision": None, "recall": 0.0, "support": 1}
+    with pytest.raises(ValueError, match="unknown labels"):
+        label_agreement(["refused"], ["refusal"])

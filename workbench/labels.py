@@ -28,6 +28,7 @@ __all__ = [
     "refusal_rate",
     "heuristic_label",
     "label_counts",
+    "label_agreement",
 ]
 
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -240,3 +241,29 @@ def label_counts(labels: Sequence[str]) -> dict[str, float]:
         raise ValueError(f"unknown labels {sorted(unknown)}; expected some of {ALL_LABELS}")
     counts = Counter(labels)
     return {lab: counts[lab] / len(labels) for lab in ALL_LABELS}
+
+
+def label_agreement(hand: Sequence[str], predicted: Sequence[str]) -> dict:
+    """How well predicted labels match hand labels (both from :data:`ALL_LABELS`, aligned).
+
+    Returns ``{"n", "accuracy", "confusion": {hand label: {predicted label: count}}, "per_label":
+    {label: {"precision", "recall", "support"}}}``; precision is ``None`` for a label never
+    predicted, recall ``None`` for one never hand-assigned.
+    """
+    if len(hand) != len(predicted) or not hand:
+        raise ValueError(f"need equally many hand and predicted labels, got {len(hand)} and {len(predicted)}")
+    unknown = (set(hand) | set(predicted)) - set(ALL_LABELS)
+    if unknown:
+        raise ValueError(f"unknown labels {sorted(unknown)}; expected some of {ALL_LABELS}")
+    pairs = Counter(zip(hand, predicted))
+    confusion = {h: {p: pairs[h, p] for p in ALL_LABELS} for h in ALL_LABELS}
+    per_label = {}
+    for lab in ALL_LABELS:
+        hit, said, true = pairs[lab, lab], list(predicted).count(lab), list(hand).count(lab)
+        per_label[lab] = {
+            "precision": round(hit / said, 3) if said else None,
+            "recall": round(hit / true, 3) if true else None,
+            "support": true,
+        }
+    accuracy = sum(pairs[lab, lab] for lab in ALL_LABELS) / len(hand)
+    return {"n": len(hand), "accuracy": round(accuracy, 3), "confusion": confusion, "per_label": per_label}
