@@ -182,6 +182,7 @@ def test_fast_paths_stay_off_on_an_untested_transformer_lens(monkeypatch):
     from workbench import fastpath
 
     model = _tiny("rotary", 2)
+    model.cfg.original_architecture = "LlamaForCausalLM"  # a family on the allow-list
     monkeypatch.setattr(fastpath, "TESTED_TL", ("0.0",))
     with pytest.warns(UserWarning, match="not a tested release"):
         engaged = fastpath.install(model)

@@ -80,3 +80,18 @@ def test_quick_benchmark_reports_every_key_and_fast_paths_match_their_baselines(
     assert summary["selection_same_choice"] is True
     assert details["selection"]["choice_batched"] == details["selection"]["choice_looped"]
     assert details["selection"]["choice_batched"].startswith("resid_pre/L")
+
+
+def test_gpu_script_without_cuda_says_so_and_exits_2():
+    # CUDA_VISIBLE_DEVICES="" hides any GPU, so this runs the no-CUDA branch everywhere
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "no CUDA device here" in res.stderr
+    assert res.stdout == ""  # nothing measured, nothing printed as a result

@@ -1,10 +1,14 @@
 """Every model family the loader maps, on a tiny random model built offline and saved as a local
-Hugging Face folder, loaded through ``load_model`` as a user would: TL logits equal HF's (fp32),
-and hook ablation equals orthogonalized weights where that equivalence holds.
+Hugging Face folder, loaded through ``load_model`` as a user would: TL logits equal HF's (fp32);
+the fast paths engage (this matrix is their allow-list, ``fastpath.TESTED_FAMILIES``) and equal
+TL's own path; cached greedy generation equals repeated full forwards; first-token scores equal
+HF's log-probs (Gemma-2's final soft-cap included); hook ablation equals orthogonalized weights
+where that equivalence holds; rotations keep the norm of what they rotate; bf16 runs and mostly
+agrees with fp32; an over-long prompt is refused by name.
 
 Norm gains and biases are random (not ones/zeros) so that a dropped or misplaced norm, bias or
 ``+1`` shows; Gemma-2 has logits large enough that a skipped final soft-cap fails. Each family
-is one test id; all of them together take a few seconds on a CPU.
+is one test id per check; the file takes well under a minute on a CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ import warnings
 import pytest
 import torch
 
-from workbench.interventions import ablation_hooks, orthogonalize_weights
+from workbench import fastpath
+from workbench.chat import encode
+from workbench.fastpath import attention
+from workbench.generation import _stop_ids, generate, last_token_logprobs
+from workbench.interventions import ablation_hooks, orthogonalize_weights, rotation_hooks
 from workbench.models import load_model, tl_config
 
 V = 96  # vocabulary
@@ -80,6 +88,19 @@ def _configs() -> dict:
             tf.GPTNeoXForCausalLM,
         ),
         "olmo2": (tf.Olmo2Config(**_COMMON), tf.Olmo2ForCausalLM),
+        "mixtral": (  # mixture of experts: 4 experts, 2 per token
+            tf.MixtralConfig(**_COMMON, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+            tf.MixtralForCausalLM,
+        ),
+        "olmo3": (  # post-norm, qk-norm, GQA, sliding and full layers
+            tf.Olmo3Config(
+                **_COMMON,
+                num_key_value_heads=2,
+                sliding_window=8,  # < the 11 tokens: the window bites
+                layer_types=["sliding_attention", "full_attention"],
+            ),
+            tf.Olmo3ForCausalLM,
+        ),
     }
 
 
@@ -96,13 +117,16 @@ FAMILIES = (
     "gpt2",
     "gpt-neox",
     "olmo2",
+    "mixtral",  # appended, so every earlier family keeps its seed
+    "olmo3",
 )
 
 # Hook ablation at "all" ≡ orthogonalized weights needs sublayers that write linearly into the
 # stream. Sandwich norms (Gemma-2/3: a norm on each sublayer's output) and OLMo-2's post-norms
 # re-scale the ablated write by a gain that puts r̂ back, so there they differ (measured below;
 # orthogonalize_weights warns). Everywhere else they agree to float rounding.
-NOT_EQUIVALENT = {"gemma2", "gemma3", "olmo2"}
+NOT_EQUIVALENT = {"gemma2", "gemma3", "olmo2", "olmo3"}
+POST_NORM = {"olmo2", "olmo3"}  # ln1/ln2 normalise sublayer outputs: no post_gain rotation site
 
 
 def _tokenizer():
@@ -141,13 +165,22 @@ def build_family_folder(family: str, folder: str):
     return hf
 
 
+def _load(folder: str, dtype: str = "float32"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(folder, device="cpu", dtype=dtype)
+    # transformers 5 forces its Qwen2/Phi-3 tokenizer classes on those model types, and they do not
+    # read a word-level tokenizer.json; the prompts here need the word-level one
+    if model.tokenizer.encode("w40", add_special_tokens=False) != [40]:
+        model.tokenizer = _tokenizer()
+        model.tokenizer.padding_side = "left"
+    return model
+
+
 @functools.cache
 def _built(family: str, folder: str):
     hf = build_family_folder(family, folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = load_model(folder, device="cpu", dtype="float32")
-    return hf, model
+    return hf, _load(folder)
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +249,177 @@ def test_missing_config_field_names_family_and_field():
     config = SimpleNamespace(architectures=["Gemma2ForCausalLM"], hidden_size=D, num_attention_heads=4)
     with pytest.raises(ValueError, match="Gemma2ForCausalLM: config.json is missing intermediate_size"):
         tl_config(config, device=torch.device("cpu"), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+
+# 8, 4 and 13 tokens with the BOS (ids ≥ 30: "w1x"/"w2x" would split at the special tokens "w1"/"w2")
+PROMPTS = ["w5 w6 w7 w8 w9 w30 w31", "w32 w33 w34", "w35 w36 w37 w38 w39 w40 w41 w42 w43 w44 w45 w46"]
+
+
+def _padded(tokens):
+    """``tokens`` left-padded: row 1 by 3 positions, row 2 by 6 (pads are token 0)."""
+    mask = torch.ones_like(tokens)
+    mask[1, :3], mask[2, :6] = 0, 0
+    return tokens.masked_fill(mask == 0, 0), mask
+
+
+def test_allow_list_is_exactly_the_families_tested_here():
+    architectures = {cls.__name__ for _, cls in _configs().values()}
+    assert fastpath.TESTED_FAMILIES == architectures
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_fast_paths_engage_and_equal_tl_own_path(family, folders, tokens):
+    _, model = _built(family, folders[family])
+    report = fastpath.report(model)
+    assert report["family"]["tested"] and report["weight_layout"]["engaged"] and report["chunked_unembed"]["engaged"]
+    engaged = report["attention"]["engaged_layers"]
+    blocked = [i for i, b in enumerate(model.blocks) if attention.why_unsupported(b.attn)]
+    assert sorted(engaged + blocked) == list(range(model.cfg.n_layers))  # every layer its guard allows
+    padded, mask = _padded(tokens)
+    fast = model(padded, attention_mask=mask)
+    fast_texts = generate(model, PROMPTS, max_new_tokens=4, batch_size=3, templated=True)
+    attention.uninstall(model)
+    del model.unembed.forward  # TL's Unembed.forward shows through again
+    try:
+        slow = model(padded, attention_mask=mask)
+        slow_texts = generate(model, PROMPTS, max_new_tokens=4, batch_size=3, templated=True)
+    finally:
+        fastpath.install(model)
+    assert (fast - slow)[mask.bool()].abs().max().item() <= 1e-5
+    assert fast_texts == slow_texts
+
+
+def test_family_off_the_allow_list_runs_tl_own_path(folders, tokens, monkeypatch):
+    hf, _ = _built("llama", folders["llama"])
+    monkeypatch.setattr(fastpath, "TESTED_FAMILIES", fastpath.TESTED_FAMILIES - {"LlamaForCausalLM"})
+    with pytest.warns(UserWarning, match="'LlamaForCausalLM' is not on the tested list") as caught:
+        model = load_model(folders["llama"], device="cpu", dtype="float32")
+    assert sum("fast paths stay off" in str(w.message) for w in caught) == 1  # one warning
+    assert not any(hasattr(b.attn, "_workbench_tl_forward") for b in model.blocks)
+    report = fastpath.report(model)
+    assert report["family"] == {
+        "name": "LlamaForCausalLM",
+        "tested": False,
+        "tested_families": sorted(fastpath.TESTED_FAMILIES),
+    }
+    assert not report["weight_layout"]["engaged"] and not report["chunked_unembed"]["engaged"]
+    assert report["attention"]["engaged_layers"] == []
+    with torch.inference_mode():
+        assert (model(tokens) - hf(input_ids=tokens).logits).abs().max().item() <= TOL  # still right
+
+
+# ---------------------------------------------------------------------------------------------- generation and scores
+
+
+def _greedy_full_forwards(model, row: list[int], new: int) -> list[int]:
+    """Greedy continuation by a full forward over the whole sequence per token (no KV cache)."""
+    stop, ids = set(_stop_ids(model.tokenizer)), list(row)
+    for _ in range(new):
+        nxt = int(model(torch.tensor([ids]))[0, -1].argmax())
+        if nxt in stop:
+            break
+        ids.append(nxt)
+    return ids[len(row) :]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_cached_generation_equals_full_forwards(family, folders):
+    _, model = _built(family, folders[family])
+    new = 5
+    cached = generate(model, PROMPTS, max_new_tokens=new, batch_size=3, templated=True)  # left-padded batch
+    full = [_greedy_full_forwards(model, row, new) for row in encode(model.tokenizer, PROMPTS)]
+    assert cached == [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in full]
+    assert any(len(ids) > 1 for ids in full)  # not an immediate stop everywhere
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_first_token_scores_equal_hf_logprobs(family, folders):
+    hf, model = _built(family, folders[family])
+    ours = last_token_logprobs(model, PROMPTS, batch_size=3, templated=True)
+    for i, row in enumerate(encode(model.tokenizer, PROMPTS)):
+        theirs = torch.log_softmax(hf(input_ids=torch.tensor([row])).logits[0, -1].double(), -1)
+        assert (ours[i] - theirs).abs().max().item() <= TOL
+    if family == "gemma2":  # the scores include the final soft-cap, and at this scale it matters
+        row = torch.tensor([encode(model.tokenizer, PROMPTS)[0]])
+        raw = model.unembed(model.ln_final(model(row, stop_at_layer=model.cfg.n_layers)))[0, -1]
+        assert (torch.log_softmax(raw.double(), -1) - ours[0]).abs().max().item() > 1.0
+
+
+# ---------------------------------------------------------------------------------------------- steering
+
+
+def _norm_module_output(model, layer: int):
+    """(hooks recording blocks[layer].ln2's pre-gain input x̂ before the rotation, the recorded
+    values, a forward-hook handle capturing what the MLP reads after it)."""
+    seen: dict[str, torch.Tensor] = {}
+    name = f"blocks.{layer}.ln2.hook_normalized"
+    record = [(name, lambda x, hook: seen.__setitem__("before", x.clone()))]
+    handle = model.blocks[layer].ln2.register_forward_hook(lambda _m, _i, out: seen.__setitem__("after", out.clone()))
+    return record, seen, handle
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_rotation_keeps_the_norm_of_what_it_rotates(family, folders, tokens):
+    _, model = _built(family, folders[family])
+    plane, _ = torch.linalg.qr(torch.randn(model.cfg.d_model, 2, generator=torch.Generator().manual_seed(3)))
+    plane = plane.T.contiguous()
+    # resid: hook_resid_pre of block 1 before and after the rotation hook
+    seen: dict[str, torch.Tensor] = {}
+    name = "blocks.1.hook_resid_pre"
+    grab = lambda key: (name, lambda x, hook: seen.__setitem__(key, x.clone()))  # noqa: E731
+    with model.hooks(fwd_hooks=[grab("before"), *rotation_hooks(model, plane, 60.0, site="resid"), grab("after")]):
+        model(tokens)
+    before, after = seen["before"], seen["after"]
+    assert (after - before).norm() > 1e-2 * before.norm()  # it rotated
+    assert torch.allclose(after.norm(dim=-1), before.norm(dim=-1), rtol=1e-5)
+    # post_gain: the norm's output g⊙x̂ + b, what the MLP reads
+    if family in POST_NORM:
+        with pytest.raises(ValueError, match="post-norm"):
+            rotation_hooks(model, plane, 60.0, site="post_gain")
+        return
+    record, seen, handle = _norm_module_output(model, 1)
+    try:
+        with model.hooks(fwd_hooks=record + rotation_hooks(model, plane, 60.0, layers=[1], site="post_gain")):
+            model(tokens)
+    finally:
+        handle.remove()
+    ln2 = model.blocks[1].ln2
+    y_before = seen["before"] * ln2.w + (ln2.b if hasattr(ln2, "b") else 0.0)
+    assert (seen["after"] - y_before).norm() > 1e-2 * y_before.norm()
+    assert torch.allclose(seen["after"].norm(dim=-1), y_before.norm(dim=-1), rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- bf16, context
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_bf16_smoke(family, folders, tokens):
+    _, fp32 = _built(family, folders[family])
+    model = _load(folders[family], "bfloat16")
+    assert model.cfg.dtype == torch.bfloat16 and model.unembed.W_U.dtype == torch.bfloat16
+    logits = model(tokens)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    agree = (logits.argmax(-1) == fp32(tokens).argmax(-1)).float().mean().item()
+    assert agree >= 0.75, f"{family}: bf16 greedy argmax agrees with fp32 on {agree:.0%} of positions"
+    texts = generate(model, PROMPTS, max_new_tokens=2, batch_size=3, templated=True)
+    assert len(texts) == len(PROMPTS) and all(isinstance(t, str) for t in texts)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_over_long_prompt_is_refused_with_the_context(family, folders):
+    _, model = _built(family, folders[family])
+    n_ctx = model.cfg.n_ctx
+    assert n_ctx <= 128  # finite: the model's positions
+    long = " ".join(f"w{30 + i % (V - 30)}" for i in range(n_ctx + 1))
+    assert len(encode(model.tokenizer, [long])[0]) >= n_ctx + 1
+    with pytest.raises(ValueError, match=f"more than the model's context of {n_ctx} tokens"):
+        last_token_logprobs(model, [long], templated=True)
+    with pytest.raises(ValueError, match=f"context of {n_ctx} tokens"):
+        generate(model, [" ".join(long.split()[: n_ctx - 2])], max_new_tokens=8, templated=True)

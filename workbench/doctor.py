@@ -149,7 +149,8 @@ def describe(report: dict) -> str:
         "soft-cap: "
         + (", ".join(f"{k} {v:g}" for k, v in report["softcap"].items() if v) if report["softcap"] else "none"),
         f"fast paths (transformer-lens {fp['transformer_lens']['version']}, "
-        f"tested: {_yes(fp['transformer_lens']['tested'])}):",
+        f"tested: {_yes(fp['transformer_lens']['tested'])}; family on the tested list: "
+        f"{_yes(fp['family']['tested'])}):",
         f"  weight layout: {_yes(fp['weight_layout']['engaged'])} ({fp['weight_layout']['why']})",
         f"  attention: {len(fp['attention']['engaged_layers'])}/{fp['attention']['n_layers']} layers"
         + "".join(f"; not {layers}: {why}" for why, layers in fp["attention"]["why_not"].items()),

@@ -493,6 +493,22 @@ def addition_sweep_hooks(
 # Weight orthogonalization
 
 _WRITES = ("W_O", "b_O", "W_out", "b_out")  # per-block parameters that write the residual stream
+# TL's MoE experts are nn.Linear modules: ``experts.{e}.W_out.weight`` is [d_model, d_mlp] (out, in)
+_LINEAR_WRITES = ("W_out.weight", "W_out.bias")
+
+
+def _residual_writes(block) -> list[Tensor]:
+    """The parameters of ``block`` that write the residual stream, each viewed as ``[..., d_model]``
+    (a Linear weight transposed: a view, so editing it edits the parameter)."""
+    out = []
+    for n, p in block.named_parameters():
+        if n.split(".")[0] not in ("attn", "mlp"):
+            continue
+        if n.split(".")[-1] in _WRITES:
+            out.append(p)
+        elif n.endswith(_LINEAR_WRITES):
+            out.append(p.T if p.ndim == 2 else p)
+    return out
 
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:
@@ -547,12 +563,7 @@ def orthogonalize_weights(model, direction, *, inplace: bool = False):
         warnings.warn("W_U shares storage with W_E; untying it so the unembedding is unchanged", stacklevel=2)
         out.unembed.W_U = torch.nn.Parameter(out.unembed.W_U.detach().clone())
     params = [out.embed.W_E] + ([out.pos_embed.W_pos] if cfg.positional_embedding_type == "standard" else [])
-    params += [
-        p
-        for block in out.blocks
-        for n, p in block.named_parameters()
-        if n.split(".")[-1] in _WRITES and n.split(".")[0] in ("attn", "mlp")
-    ]
+    params += [p for block in out.blocks for p in _residual_writes(block)]
     with torch.no_grad():
         for p in params:
             if p.shape[-1] != cfg.d_model:

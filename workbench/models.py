@@ -99,6 +99,7 @@ def hooked_from_hf(
         warnings.simplefilter("ignore", DeprecationWarning)  # HT warns on every construction
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="left")
     _load_unprocessed(model, state)
+    _cast_stragglers(model, dtype)
     model.move_model_modules_to_device()
     name: str = getattr(hf, "name_or_path", "") or "hf-model"
     model.workbench_name = model.workbench_key = name  # type: ignore[assignment]
@@ -328,6 +329,16 @@ def _load_unprocessed(model, state: dict) -> None:
         return
     state = ProcessWeights.process_weights(model.fill_missing_keys(state), model.cfg, **flags)
     model.load_state_dict(state, strict=False)
+
+
+def _cast_stragglers(model, dtype: torch.dtype) -> None:
+    """Cast floating parameters TL built in the default dtype to ``dtype``: TL 3.9's MoE router
+    and experts are ``nn.Linear`` modules made in float32 whatever ``cfg.dtype`` says, so a bf16
+    Mixtral would multiply bf16 activations by float32 weights and fail."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
 
 
 def load_model(spec: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
