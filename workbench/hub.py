@@ -13,6 +13,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,7 +21,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .artifacts import atomic_write_text, cache_dir, sha256_file
 from .fastpath.gguf import gguf_parsed_once
 
-__all__ = ["resolve_device", "resolve_dtype", "smollm2_dir", "load_hf_path", "hf_from_gguf", "SMOLLM2", "WHEEL_SHA256"]
+__all__ = [
+    "resolve_device",
+    "resolve_dtype",
+    "smollm2_dir",
+    "load_hf_path",
+    "hf_from_gguf",
+    "check_gguf_architecture",
+    "GGUF_VERIFIED",
+    "SMOLLM2",
+    "WHEEL_SHA256",
+]
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -119,9 +130,53 @@ def smollm2_dir() -> Path:
     return out
 
 
+# llama.cpp architecture names whose GGUF files load here with logits equal to the source model's
+# (tests/test_gguf_families.py; llama.cpp writes Mistral as "llama")
+GGUF_VERIFIED = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2")
+# llama.cpp architecture names that transformers' GGUF reader keys under another name
+_GGUF_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+
+
+def check_gguf_architecture(path: str | Path) -> str:
+    """The GGUF file's ``general.architecture``, after checking (from its metadata alone, without
+    reading any tensor) that transformers can load it as that model: raises ``ValueError`` naming
+    the architecture for one transformers has no GGUF reader for (Gemma 1, GPT-NeoX, OLMo-2, ...)
+    and for a mixture-of-experts file of an architecture whose reader ignores the experts (a
+    Mixtral GGUF is ``llama`` with ``llama.expert_count``: transformers would build a dense Llama
+    and leave its MLPs random)."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS, read_gguf_metadata
+
+    path = Path(path)
+    metadata, _ = read_gguf_metadata(str(path))
+    arch = metadata.get("general.architecture")
+    readable = sorted((set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"}) | set(GGUF_CONFIG_ARCHS))
+    name = _GGUF_RENAMES.get(str(arch), str(arch))
+    advice = (
+        f"verified here: {', '.join(GGUF_VERIFIED)} (and Mistral, which llama.cpp writes as llama); "
+        "for another family pass a Hugging Face folder (config.json + safetensors) as the model"
+    )
+    if name not in readable and arch not in readable:
+        raise ValueError(
+            f"GGUF file {path.name}: architecture {arch!r} cannot be loaded from a GGUF; transformers reads "
+            f"GGUF files of {', '.join(readable)}; {advice}"
+        )
+    experts = metadata.get(f"{arch}.expert_count")
+    reader_keys: Any = GGUF_CONFIG_MAPPING.get(name, {})  # the keys transformers reads for it
+    if experts and arch not in GGUF_CONFIG_ARCHS and "expert_count" not in reader_keys:
+        raise ValueError(
+            f"GGUF file {path.name}: architecture {arch!r} with {experts} experts ({arch}.expert_count) is a "
+            f"mixture of experts (e.g. Mixtral), which transformers reads from a GGUF as a dense {arch} model "
+            f"with its expert weights dropped; {advice}"
+        )
+    return str(arch)
+
+
 def hf_from_gguf(path: Path, dtype: torch.dtype):
-    """A GGUF file as a dequantised Hugging Face ``(model, tokenizer)`` in ``dtype``."""
-    with gguf_parsed_once():
+    """A GGUF file as a dequantised Hugging Face ``(model, tokenizer)`` in ``dtype``; a file of an
+    architecture transformers cannot load faithfully is refused first (``check_gguf_architecture``)."""
+    with gguf_parsed_once():  # the check's parse is the one the loads below reuse
+        check_gguf_architecture(path)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     # transformers dequantises GGUF but leaves the quantisation marker, which blocks saving and TL.

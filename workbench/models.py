@@ -35,7 +35,7 @@ from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATION
 from transformer_lens.weight_processing import ProcessWeights
 
 from . import fastpath
-from .hub import SMOLLM2, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
+from .hub import SMOLLM2, check_gguf_architecture, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
 from .organism import GRADED, ORGANISM, RECIPES, organism_dir, organism_name
 
 __all__ = [
@@ -363,9 +363,13 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
 
 def check_model_spec(spec: str) -> None:
     """Raise, before any download or load, when ``spec`` cannot load here: a missing local file or
-    folder, an unknown name, or a hub name that is neither cached nor downloadable (offline)."""
+    folder, a GGUF file of an architecture transformers cannot load (``check_gguf_architecture``),
+    an unknown name, or a hub name that is neither cached nor downloadable (offline)."""
     local = Path(spec).expanduser()
-    if spec in EMBEDDED_MODELS or local.is_dir() or (local.suffix == ".gguf" and local.is_file()):
+    if local.suffix == ".gguf" and local.is_file():
+        check_gguf_architecture(local)  # the metadata only: cheap
+        return
+    if spec in EMBEDDED_MODELS or local.is_dir():
         return
     if local.suffix == ".gguf" or spec.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model {spec!r}: no such file or folder; check the path given as the model")
