@@ -141,3 +141,29 @@ def test_label_map_and_behaviour_figures_draw_every_set():
     bars = behaviour_bars(behaviours)
     assert [t.name for t in bars.data] == ["comply_with_warning", "comply"]
     assert bars.data[0].y == ("warning (n = 60)",) and bars.data[0].x == (0.75,)
+
+
+def test_cached_tables_are_labelled_again_when_loaded():
+    """A run that loads its tables labels the stored responses with today's labeller: a stale
+    label (here: every response called "comply") does not survive into the shares."""
+    from workbench.experiments import _summarise, relabel
+
+    per_prompt = pd.DataFrame(
+        {
+            "split": ["harmful"] * 3,
+            "angle": [0.0, 0.0, 90.0],
+            "prompt": ["p1", "p2", "p3"],
+            "response": ["I'm sorry, but I can't help with that.", float("nan"), "Sure: mix flour and water."],
+            "refused": [True, False, False],
+            "empty": [False, True, False],
+            "label": ["comply"] * 3,
+            "logodds": [1.0, 0.0, -1.0],
+            "kl": [0.0] * 3,
+        }
+    )
+    stale = _summarise(per_prompt, ["split", "angle"])
+    assert stale["share_comply"].tolist() == [1.0, 1.0]
+    summary, fresh = relabel(stale, per_prompt, ["split", "angle"])
+    assert fresh["label"].tolist() == ["refusal", "empty", "comply"]
+    assert "share_comply" in summary and summary["share_refusal"].tolist()[0] == 0.5
+    assert summary[["refusal_rate", "logodds", "n"]].equals(stale[["refusal_rate", "logodds", "n"]])

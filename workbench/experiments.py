@@ -18,7 +18,7 @@ from torch import Tensor
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
 from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
-from .labels import ALL_LABELS, heuristic_label, is_empty, is_refusal
+from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "rotation_variant_sweep",
     "score_responses",
     "behaviour_table",
+    "relabel",
     "reference_cross_entropy",
 ]
 
@@ -94,20 +95,15 @@ def behaviour_table(
     """Unsteered greedy responses per prompt category, labelled: (summary, per_prompt).
 
     Summary: one row per category (in ``prompt_sets`` order) with ``n`` and ``share_<label>`` for
-    every label of :data:`workbench.labels.ALL_LABELS`. Per prompt: category, prompt, response,
-    refused, empty, label.
+    every label that occurs. Per prompt: category, prompt, response, refused, empty, label.
     """
     frames = []
     for category, prompts in prompt_sets.items():
         responses = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         frames.append(score_responses(prompts, responses).assign(category=category))
     per_prompt = pd.concat(frames, ignore_index=True)
-    counts = pd.crosstab(per_prompt["category"], per_prompt["label"]).reindex(
-        index=list(prompt_sets), columns=list(ALL_LABELS), fill_value=0
-    )
-    summary = counts.div(counts.sum(axis=1), axis=0).add_prefix("share_").round(4)
-    summary.insert(0, "n", counts.sum(axis=1))
-    return summary.reset_index(names="category"), per_prompt
+    n = per_prompt.groupby("category", sort=False).size().rename("n").reset_index()
+    return n.merge(_shares(per_prompt, ["category"]), on="category", how="left"), per_prompt
 
 
 def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -119,9 +115,23 @@ def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         kl=("kl", "mean"),
         n=("refused", "size"),
     ).reset_index()
+    return out.merge(_shares(per_prompt, keys), on=keys, how="left")
+
+
+def _shares(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     shares = per_prompt.pivot_table(index=keys, columns="label", values="refused", aggfunc="size", fill_value=0)
-    shares = shares.div(shares.sum(axis=1), axis=0).add_prefix("share_").reset_index()
-    return out.merge(shares, on=keys, how="left")
+    return shares.div(shares.sum(axis=1), axis=0).add_prefix("share_").reset_index()
+
+
+def relabel(summary: pd.DataFrame, per_prompt: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Label the stored responses again and recompute the summary's ``share_<label>`` columns per
+    ``keys``: cached tables stay right when :func:`~workbench.labels.heuristic_label` changes
+    (generation is what is cached, not the labeller's verdict). Returns (summary, per_prompt)."""
+    per_prompt = per_prompt.copy()
+    responses = per_prompt["response"].fillna("").astype(str)  # CSV reads an empty response as NaN
+    per_prompt["label"] = [heuristic_label(p, r) for p, r in zip(per_prompt["prompt"], responses)]
+    kept = summary.drop(columns=[c for c in summary.columns if c.startswith("share_")])
+    return kept.merge(_shares(per_prompt, keys), on=keys, how="left"), per_prompt
 
 
 def _run_settings(

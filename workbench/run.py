@@ -141,22 +141,34 @@ def run_main(
         refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=progress
     )
 
-    def tables(name: str, compute):
-        """A stage whose result is a (summary, per-prompt) pair of tables."""
+    def relabelled(files, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        per_prompt, summary = load_tables(files)
+        summary, per_prompt = ex.relabel(summary, per_prompt, keys)
+        return per_prompt, summary
+
+    def tables(name: str, keys: list[str], compute):
+        """A stage whose result is a (summary, per-prompt) pair of tables. Loaded from an earlier
+        run, its stored responses are labelled again (``keys``: the summary's grouping), so a
+        changed labeller never leaves stale labels in the figures."""
         files = table_files(folder, name)
         per_prompt, summary = stages.run(
-            name, files, lambda: save_tables(files, compute()[::-1]), lambda: load_tables(files)
+            name,
+            files,
+            lambda: save_tables(files, compute()[::-1]),
+            lambda: relabelled(files, keys),
         )
         return summary, per_prompt
 
     locations, location_prompts = tables(
         "locations",
+        ["split", "condition"],
         lambda: ex.compare_locations(
             model, direction, {k: v[: config.n_eval] for k, v in test.items()}, layer=direction.where()[1], **sizes
         ),
     )
     subsets, _ = tables(
         "layer_subsets",
+        ["subset"],
         lambda: ex.layer_subset_sweep(
             model,
             direction,
@@ -170,6 +182,7 @@ def run_main(
     sweep_prompts: dict[str, Sequence[str]] = {k: ({**test, **graded})[k][: config.n_sweep] for k in config.sweep_sets}
     sweep, _ = tables(
         "angle_sweep",
+        ["split", "angle"],
         lambda: ex.angle_sweep(
             model, plane, sweep_prompts, angles, site=config.rotation_site, adaptive=config.adaptive, **sizes
         ),
@@ -180,6 +193,7 @@ def run_main(
     if config.behaviours:
         behaviours, _ = tables(
             "behaviours",
+            ["category"],
             lambda: ex.behaviour_table(
                 model,
                 data.graded_test_sets(),
