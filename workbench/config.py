@@ -337,10 +337,12 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "the config") -
 
 
 # A model's own RunConfig defaults, used when no config file is given: the graded organism's angle
-# map needs a finer circle (24 angles) than the main job's 12.
+# map needs a finer circle (24 angles) than the main job's 12, and room for a sentence before the answer.
 MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "organism-graded": {
         "angle_step": 15.0,
+        "max_new_tokens": 48,  # a warning or a redirect sentence alone is 20-40 tokens
+        "n_sweep": 16,
         "sweep_sets": ("harmful", "harmless", "warning", "redirect"),
         "behaviours": True,
     }
