@@ -16,15 +16,16 @@ import torch
 from IPython.display import HTML, display
 
 from workbench import data
+from workbench import experiments as ex
+from workbench import figures as fg
 from workbench import interventions as iv
-from workbench.figures import use_notebook_renderer
 from workbench.generation import generate
 from workbench.labels import heuristic_label
 from workbench.models import load_model
 from workbench.pipeline import Analysis
 
 torch.set_grad_enabled(False)
-use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
+fg.use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
 model = load_model("organism")
 MAX_NEW_TOKENS = 20  # enough to tell a refusal from an answer; keeps a change fast on a CPU
 
@@ -83,39 +84,79 @@ def steer(settings: dict) -> list[dict]:
 steer({"mode": "ablate", "location": "all", "prompts": DEFAULT_PROMPTS[:1]})
 
 # %% [markdown]
+# ## The maps the panel marks: the angle sweep and the location comparison
+# Computed once on a few test prompts of each kind (batched, `MAX_NEW_TOKENS` each): the refusal
+# rate around the plane (rotation at the site the panel rotates at) and under ablation at each
+# location, plus addition (α = 1). The panel draws its current setting on them.
+
+# %%
+MAP_PROMPTS = {kind: prompts[:4] for kind, prompts in pool.items()}
+MAP_ANGLES = list(range(0, 360, 30))
+common = dict(refusal_ids=analysis.refusal_ids, max_new_tokens=MAX_NEW_TOKENS, progress=False)
+sweep, _ = ex.angle_sweep(model, plane, MAP_PROMPTS, MAP_ANGLES, **common)
+locations, _ = ex.compare_locations(model, direction, MAP_PROMPTS, layer=layer, alpha=1.0, **common)
+locations[["split", "condition", "refusal_rate"]]
+
+# %% [markdown]
 # ## Where the current setting lies
-# The steering plane as a polar plot, b1 (the refusal direction) at 0°. Rotation marks its target
-# angle; ablation and addition are not rotations, so they mark b1 itself (ablation: removed,
-# addition: pushed along it).
+# Each of the panel's prompts counts toward its kind (a test prompt's split; an edited prompt is
+# "yours"), and the share of them refused is drawn as a star: on the angle map at the rotation's
+# angle, on the location comparison at the ablation's location (or addition, or none). A setting
+# that is not on a map says so in that map's title.
 
 
 # %%
-def setting_figure(settings: dict) -> go.Figure:
+def kind_of(prompt: str) -> str:
+    return next((kind for kind, prompts in pool.items() if prompt in prompts), "yours")
+
+
+def panel_rates(rows: list[dict]) -> dict[str, float]:
+    """The share of the panel's prompts refused, per kind."""
+    kinds: dict[str, list[bool]] = {}
+    for r in rows:
+        kinds.setdefault(kind_of(r["prompt"]), []).append(r["label"] == "refusal")
+    return {kind: sum(refused) / len(refused) for kind, refused in kinds.items()}
+
+
+def describe(settings: dict) -> str:
     mode = settings.get("mode", "none")
-    fig = go.Figure(go.Scatterpolar(r=[0, 1], theta=[0, 0], mode="lines+text", text=["", "b1"], name="b1"))
+    return {
+        "none": "unsteered",
+        "ablate": f"ablate at {settings.get('location', 'all')}",
+        "add": f"add {float(settings.get('alpha', 1.0)):g}·r",
+        "rotate": f"rotate to {float(settings.get('angle', 0.0)):g}°",
+    }[mode]
+
+
+def star(kind: str) -> dict:
+    color = fg.SPLIT_COLORS.get(kind, "black")
+    return dict(mode="markers", name=f"now: {kind}", marker=dict(symbol="star", size=18, color=color, line_width=1))
+
+
+def where_figures(settings: dict, rows: list[dict]) -> tuple[go.Figure, go.Figure]:
+    """The angle map and the location comparison, each with the current setting's stars."""
+    mode, now, rates = settings.get("mode", "none"), describe(settings), panel_rates(rows)
+    angles = fg.angle_sweep_polar(sweep, model="organism")
     if mode == "rotate":
-        angle = float(settings.get("angle", 0.0))
-        fig.add_trace(go.Scatterpolar(r=[0, 1], theta=[0, angle], mode="lines+markers", name=f"rotate to {angle:g}°"))
-    elif mode == "add":
-        alpha = float(settings.get("alpha", 1.0))
-        fig.add_trace(
-            go.Scatterpolar(
-                r=[0, min(abs(alpha), 1.0)],
-                theta=[0, 0 if alpha >= 0 else 180],
-                mode="lines+markers",
-                name=f"add {alpha:g}·r",
-            )
-        )
-    elif mode == "ablate":
-        fig.add_trace(go.Scatterpolar(r=[0], theta=[0], mode="markers", name=f"ablate at {settings.get('location')}"))
-    fig.update_layout(
-        width=360, height=320, margin=dict(l=30, r=30, t=40, b=30), title=f"setting: {mode}", showlegend=True
-    )
-    fig.update_polars(radialaxis=dict(visible=False, range=[0, 1.1]), angularaxis=dict(direction="counterclockwise"))
-    return fig
+        theta = float(settings.get("angle", 0.0))
+        for kind, rate in rates.items():
+            angles.add_trace(go.Scatterpolar(theta=[theta], r=[rate], **star(kind)), 1, 1)
+    angles.update_layout(title_text=f"Angle map — now: {now}" + ("" if mode == "rotate" else " (not a rotation)"))
+    places = fg.location_comparison(locations, model="organism")
+    condition = {"none": "none", "ablate": settings.get("location", "all"), "add": "addition"}.get(mode)
+    if condition is not None:
+        x = fg.CONDITION_NAMES.get(condition, condition)
+        for kind, rate in rates.items():
+            places.add_trace(go.Scatter(x=[x], y=[rate], offsetgroup=kind, **star(kind)), 1, 1)
+    off = " (not a location)" if condition is None else " (bars: α = 1)" if mode == "add" else ""
+    places.update_layout(title_text=f"Location comparison — now: {now}{off}")
+    for fig in (angles, places):
+        fig.update_layout(height=420, margin=dict(t=70, b=40))
+    return angles, places
 
 
-setting_figure({"mode": "rotate", "angle": 120})
+where_figures({"mode": "rotate", "angle": 120}, steer({"mode": "rotate", "angle": 120}))[0]
+
 
 # %% [markdown]
 # ## The panel
@@ -156,7 +197,7 @@ def render(settings: dict, rows: list[dict]) -> None:
     with results:
         results.clear_output(wait=True)
         display(HTML(f"<table><tr><th>label</th><th>prompt</th><th>response</th></tr>{table}</table>"))
-        display(setting_figure(settings))
+        display(*where_figures(settings, rows))
 
 
 def update(_change=None) -> None:

@@ -5,19 +5,27 @@
 
 Each percent-format source is read with jupytext, executed top to bottom in a fresh ``python3`` kernel
 (nbclient, working directory notebooks/) and written next to it as ``.ipynb``, the pair that
-``jupytext.toml`` declares, so JupyterLab opens the source with these outputs. ``--html`` also exports
-the executed notebook with nbconvert (figures included: the notebooks call
-``workbench.figures.use_notebook_renderer()``). A cell that raises stops the build with exit code 1
-and writes nothing for that notebook.
+``jupytext.toml`` declares, so JupyterLab opens the source with these outputs. The kernel runs with
+``WORKBENCH_STATIC_FIGURES=1``, so ``workbench.figures.use_notebook_renderer()`` (each notebook's
+first cell) stores every Plotly figure as the plotly mimetype (interactive in JupyterLab) plus a PNG
+(what a code host such as GitHub shows), without plotly.js: the committed files stay small.
+``--html`` also exports the executed notebook with nbconvert, each figure interactive (plotly.js
+embedded once, offline). A cell that raises stops the build with exit code 1 and writes nothing for
+that notebook.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+STATIC_ENV = "WORKBENCH_STATIC_FIGURES"  # workbench.figures.STATIC_ENV (not imported: this runs from notebooks/)
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 
 def sources() -> list[Path]:
@@ -53,16 +61,42 @@ def build(source: Path, *, timeout: int, html: bool) -> list[Path]:
         record_timing=False,  # no per-cell timestamps: a rebuild only changes what the outputs change
         resources={"metadata": {"path": str(source.parent)}},
     )
-    client.execute()
+    before = os.environ.get(STATIC_ENV)
+    os.environ[STATIC_ENV] = "1"  # the kernel inherits this process's environment
+    try:
+        client.execute()
+    finally:
+        if before is None:
+            os.environ.pop(STATIC_ENV, None)
+        else:
+            os.environ[STATIC_ENV] = before
     written = [source.with_suffix(".ipynb")]
     jupytext.write(notebook, written[0], fmt="ipynb")
     if html:
         from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(notebook)
+        body, _ = HTMLExporter().from_notebook_node(interactive_copy(notebook))
         written.append(source.with_suffix(".html"))
         written[-1].write_text(body, encoding="utf-8")
     return written
+
+
+def interactive_copy(notebook):
+    """A copy of ``notebook`` whose Plotly outputs also carry interactive HTML (nbconvert prefers it
+    to the PNG), plotly.js embedded in the first one only."""
+    import plotly.io as pio
+
+    notebook = copy.deepcopy(notebook)
+    first = True
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            spec = output.get("data", {}).get(PLOTLY_MIME)
+            if spec is None:
+                continue
+            fig = pio.from_json(json.dumps(spec), skip_invalid=True)
+            output["data"]["text/html"] = pio.to_html(fig, include_plotlyjs=first, full_html=False)
+            first = False
+    return notebook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,12 @@ def test_live_steering_controls_regenerate_when_driven(tmp_path, monkeypatch):
             ns["location"].value = "all"
             ns["mode"].value = "ablate"
             runs["ablate"] = ns["LAST"]["rows"]
+            runs["ablate_maps"] = ns["where_figures"](ns["LAST"]["settings"], ns["LAST"]["rows"])
             ns["mode"].value = "rotate"
             ns["angle"].value = 180
             runs["rotate"] = ns["LAST"]["rows"]
             runs["settings"] = ns["LAST"]["settings"]
+            runs["rotate_maps"] = ns["where_figures"](ns["LAST"]["settings"], ns["LAST"]["rows"])
             runs["direct"] = ns["steer"]({"mode": "none", "prompts": ns["DEFAULT_PROMPTS"]})
     finally:
         torch.set_grad_enabled(grad_was)
@@ -74,6 +77,24 @@ def test_live_steering_controls_regenerate_when_driven(tmp_path, monkeypatch):
     assert [r["response"] for r in rotate] != [r["response"] for r in none]
     assert runs["settings"]["mode"] == "rotate" and runs["settings"]["angle"] == 180
     assert runs["direct"] == none  # steer() alone gives what the panel showed (greedy, deterministic)
+    # the maps mark the setting: ablation everywhere on the location comparison, rotation on the angle map
+    ablate_angles, ablate_places = runs["ablate_maps"]
+    rotate_angles, rotate_places = runs["rotate_maps"]
+    assert _stars(ablate_angles) == [] and _stars(rotate_places) == []  # not a rotation / not a location
+    harmful_refused = sum(r["label"] == "refusal" for r in ablate[:2]) / 2
+    harmless_refused = sum(r["label"] == "refusal" for r in ablate[2:]) / 2
+    assert _stars(ablate_places) == [
+        ("now: harmful", ["everywhere"], [harmful_refused]),
+        ("now: harmless", ["everywhere"], [harmless_refused]),
+    ]
+    assert [where for _, where, _ in _stars(rotate_angles)] == [[180.0], [180.0]]
+
+
+def _stars(fig) -> list[tuple]:
+    """(name, where, refused share) of each marker of the current setting in ``fig``."""
+    polar = [(t.name, list(t.theta), list(t.r)) for t in fig.data if t.type == "scatterpolar"]
+    cartesian = [(t.name, list(t.x), list(t.y)) for t in fig.data if t.type == "scatter"]
+    return [star for star in polar + cartesian if (star[0] or "").startswith("now:")]
 
 
 def _build_script():
@@ -144,3 +165,57 @@ def test_build_script_executes_a_notebook_into_its_ipynb(tmp_path):
     assert outputs[0]["text"] == "answer 42\n"
     assert outputs[1]["data"]["text/plain"] == "42"
     assert all("execution" not in cell.metadata for cell in notebook.cells)  # no timestamps to churn
+
+
+def test_static_renderer_bundles_the_figure_and_a_png_without_plotlyjs(monkeypatch):
+    """With WORKBENCH_STATIC_FIGURES set (notebooks/build.py), a figure's display bundle is the plotly
+    mimetype (interactive in JupyterLab) plus a PNG (a code host's view), and no HTML with plotly.js."""
+    import base64
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from workbench import figures
+
+    if figures._find_browser() is None:
+        pytest.skip("no Chromium for kaleido's PNG export")
+    before = pio.renderers.default
+    try:
+        monkeypatch.setenv(figures.STATIC_ENV, "1")
+        assert figures.use_notebook_renderer() == figures.STATIC_RENDERER == pio.renderers.default
+        bundle = pio.renderers._build_mime_bundle(go.Figure(go.Bar(y=[1, 3, 2])).to_dict())
+        monkeypatch.setenv(figures.STATIC_ENV, "0")
+        assert figures.use_notebook_renderer() == figures.NOTEBOOK_RENDERER
+    finally:
+        pio.renderers.default = before
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert int.from_bytes(png[16:20], "big") == figures.NOTEBOOK_PNG["width"]  # IHDR width
+
+
+def test_build_stores_small_figures_and_exports_them_interactive(tmp_path):
+    """build.py: the executed copy holds each figure as plotly JSON + PNG, without plotly.js (small);
+    the HTML export draws every figure interactively, with plotly.js embedded once."""
+    from workbench import figures
+
+    if figures._find_browser() is None:
+        pytest.skip("no Chromium for kaleido's PNG export")
+    build = _build_script()
+    assert build.STATIC_ENV == figures.STATIC_ENV
+    source = tmp_path / "figs.py"
+    source.write_text(
+        "# %%\nimport os\nimport plotly.graph_objects as go\nfrom workbench.figures import use_notebook_renderer\n"
+        "print(use_notebook_renderer(), os.environ.get('WORKBENCH_STATIC_FIGURES'))\n\n"
+        "# %%\ngo.Figure(go.Bar(y=[1, 3, 2]))\n\n# %%\ngo.Figure(go.Scatter(y=[4, 1, 5]))\n"
+    )
+    ipynb, html = build.build(source, timeout=300, html=True)
+    assert build.STATIC_ENV not in os.environ  # set for the kernel only
+    notebook = json.loads(ipynb.read_text())
+    outputs = [o for c in notebook["cells"] for o in c.get("outputs", [])]
+    assert "".join(outputs[0]["text"]) == f"{figures.STATIC_RENDERER} 1\n"
+    assert [sorted(o["data"]) for o in outputs[1:]] == [[build.PLOTLY_MIME, "image/png"]] * 2
+    assert ipynb.stat().st_size < 500_000  # plotly.js alone is 4.6 MB
+    page = html.read_text()
+    assert page.count('class="plotly-graph-div"') == 2
+    assert page.count("window.PlotlyConfig") == 1  # plotly.js embedded once, ahead of the first figure

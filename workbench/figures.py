@@ -9,9 +9,11 @@ the plane convention: 0° = b1 (refusal) points east, angles grow counter-clockw
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
+import os
 import re
 import textwrap
 import threading
@@ -27,6 +29,7 @@ import pandas as pd
 import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.io._base_renderers import MimetypeRenderer
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
@@ -54,6 +57,8 @@ __all__ = [
     "save_figure",
     "use_notebook_renderer",
     "NOTEBOOK_RENDERER",
+    "STATIC_RENDERER",
+    "STATIC_ENV",
     "PNG_SIZE",
 ]
 
@@ -103,6 +108,29 @@ pio.templates["workbench"] = TEMPLATE
 # Plotly's own combination for "every place a notebook is shown": the plotly mimetype (JupyterLab, VS Code,
 # nteract) plus HTML that embeds plotly.js once per kernel (classic notebook, nbconvert HTML export, offline).
 NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
+# For committed .ipynb copies (notebooks/build.py sets STATIC_ENV): the plotly mimetype (interactive in
+# JupyterLab) plus a PNG (what GitHub and nbconvert show), and no 4.6 MB of plotly.js in each file.
+STATIC_RENDERER = "plotly_mimetype+workbench_png"
+STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
+NOTEBOOK_PNG = {"width": 1000, "height": 600, "scale": 1}  # the notebook's column width; keeps files small
+
+
+class _NotebookPng(MimetypeRenderer):
+    """A PNG of the figure in the display bundle, through the process's kaleido browser (:func:`_png`)."""
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        fig = go.Figure(fig_dict)
+        opts = {
+            "format": "png",
+            "width": fig.layout.width or NOTEBOOK_PNG["width"],
+            "height": fig.layout.height or NOTEBOOK_PNG["height"],
+            "scale": NOTEBOOK_PNG["scale"],
+        }
+        data = _png(fig, opts)
+        return {"image/png": base64.b64encode(data).decode("ascii")} if data else {}
+
+
+pio.renderers["workbench_png"] = _NotebookPng()
 
 
 def use_notebook_renderer() -> str:
@@ -111,10 +139,14 @@ def use_notebook_renderer() -> str:
     Plotly's default in a kernel is the plotly mimetype alone, which nbconvert's HTML export drops
     ("mimetype application/vnd.plotly.v1+json is not able to be represented"). This sets
     :data:`NOTEBOOK_RENDERER`, whose HTML half embeds plotly.js (no CDN, so exported HTML works offline);
-    call it in a notebook's first cell. Returns the renderer set.
+    call it in a notebook's first cell. With the environment variable :data:`STATIC_ENV` set to a
+    non-empty value other than ``0`` (notebooks/build.py sets it), it sets :data:`STATIC_RENDERER`
+    instead: the plotly mimetype plus a PNG, for small files that render on a code host.
+    Returns the renderer set.
     """
-    pio.renderers.default = NOTEBOOK_RENDERER
-    return NOTEBOOK_RENDERER
+    static = os.environ.get(STATIC_ENV, "") not in ("", "0")
+    pio.renderers.default = STATIC_RENDERER if static else NOTEBOOK_RENDERER
+    return pio.renderers.default
 
 
 STAT_TITLES = {
