@@ -206,6 +206,10 @@ def _behaviour_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _command(model: str) -> str:
+    return "workbench run" if model == "organism" else f"workbench run --model {model}"
+
+
 def write_index(
     out: Path, figs: dict[str, tuple[go.Figure, str]], written: dict[str, list[Path]], summary: dict
 ) -> Path:
@@ -214,8 +218,8 @@ def write_index(
     lines = [
         f"# Figures for `{summary['model']}`",
         "",
-        "Regenerate with `workbench run` (see the top-level README). Each figure is an interactive "
-        "HTML file; PNGs are written when a Chromium is available.",
+        f"Regenerate with `{_command(summary['model'])}` (see the top-level README). Each figure is an "
+        "interactive HTML file; PNGs are written when a Chromium is available.",
         "",
         f"Direction: `{d['site']}` layer {d['layer']}, position {d['pos']} ({d['method']}). "
         f"Plane: b1 = `{p['b1']}`, PC1 explains {p['pc1_explained_variance']:.0%} of the candidates' "
