@@ -164,14 +164,21 @@ def test_live_steering_panel_renders_in_jupyterlab(lab):
     name = "04_live_steering.ipynb"
     assert _outputs(name, WIDGET_MIME) >= 1
     ready = "c.dropdowns >= 2 && c.sliders >= 2 && c.textareas >= 1 && c.rows >= 5 && c.panel_figures >= 2"
-    browser, counts = _open(url, tmp, name, "c.cells > 0")
-    with browser:
-        assert counts["errors"] == []
-        _scroll_through(browser)
-        counts = browser.wait_for(f"(() => {{ const c = {COUNTS}; return ({ready}) && c; }})()", 90)
-        browser.screenshot(tmp / "04_live_steering.png")
-        assert counts, f"the widget panel was not drawn: {browser.evaluate(COUNTS)}; screenshot in {tmp}"
-        shot = browser.screenshot_element(".jp-OutputArea-output .widget-vbox", tmp / "panel.png")
+    # The saved widget state races the kernel JupyterLab starts for the notebook: under load the
+    # widget manager sometimes asks the new kernel first ("Error displaying widget: model not
+    # found"; seen once in a loaded full suite). A fresh page load is a fresh race: two tries.
+    for attempt in (1, 2):
+        browser, counts = _open(url, tmp, name, "c.cells > 0")
+        with browser:
+            assert counts["errors"] == []
+            _scroll_through(browser)
+            counts = browser.wait_for(f"(() => {{ const c = {COUNTS}; return ({ready}) && c; }})()", 90)
+            browser.screenshot(tmp / f"04_live_steering_{attempt}.png")
+            if not counts and attempt == 1:
+                continue
+            assert counts, f"the widget panel was not drawn: {browser.evaluate(COUNTS)}; screenshots in {tmp}"
+            shot = browser.screenshot_element(".jp-OutputArea-output .widget-vbox", tmp / "panel.png")
+            break
     assert counts["rows"] == 5  # header + the four default prompts
     assert counts["panel_figures"] == 2
     assert shot.stat().st_size > 10_000
