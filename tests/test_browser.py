@@ -124,8 +124,8 @@ COUNTS = """(() => {
 })()"""
 
 
-def _open(url: str, tmp: Path, name: str, ready: str, timeout: float = 120) -> tuple[Browser, dict]:
-    browser = Browser(f"{url}/lab/tree/notebooks/{name}", tmp / name, size=(1400, 1800))
+def _open(url: str, tmp: Path, name: str, ready: str, timeout: float = 120, attempt: int = 1) -> tuple[Browser, dict]:
+    browser = Browser(f"{url}/lab/tree/notebooks/{name}", tmp / f"{name}-{attempt}", size=(1400, 1800))
     try:
         browser.wait_for(f"(() => {{ const c = {COUNTS}; return c.errors.length > 0 || ({ready}); }})()", timeout)
         return browser, browser.evaluate(COUNTS)
@@ -168,7 +168,7 @@ def test_live_steering_panel_renders_in_jupyterlab(lab):
     # widget manager sometimes asks the new kernel first ("Error displaying widget: model not
     # found"; seen once in a loaded full suite). A fresh page load is a fresh race: two tries.
     for attempt in (1, 2):
-        browser, counts = _open(url, tmp, name, "c.cells > 0")
+        browser, counts = _open(url, tmp, name, "c.cells > 0", attempt=attempt)
         with browser:
             assert counts["errors"] == []
             _scroll_through(browser)

@@ -23,9 +23,9 @@ def test_notebook_runs(path, tmp_path):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError
 
-    # A kernel that displays ipywidgets sometimes never answers one execute request: the kernel sits
-    # idle and nbclient waits out the cell timeout (seen twice here with 04; jupyter/nbclient#312).
-    # No cell takes 10 minutes, so a timeout is that hang: run the notebook once more, fresh.
+    # A kernel with ipywidgets can leave nbclient waiting on an idle kernel (jupyter/nbclient#312; 04
+    # did in loaded full-suite runs here). No cell takes 10 minutes, so a timeout is that hang: run
+    # the notebook once more, fresh.
     for attempt in (1, 2):
         notebook = jupytext.read(path)
         client = NotebookClient(
