@@ -115,17 +115,22 @@ STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
 NOTEBOOK_PNG = {"width": 1000, "height": 600, "scale": 1}  # the notebook's column width; keeps files small
 
 
+def _png_opts(fig: go.Figure, size: dict) -> dict:
+    """kaleido's options: the figure's own width/height where it sets them, else ``size``'s."""
+    return {
+        "format": "png",
+        "width": fig.layout.width or size["width"],
+        "height": fig.layout.height or size["height"],
+        "scale": size["scale"],
+    }
+
+
 class _NotebookPng(MimetypeRenderer):
     """A PNG of the figure in the display bundle, through the process's kaleido browser (:func:`_png`)."""
 
     def to_mimebundle(self, fig_dict: dict) -> dict:
         fig = go.Figure(fig_dict)
-        opts = {
-            "format": "png",
-            "width": fig.layout.width or NOTEBOOK_PNG["width"],
-            "height": fig.layout.height or NOTEBOOK_PNG["height"],
-            "scale": NOTEBOOK_PNG["scale"],
-        }
+        opts = _png_opts(fig, NOTEBOOK_PNG)
         data = _png(fig, opts)
         return {"image/png": base64.b64encode(data).decode("ascii")} if data else {}
 
@@ -911,12 +916,7 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
     _write_changed(paths[0], fig.to_html(include_plotlyjs="plotly.min.js", full_html=True, div_id=div_id).encode())
     if png:
         target = outdir / f"{name}.png"
-        opts = {
-            "format": "png",
-            "width": fig.layout.width or PNG_SIZE["width"],
-            "height": fig.layout.height or PNG_SIZE["height"],
-            "scale": PNG_SIZE["scale"],
-        }
+        opts = _png_opts(fig, PNG_SIZE)
         digest = _spec_hash(fig, opts)
         if _png_text(target, _SPEC_KEY) != digest:  # Chromium's PNG bytes differ run to run: export only on change
             data = _png(fig, opts)
