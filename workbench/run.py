@@ -178,8 +178,8 @@ def run_main(
         ),
     )
     angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
-    graded = {kind: [r["prompt"] for r in data.load_graded(kind, "test")] for kind in data.GRADED_KINDS}
-    sweep_prompts: dict[str, Sequence[str]] = {k: ({**test, **graded})[k][: config.n_sweep] for k in config.sweep_sets}
+    available = {**data.graded_test_sets(), **test}  # the analysis's own harmful / harmless test splits win
+    sweep_prompts: dict[str, Sequence[str]] = {k: available[k][: config.n_sweep] for k in config.sweep_sets}
     sweep, _ = tables(
         "angle_sweep",
         ["split", "angle"],
