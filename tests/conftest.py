@@ -55,3 +55,22 @@ def generate_both_ways():
         return outs
 
     return generate
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a repository script that is not a package module (``benchmarks/…``, ``notebooks/…``)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str):
+        path = root / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,7 +3,6 @@ graded_hand_labels.jsonl; the report: figures/organism-graded/labeller.md, by be
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,13 @@ from workbench.labels import ALL_LABELS
 ROOT = Path(__file__).parent.parent
 
 
-def _labeller():
-    spec = importlib.util.spec_from_file_location("labeller", ROOT / "benchmarks" / "labeller.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def lab(load_script):
+    return load_script("benchmarks/labeller.py")
 
 
-def test_hand_labelled_set_is_complete_and_varied():
-    rows = _labeller().read_hand_labels()
+def test_hand_labelled_set_is_complete_and_varied(lab):
+    rows = lab.read_hand_labels()
     assert len(rows) >= 150 and sorted(r["id"] for r in rows) == list(range(len(rows)))
     assert {r["hand_label"] for r in rows} <= set(ALL_LABELS)
     assert {r["source"] for r in rows} == {"unsteered", "steered"}
@@ -30,10 +26,10 @@ def test_hand_labelled_set_is_complete_and_varied():
     assert all(r["response"] is not None and r["prompt"] for r in rows)
 
 
-def test_labeller_agrees_with_the_hand_labels_as_reported():
+def test_labeller_agrees_with_the_hand_labels_as_reported(lab):
     """The numbers figures/organism-graded/labeller.md states (measured 2026-12-03): accuracy 0.857;
     degenerate recall is the known weakness (fluent nonsense reads as an answer)."""
-    out = _labeller().agreement(_labeller().read_hand_labels())
+    out = lab.agreement(lab.read_hand_labels())
     per = out["per_label"]
     assert out["accuracy"] >= 0.85
     assert per["refusal"]["precision"] >= 0.9 and per["refusal"]["recall"] >= 0.95
@@ -42,8 +38,7 @@ def test_labeller_agrees_with_the_hand_labels_as_reported():
     assert per["comply"]["recall"] >= 0.9
 
 
-def test_report_states_the_measured_agreement():
-    lab = _labeller()
+def test_report_states_the_measured_agreement(lab):
     text = lab.report(lab.read_hand_labels())
     assert "| refusal | 70 |" in text and "Confusion matrix" in text
     committed = ROOT / "figures" / "organism-graded" / "labeller.md"

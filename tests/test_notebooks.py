@@ -3,7 +3,6 @@ opens them as notebooks in JupyterLab and notebooks/build.py finds them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -107,16 +106,12 @@ def _stars(fig) -> list[tuple]:
     return [star for star in polar + cartesian if (star[0] or "").startswith("now:")]
 
 
-def _build_script():
-    spec = importlib.util.spec_from_file_location("notebooks_build", ROOT / "notebooks" / "build.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def build(load_script):
+    return load_script("notebooks/build.py")
 
 
-def test_build_script_picks_notebooks_by_name_or_prefix():
-    build = _build_script()
+def test_build_script_picks_notebooks_by_name_or_prefix(build):
     assert build.sources() == NOTEBOOKS
     assert build.pick([]) == NOTEBOOKS
     assert build.pick(["03"]) == [ROOT / "notebooks" / "03_layer_hooks.py"]
@@ -162,12 +157,12 @@ def test_notebooks_use_the_renderer_that_works_in_exported_html():
         assert "use_notebook_renderer()" in path.read_text(), path.name
 
 
-def test_build_script_executes_a_notebook_into_its_ipynb(tmp_path):
+def test_build_script_executes_a_notebook_into_its_ipynb(tmp_path, build):
     import jupytext
 
     source = tmp_path / "tiny.py"
     source.write_text('# %% [markdown]\n# # tiny\n\n# %%\nx = 6 * 7\nprint("answer", x)\n\n# %%\nx\n')
-    (written,) = _build_script().build(source, timeout=120, html=False)
+    (written,) = build.build(source, timeout=120, html=False)
     assert written == tmp_path / "tiny.ipynb"
     notebook = jupytext.read(written)
     assert "jupytext" not in notebook.metadata
@@ -204,14 +199,13 @@ def test_static_renderer_bundles_the_figure_and_a_png_without_plotlyjs(monkeypat
     assert int.from_bytes(png[16:20], "big") == figures.NOTEBOOK_PNG["width"]  # IHDR width
 
 
-def test_build_stores_small_figures_and_exports_them_interactive(tmp_path):
+def test_build_stores_small_figures_and_exports_them_interactive(tmp_path, build):
     """build.py: the executed copy holds each figure as plotly JSON + PNG, without plotly.js (small);
     the HTML export draws every figure interactively, with plotly.js embedded once."""
     from workbench import figures
 
     if figures._find_browser() is None:
         pytest.skip("no Chromium for kaleido's PNG export")
-    build = _build_script()
     assert build.STATIC_ENV == figures.STATIC_ENV
     source = tmp_path / "figs.py"
     source.write_text(
