@@ -2,15 +2,19 @@
 
 Counts the forward work of every scoring job the selection runs, on the real prompts and candidates
 of an analysis: the prompt filter, the bypass/KL rows (one ablated forward per candidate and
-validation prompt, every block), the induce rows (from the candidate's own block up), each
-candidate's shared template prefix and the unsteered rows they compare with. The unit is a
-*token-block*: one token through one transformer block. Then it times a plain forward (no hooks,
-shared prefix cached, the scoring batch shape) to get this host's attained rate in token-blocks per
-second, and divides. No exact implementation runs a row cheaper than a plain forward of it, so
-each quotient is a lower bound on that job's time here (attention to the context and the
-last-position unembedding are left out, which only lowers the bound). The paper protocol's main job
-also runs the rotation-variant comparison (first-token scores under three more rotation variants),
-counted with it.
+validation prompt), the induce rows (from the candidate's own block up), each candidate's shared
+template prefix and the unsteered rows they compare with. The unit is a *token-block*: one token
+through one transformer block. The count is the least any exact implementation needs: every row
+through every block, except that the last block serves only the last position (the scores read
+nothing else) and the unsteered rows come with the filter's pass. The paper protocol's main job
+also runs the rotation-variant comparison (first-token scores under three more rotation
+variants), counted with it.
+
+Then it measures two rates here, in token-blocks per second: a plain TransformerLens forward of the
+scoring batch shape (no hooks, shared prefix cached), and the block's weight matmuls alone, each at
+its best time (as if attention, norms, activations, hooks and Python cost nothing). Work / rate is
+a lower bound on that work's time: the first for an implementation built on TransformerLens's
+forward, the second even if everything but the weight matmuls were free (fp32, this CPU's BLAS).
 
 Protocols compared:
 
@@ -20,10 +24,11 @@ Protocols compared:
   (position −1, every layer with a non-zero candidate, the first ``arditi_prompts`` validation
   prompts unfiltered, no filter).
 
-``--old-job S`` (the last-position main job's measured cold seconds) adds the least ratio any exact
-implementation of the paper protocol can reach over it: ``(S + extra) / S``.
+``--old-job S`` (the last-position main job's measured cold seconds, same host) adds the least
+ratio an exact implementation of the paper protocol can reach over it, ``(S + extra) / S``, with
+the job's other stages as fast as they are.
 
-    .venv/bin/python benchmarks/protocol_cost.py [--model organism] [--old-job 351] [--json]
+    .venv/bin/python benchmarks/protocol_cost.py [--model organism] [--old-job 406] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from workbench.chat import encode, format_prompts, pad_left, shared_prefix_length
 from workbench.config import AnalysisConfig, RunConfig
@@ -52,31 +58,43 @@ def scoring_work(
     prefix: int,
     filtered: Sequence[int] = (),
 ) -> dict[str, int]:
-    """Token-blocks of each scoring job of Arditi's selection (see the module docstring).
+    """The least token-blocks of each scoring job of Arditi's selection (see the module docstring).
 
     ``cand_layers``: the block of every scored candidate; ``harmful`` / ``harmless``: the suffix
     length (tokens after the shared ``prefix``) of every validation prompt scored; ``filtered``: the
     suffix lengths of every prompt the refusal-score filter runs (empty: no filter).
+
+    Counted low wherever an exact implementation could save: a row needs the last block for its
+    last token only (the scores read the last position), a prefix not at all; the unsteered
+    log-probs and residuals come free with the filter's pass over the same prompts when it runs.
     """
-    k, h, s = len(cand_layers), sum(harmful), sum(harmless)
-    if k == 0:
+    if not cand_layers:
         return {"filter": 0, "bypass_kl": 0, "induce": 0, "unsteered": 0}
+
+    def rows(suffixes: Sequence[int], first: int = 0) -> int:  # rows from block ``first`` to the end
+        return sum((n_layers - 1 - first) * tokens + 1 for tokens in suffixes)
+
+    def head(first: int = 0) -> int:  # a prefix from block ``first`` up to the last block
+        return (n_layers - 1 - first) * prefix
+
     return {
-        # the unsteered model on each filtered prompt (its prefix once)
-        "filter": (sum(filtered) + prefix) * n_layers if filtered else 0,
-        # each candidate: its ablated prefix once, then every harmful and harmless row, every block
-        "bypass_kl": k * (prefix + h + s) * n_layers,
+        # the unsteered model on every prompt the filter scores (one prefix)
+        "filter": head() + rows(filtered) if filtered else 0,
+        # each candidate: its ablated prefix once, then every harmful and harmless row
+        "bypass_kl": len(cand_layers) * (head() + rows(harmful) + rows(harmless)),
         # each candidate: its prefix and harmless rows from its own block up
-        "induce": sum((n_layers - layer) * (prefix + s) for layer in cand_layers),
-        # the KL's unsteered log-probs, and the unsteered residuals the induce rows start from
-        "unsteered": (prefix + s) * n_layers + (prefix + s) * (max(cand_layers) + 1),
+        "induce": sum(head(layer) + rows(harmless, layer) for layer in cand_layers),
+        # the KL's unsteered log-probs (the residuals the induce rows start from come with them)
+        "unsteered": 0 if filtered else head() + rows(harmless),
     }
 
 
 def variant_work(n_layers: int, n_variants: int, n_angles: int, suffixes: Sequence[int], prefix: int) -> int:
-    """Token-blocks of the main job's rotation-variant comparison (first-token scores of each
-    prompt at each angle under each variant besides the sweep's own; a prefix per setting)."""
-    return n_variants * n_angles * (prefix + sum(suffixes)) * n_layers
+    """The least token-blocks of the main job's rotation-variant comparison (first-token scores of
+    each prompt at each angle under each variant besides the sweep's own; a prefix per setting,
+    counted as in :func:`scoring_work`)."""
+    per_setting = (n_layers - 1) * prefix + sum((n_layers - 1) * tokens + 1 for tokens in suffixes)
+    return n_variants * n_angles * per_setting
 
 
 def _suffixes(model, prompts: Sequence[str]) -> tuple[list[int], int]:
@@ -105,6 +123,27 @@ def forward_rate(model, prompts: Sequence[str], batch_size: int, reps: int = 3) 
         model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         best = min(best, time.perf_counter() - start)
     return len(batch) * median * model.cfg.n_layers / best
+
+
+@torch.inference_mode()
+def matmul_rate(model, tokens: int, reps: int = 5) -> float:
+    """Token-blocks per second if a block cost nothing but its weight matmuls, each at its best
+    time over ``reps`` for ``tokens`` rows (``F.linear`` at block 0's weight shapes): no attention,
+    norms, activations, hooks or Python."""
+    d_model, total = model.cfg.d_model, 0.0
+    for name, weight in model.blocks[0].named_parameters():
+        if weight.dim() < 2:
+            continue
+        reads = weight.numel() // d_model if name.endswith(("W_O", "W_out")) else d_model
+        w = torch.randn(weight.numel() // reads, reads, dtype=weight.dtype, device=weight.device)
+        x = torch.randn(tokens, reads, dtype=weight.dtype, device=weight.device)
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            F.linear(x, w)
+            best = min(best, time.perf_counter() - start)
+        total += best
+    return tokens / total
 
 
 def protocol_work(analysis: Analysis) -> dict[str, dict[str, int]]:
@@ -145,27 +184,34 @@ def main(argv: list[str] | None = None) -> int:
     analysis = Analysis(model, AnalysisConfig(), progress=False)
     work = protocol_work(analysis)
     prompts = analysis.validation_prompts("harmful") + analysis.validation_prompts("harmless")
-    rate = forward_rate(model, prompts, analysis.config.batch_size)
-    out: dict = {"model": args.model, "threads": torch.get_num_threads(), "token_blocks_per_s": round(rate)}
+    batch = analysis.config.batch_size
+    rates = {"forward": forward_rate(model, prompts, batch)}
+    rates["matmul"] = matmul_rate(model, batch * round(sum(_suffixes(model, prompts)[0]) / len(prompts)))
+    out: dict = {"model": args.model, "threads": torch.get_num_threads()}
+    out["token_blocks_per_s"] = {k: round(v) for k, v in rates.items()}
     for name, jobs in work.items():
         total = sum(jobs.values())
-        out[name] = {**jobs, "total": total, "least_seconds": round(total / rate, 1)}
-    extra = out["paper"]["least_seconds"] - out["last_position"]["least_seconds"]
-    out["least_extra_seconds"] = round(extra, 1)
+        out[name] = {**jobs, "total": total, "least_seconds": {k: round(total / v, 1) for k, v in rates.items()}}
+    extra = {k: out["paper"]["least_seconds"][k] - out["last_position"]["least_seconds"][k] for k in rates}
+    out["least_extra_seconds"] = {k: round(v, 1) for k, v in extra.items()}
     if args.old_job:
         out["old_job_seconds"] = args.old_job
-        out["least_ratio"] = round((args.old_job + extra) / args.old_job, 3)
+        out["least_ratio"] = {k: round((args.old_job + v) / args.old_job, 3) for k, v in extra.items()}
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.model}: {rate:,.0f} token-blocks/s attained by a plain forward ({out['threads']} threads)")
+    print(f"{args.model} ({out['threads']} threads), token-blocks per second:")
+    print(f"  {rates['forward']:>9,.0f}  a plain forward of the scoring batch shape (TransformerLens, no hooks)")
+    print(f"  {rates['matmul']:>9,.0f}  the block's weight matmuls alone, each at its best time")
     for name in work:
         row = out[name]
         jobs = ", ".join(f"{k} {v:,}" for k, v in work[name].items())
-        print(f"  {name:14s} {row['total']:>12,} token-blocks ({jobs}) ≥ {row['least_seconds']} s")
-    print(f"  the paper protocol needs ≥ {extra:.1f} s more than the last-position one")
+        least = " / ".join(f"{v} s" for v in row["least_seconds"].values())
+        print(f"{name}: {row['total']:,} token-blocks ({jobs}): ≥ {least} (forward / matmul rate)")
+    print("the paper protocol's added work: ≥ " + " / ".join(f"{v:.1f} s" for v in extra.values()))
     if args.old_job:
-        print(f"  over a {args.old_job:g} s last-position job: ratio ≥ {out['least_ratio']}")
+        ratios = " / ".join(str(v) for v in out["least_ratio"].values())
+        print(f"over a {args.old_job:g} s last-position job: ratio ≥ {ratios} (forward / matmul rate)")
     return 0
 
 

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,13 +49,53 @@ def pick(names: list[str]) -> list[Path]:
     return chosen
 
 
+POLL_SLICE_S = 1.0  # how often a wait for the kernel's reply looks at its socket again
+
+
+def _sliced(get_msg):
+    """``get_msg`` that waits in slices of :data:`POLL_SLICE_S` up to the same total timeout."""
+    from queue import Empty
+
+    async def get(timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=min(POLL_SLICE_S, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get
+
+
+def notebook_client(notebook, **kwargs):
+    """An nbclient ``NotebookClient`` (``kwargs`` as its own) that reads the kernel's replies in
+    one-second polls.
+
+    nbclient waits for a cell's reply with one poll as long as the cell timeout. With ipywidgets in
+    the kernel that poll can miss a reply already queued, and both sides then sit idle until the
+    timeout (jupyter/nbclient#312; seen with 04_live_steering in loaded full test runs). A new poll
+    looks at the socket's queue first, so polling in slices picks such a reply up within a second.
+    """
+    from nbclient import NotebookClient
+
+    class SlicedPollClient(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            for channel in (kc.shell_channel, kc.iopub_channel):
+                channel.get_msg = _sliced(channel.get_msg)
+            return kc
+
+    return SlicedPollClient(notebook, **kwargs)
+
+
 def build(source: Path, *, timeout: int, html: bool) -> list[Path]:
     import jupytext
-    from nbclient import NotebookClient
 
     notebook = jupytext.read(source)
     notebook.metadata.pop("jupytext", None)  # the pairing lives in jupytext.toml, not in each copy
-    client = NotebookClient(
+    client = notebook_client(
         notebook,
         timeout=timeout,
         kernel_name="python3",

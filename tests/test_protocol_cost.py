@@ -11,15 +11,17 @@ def cost(load_script):
 
 
 def test_scoring_work_counts_token_blocks_by_hand(cost):
-    # 4 blocks; candidates at blocks 1 and 3; a 2-token prefix; harmful suffixes 3+5, harmless 4
+    # 4 blocks; candidates at blocks 1 and 3; a 2-token prefix; harmful suffixes 3+5, harmless 4.
+    # A row: 3 blocks for each token, then the last block for its last token; a prefix: 3 blocks.
     work = cost.scoring_work(4, [1, 3], [3, 5], [4], prefix=2, filtered=[3, 5, 4, 6])
     assert work == {
-        "filter": (18 + 2) * 4,
-        "bypass_kl": 2 * (2 + 8 + 4) * 4,  # each candidate: prefix + every row, all 4 blocks
-        "induce": (4 - 1) * (2 + 4) + (4 - 3) * (2 + 4),  # from each candidate's own block up
-        "unsteered": (2 + 4) * 4 + (2 + 4) * (3 + 1),  # KL's base rows; residuals up to block 3
+        "filter": 2 * 3 + (9 + 1) + (15 + 1) + (12 + 1) + (18 + 1),
+        "bypass_kl": 2 * (2 * 3 + (9 + 1) + (15 + 1) + (12 + 1)),
+        "induce": (2 * 2 + 4 * 2 + 1) + (2 * 0 + 4 * 0 + 1),  # from blocks 1 and 3 up
+        "unsteered": 0,  # the filter's pass already ran the harmless rows unsteered
     }
-    assert cost.scoring_work(4, [1, 3], [3, 5], [4], prefix=2)["filter"] == 0  # no filter
+    unfiltered = cost.scoring_work(4, [1, 3], [3, 5], [4], prefix=2)
+    assert unfiltered["filter"] == 0 and unfiltered["unsteered"] == 2 * 3 + 12 + 1
     assert set(cost.scoring_work(4, [], [3], [4], prefix=2).values()) == {0}
 
 
@@ -30,4 +32,4 @@ def test_more_positions_cost_proportionally_more(cost):
 
 
 def test_variant_work(cost):
-    assert cost.variant_work(4, 3, 12, [3, 5], prefix=2) == 3 * 12 * (2 + 8) * 4
+    assert cost.variant_work(4, 3, 12, [3, 5], prefix=2) == 3 * 12 * (2 * 3 + (9 + 1) + (15 + 1))
