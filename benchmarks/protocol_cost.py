@@ -104,7 +104,7 @@ def _suffixes(model, prompts: Sequence[str]) -> tuple[list[int], int]:
 
 
 @torch.inference_mode()
-def forward_rate(model, prompts: Sequence[str], batch_size: int, reps: int = 3) -> float:
+def forward_rate(model, prompts: Sequence[str], batch_size: int, reps: int = 5) -> float:
     """Token-blocks per second of a plain forward of ``batch_size`` rows of the prompts' median
     suffix length on top of their cached shared prefix (the scoring jobs' batch shape; best of
     ``reps``)."""
@@ -126,10 +126,10 @@ def forward_rate(model, prompts: Sequence[str], batch_size: int, reps: int = 3) 
 
 
 @torch.inference_mode()
-def matmul_rate(model, tokens: int, reps: int = 5) -> float:
-    """Token-blocks per second if a block cost nothing but its weight matmuls, each at its best
-    time over ``reps`` for ``tokens`` rows (``F.linear`` at block 0's weight shapes): no attention,
-    norms, activations, hooks or Python."""
+def matmul_rate(model, tokens: int, seconds: float = 0.5) -> float:
+    """Token-blocks per second if a block cost nothing but its weight matmuls (``F.linear`` at
+    block 0's weight shapes on ``tokens`` rows): no attention, norms, activations, hooks or Python.
+    Each shape runs for ``seconds`` after a warm-up; its best mean over windows of 5 calls counts."""
     d_model, total = model.cfg.d_model, 0.0
     for name, weight in model.blocks[0].named_parameters():
         if weight.dim() < 2:
@@ -137,11 +137,14 @@ def matmul_rate(model, tokens: int, reps: int = 5) -> float:
         reads = weight.numel() // d_model if name.endswith(("W_O", "W_out")) else d_model
         w = torch.randn(weight.numel() // reads, reads, dtype=weight.dtype, device=weight.device)
         x = torch.randn(tokens, reads, dtype=weight.dtype, device=weight.device)
-        best = float("inf")
-        for _ in range(reps):
-            start = time.perf_counter()
+        for _ in range(3):
             F.linear(x, w)
-            best = min(best, time.perf_counter() - start)
+        best, stop = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            for _ in range(5):
+                F.linear(x, w)
+            best = min(best, (time.perf_counter() - start) / 5)
         total += best
     return tokens / total
 
