@@ -97,9 +97,14 @@ def variant_work(n_layers: int, n_variants: int, n_angles: int, suffixes: Sequen
     return n_variants * n_angles * per_setting
 
 
-def _suffixes(model, prompts: Sequence[str]) -> tuple[list[int], int]:
+def _tokenized(model, prompts: Sequence[str]) -> tuple[list[list[int]], int]:
+    """The chat-formatted prompts' token ids and the length of their shared prefix."""
     ids = encode(model.tokenizer, format_prompts(model.tokenizer, prompts))
-    prefix = shared_prefix_length(ids)
+    return ids, shared_prefix_length(ids)
+
+
+def _suffixes(model, prompts: Sequence[str]) -> tuple[list[int], int]:
+    ids, prefix = _tokenized(model, prompts)
     return [len(r) - prefix for r in ids], prefix
 
 
@@ -108,8 +113,7 @@ def forward_rate(model, prompts: Sequence[str], batch_size: int, reps: int = 5) 
     """Token-blocks per second of a plain forward of ``batch_size`` rows of the prompts' median
     suffix length on top of their cached shared prefix (the scoring jobs' batch shape; best of
     ``reps``)."""
-    ids = encode(model.tokenizer, format_prompts(model.tokenizer, prompts))
-    prefix = shared_prefix_length(ids)
+    ids, prefix = _tokenized(model, prompts)
     suffixes = sorted((r[prefix:] for r in ids), key=len)
     median = len(suffixes[len(suffixes) // 2])
     rows = [r for r in suffixes if len(r) == median]
