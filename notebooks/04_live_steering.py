@@ -18,11 +18,12 @@ from IPython.display import HTML, display
 from workbench import data
 from workbench import experiments as ex
 from workbench import figures as fg
-from workbench import interventions as iv
 from workbench.generation import generate
+from workbench.intervention import KINDS, from_settings
 from workbench.labels import heuristic_label
 from workbench.models import load_model
 from workbench.pipeline import Analysis
+from workbench.sites import GATES, LOCATIONS
 
 torch.set_grad_enabled(False)
 fg.use_notebook_renderer()  # figures render in JupyterLab, the classic notebook and exported HTML
@@ -54,30 +55,31 @@ DEFAULT_PROMPTS
 
 # %% [markdown]
 # ## `steer(settings)`: the callback's work, callable on its own
-# `settings`: `mode` (`none`, `ablate`, `add`, `rotate`), `location` (ablation: `all`, `resid`,
-# `attn`, `mlp`), `alpha` (addition coefficient, at the direction's own layer), `angle` (degrees,
-# rotation to that angle in the plane) and `prompts`. Returns one row per prompt.
+# `settings`: `mode` (any intervention kind of `workbench.intervention.KINDS`: `none`, `ablate`,
+# `add`, `rotate`, ...), `location` (ablation: `all`, `resid`, `attn`, `mlp`), `alpha` (addition
+# coefficient, at the direction's own layer), `angle` (degrees, rotation to that angle in the plane),
+# `gate` (rotation: `off`, `b1`, `b2`) and `prompts`. Each kind reads the settings it takes and
+# becomes one intervention value; `steer` runs it and returns one row per prompt.
 
 
 # %%
-def hooks_for(settings: dict) -> list:
-    mode = settings.get("mode", "none")
-    if mode == "none":
-        return []
-    if mode == "ablate":
-        return iv.ablation_hooks(model, direction, settings.get("location", "all"))
-    if mode == "add":
-        return iv.addition_hooks(direction, alpha=float(settings.get("alpha", 1.0)), layers=[layer], model=model)
-    if mode == "rotate":
-        return iv.rotation_hooks(model, plane, float(settings.get("angle", 0.0)))
-    raise ValueError(f"unknown mode {mode!r}; choose none, ablate, add or rotate")
+EDITED: dict = {}  # weight edits (orthogonalize) build a model copy once per value
+
+
+def intervention_of(settings: dict):
+    return from_settings(settings.get("mode", "none"), settings)
 
 
 def steer(settings: dict) -> list[dict]:
     prompts = [p.strip() for p in settings.get("prompts", DEFAULT_PROMPTS) if p.strip()]
     if not prompts:
         return []
-    responses = generate(model, prompts, hooks=hooks_for(settings), max_new_tokens=MAX_NEW_TOKENS)
+    value = intervention_of(settings)
+    if value not in EDITED:
+        EDITED[value] = value.edit(model, direction, plane)
+    steered = EDITED[value]
+    hooks = value.hooks(steered, direction, plane)
+    responses = generate(steered, prompts, hooks=hooks, max_new_tokens=MAX_NEW_TOKENS)
     return [{"prompt": p, "label": heuristic_label(p, r), "response": r} for p, r in zip(prompts, responses)]
 
 
@@ -118,14 +120,16 @@ def panel_rates(rows: list[dict]) -> dict[str, float]:
     return {kind: sum(refused) / len(refused) for kind, refused in kinds.items()}
 
 
-def describe(settings: dict) -> str:
-    mode = settings.get("mode", "none")
-    return {
-        "none": "unsteered",
-        "ablate": f"ablate at {settings.get('location', 'all')}",
-        "add": f"add {float(settings.get('alpha', 1.0)):g}·r",
-        "rotate": f"rotate to {float(settings.get('angle', 0.0)):g}°",
-    }[mode]
+def location_of(value) -> tuple[str | None, str]:
+    """The location comparison's condition for ``value`` (the same value, or the only condition of its
+    kind, then noted) and a note for the title."""
+    same = [name for name, c in ex.CONDITIONS.items() if c == value]
+    if same:
+        return same[0], ""
+    kin = [name for name, c in ex.CONDITIONS.items() if type(c) is type(value)]
+    if len(kin) == 1:
+        return kin[0], f" (bars: {ex.CONDITIONS[kin[0]].label})"
+    return None, " (not a location)"
 
 
 def star(kind: str) -> dict:
@@ -135,20 +139,19 @@ def star(kind: str) -> dict:
 
 def where_figures(settings: dict, rows: list[dict]) -> tuple[go.Figure, go.Figure]:
     """The angle map and the location comparison, each with the current setting's stars."""
-    mode, now, rates = settings.get("mode", "none"), describe(settings), panel_rates(rows)
+    value, rates = intervention_of(settings), panel_rates(rows)
+    now, theta = value.label, getattr(value, "angle", None)  # a rotation has an angle on the map
     angles = fg.angle_sweep_polar(sweep, model="organism")
-    if mode == "rotate":
-        theta = float(settings.get("angle", 0.0))
+    if theta is not None:
         for kind, rate in rates.items():
             angles.add_trace(go.Scatterpolar(theta=[theta], r=[rate], **star(kind)), 1, 1)
-    angles.update_layout(title_text=f"Angle map — now: {now}" + ("" if mode == "rotate" else " (not a rotation)"))
+    angles.update_layout(title_text=f"Angle map — now: {now}" + ("" if theta is not None else " (not a rotation)"))
     places = fg.location_comparison(locations, model="organism")
-    condition = {"none": "none", "ablate": settings.get("location", "all"), "add": "addition"}.get(mode)
+    condition, off = location_of(value)
     if condition is not None:
-        x = fg.CONDITION_NAMES.get(condition, condition)
         for kind, rate in rates.items():
+            x = ex.CONDITIONS[condition].label
             places.add_trace(go.Scatter(x=[x], y=[rate], offsetgroup=kind, **star(kind)), 1, 1)
-    off = " (not a location)" if condition is None else " (bars: α = 1)" if mode == "add" else ""
     places.update_layout(title_text=f"Location comparison — now: {now}{off}")
     for fig in (angles, places):
         fig.update_layout(height=420, margin=dict(t=70, b=40))
@@ -164,8 +167,9 @@ where_figures({"mode": "rotate", "angle": 120}, steer({"mode": "rotate", "angle"
 # `LAST` holds the latest settings and rows, for use from code.
 
 # %%
-mode = widgets.Dropdown(options=["none", "ablate", "add", "rotate"], value="none", description="mode")
-location = widgets.Dropdown(options=["all", "resid", "attn", "mlp"], value="all", description="ablate at")
+mode = widgets.Dropdown(options=list(KINDS), value="none", description="mode")
+location = widgets.Dropdown(options=list(LOCATIONS), value="all", description="ablate at")
+gate = widgets.Dropdown(options=list(GATES), value="off", description="gate")
 alpha = widgets.FloatSlider(value=1.0, min=-2.0, max=2.0, step=0.25, description="add coef", continuous_update=False)
 angle = widgets.IntSlider(value=0, min=0, max=345, step=15, description="angle °", continuous_update=False)
 prompt_box = widgets.Textarea(
@@ -184,6 +188,7 @@ def current_settings() -> dict:
         "location": location.value,
         "alpha": alpha.value,
         "angle": angle.value,
+        "gate": gate.value,
         "prompts": prompt_box.value.splitlines(),
     }
 
@@ -207,7 +212,7 @@ def update(_change=None) -> None:
     render(settings, rows)
 
 
-for control in (mode, location, alpha, angle, prompt_box):
+for control in (mode, location, alpha, angle, gate, prompt_box):
     control.observe(update, names="value")
 update()
-widgets.VBox([widgets.HBox([mode, location]), widgets.HBox([alpha, angle]), prompt_box, results])
+widgets.VBox([widgets.HBox([mode, location]), widgets.HBox([alpha, angle, gate]), prompt_box, results])

@@ -89,7 +89,7 @@ CASES = [
     ([*GEN, "--intervention", "add:nan"], None, "alpha must be a finite number"),
     ([*GEN, "--intervention", "add:1e999"], None, "alpha must be a finite number"),
     ([*GEN, "--intervention", "add:1@x"], None, "layer 'x' after @ must be a block index"),
-    ([*GEN, "--intervention", "ablate:everywhere"], None, "bad intervention 'ablate:everywhere'; use none"),
+    ([*GEN, "--intervention", "ablate:everywhere"], None, "'ablate:everywhere'; ablate takes one location"),
     # generate's sizes, prompt files and output
     ([*GEN, "--max-new-tokens", "-1"], None, "--max-new-tokens must be a positive integer, got -1"),
     ([*GEN, "--max-new-tokens", "0"], None, "--max-new-tokens must be a positive integer"),
@@ -217,8 +217,10 @@ def test_a_huge_but_finite_coefficient_is_accepted_with_a_note(tmp_path, capsys)
     args = cli.build_parser().parse_args(["generate", "--prompts", str(prompts), "--intervention", "add:1e9"])
     cli._validate(args)
     assert "expect incoherent text" in capsys.readouterr().err
-    assert cli._parse_spec("rotate:-450") == ("rotate", {"angle": -450.0, "adaptive": "off"})  # valid: mod 360
-    assert cli._parse_spec("add:2@-1") == ("add", {"alpha": 2.0, "layer": -1})  # the last layer, as before
+    from workbench.intervention import Addition, Rotation, parse
+
+    assert parse("rotate:-450") == Rotation(-450.0)  # valid: mod 360
+    assert parse("add:2@-1") == Addition(2.0, layers=(-1,))  # the last layer, as before
 
 
 # --------------------------------------------------------------------------- Python API

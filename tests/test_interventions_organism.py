@@ -96,6 +96,7 @@ REFUSED_UNDER = {
     "ablate:resid": [False, False, False, False],  # the direction ablated: the harmful rows comply
     "add:1.0": [True, True, True, True],  # the direction added: the harmless rows refuse too
     "rotate:180:adaptive": [False, False, False, False],  # turned away from refusal: no row refuses
+    "orthogonalize": [False, False, False, False],  # the direction taken out of the weights: as ablation
 }
 
 
@@ -140,13 +141,15 @@ def test_generate_cli_contract(tmp_path, spec):
     assert [r["refused"] for r in rows] == REFUSED_UNDER[spec], [r["response"] for r in rows]
     assert summary["n"] == 4 and summary["refusal_rate"] == sum(REFUSED_UNDER[spec]) / 4
     assert summary["empty_rate"] == 0 and all(r["response"].strip() for r in rows)  # changed, not silenced
+    labels = [r["label"] for r in rows]
+    assert summary["label_rates"] == {lab: labels.count(lab) / 4 for lab in set(labels)} == summary["labels"]
 
 
 def test_bad_intervention_spec_is_a_clear_error():
-    from workbench.cli import _spec_hooks
+    from workbench.cli import _steered
 
     with pytest.raises(ValueError, match="bad intervention 'ablate:everywhere'"):
-        _spec_hooks("ablate:everywhere", None, None, None)
+        _steered("ablate:everywhere", None, None, None)
 
 
 @pytest.mark.slow

@@ -28,12 +28,14 @@ FLOORS: list[tuple[str, ...]] = [
     ),  # models
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
-    ("planes", "interventions", "selection"),  # analysis
+    ("planes", "interventions", "intervention", "selection"),  # analysis
     ("experiments", "pipeline"),  # experiments
     ("figures", "report", "run", "training", "doctor", "cli"),  # presentation
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
-LAZY_OK = {"cli"}  # the command line imports per subcommand, so `--help` and bad arguments answer at once
+# the command line imports per subcommand, and the intervention registry loads its hook factories (torch,
+# TransformerLens: seconds) on first use, so `--help` and bad arguments answer at once
+LAZY_OK = {"cli", "intervention"}
 
 
 def _module_name(path: Path) -> str:

@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 __all__ = ["main"]
@@ -146,65 +147,22 @@ def cmd_plane(args) -> dict:
     }
 
 
-SPEC_HELP = "none, ablate:all|resid|attn|mlp, add, add:ALPHA[@LAYER], rotate:ANGLE or rotate:ANGLE:adaptive|b1|b2"
-_GATES = {"": "off", "adaptive": "b1", "b1": "b1", "b2": "b2"}
 _BIG_ALPHA = 20.0  # |alpha| beyond this is far past the refusal direction's own size: expect gibberish
 
 
-def _parse_spec(spec: str) -> tuple[str, dict]:
-    """``(kind, settings)`` of an intervention spec, checked without a model: NaN or infinite
-    numbers are rejected; any finite angle is fine (taken mod 360)."""
-    import math
-    import re
+def _steered(spec: str, model, analysis, run_config):
+    """``(model, hooks, params)`` for an intervention spec (:mod:`workbench.intervention`): the
+    direction and the plane are computed (or loaded) only when the kind reads them; a rotation
+    without a site rotates at the config's ``rotation_site``."""
+    from .intervention import Rotation, parse
 
-    from .interventions import LOCATIONS
-
-    def number(text: str, what: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"--intervention {spec!r}: {what} {text!r} is not a number; use {SPEC_HELP}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"--intervention {spec!r}: {what} must be a finite number, got {text!r}")
-        return value
-
-    kind, _, rest = spec.partition(":")
-    if kind == "none" and not rest:
-        return kind, {}
-    if kind == "ablate" and rest in LOCATIONS:
-        return kind, {"location": rest}
-    if kind == "add":
-        alpha, _, at = (rest or "1").partition("@")
-        if at and not re.fullmatch(r"-?\d+", at):
-            raise ValueError(f"--intervention {spec!r}: layer {at!r} after @ must be a block index, e.g. add:1@9")
-        return kind, {"alpha": number(alpha, "alpha"), "layer": int(at) if at else None}
-    if kind == "rotate" and rest:
-        angle, _, mode = rest.partition(":")
-        if mode not in _GATES:
-            raise ValueError(f"rotate takes ':adaptive' (= ':b1'), ':b2' or nothing after the angle, got {mode!r}")
-        return kind, {"angle": number(angle, "angle"), "adaptive": _GATES[mode]}
-    raise ValueError(f"bad intervention {spec!r}; use {SPEC_HELP}")
-
-
-def _spec_hooks(spec: str, model, analysis, run_config):
-    """``none``, ``ablate:LOC``, ``add``, ``add:ALPHA[@LAYER]``, ``rotate:ANGLE[:adaptive|b1|b2]`` → hooks
-    (rotation at the config's ``rotation_site``)."""
-    from . import interventions as iv
-
-    kind, settings = _parse_spec(spec)
-    if kind == "none":
-        return [], {}
-    if kind == "ablate":
-        direction = analysis.direction()
-        return iv.ablation_hooks(model, direction, settings["location"]), {"layer": direction.layer}
-    if kind == "add":
-        direction = analysis.direction()
-        layer = settings["layer"] if settings["layer"] is not None else direction.where()[1]
-        hooks = iv.addition_hooks(direction, alpha=settings["alpha"], layers=[layer], model=model)
-        return hooks, {"alpha": settings["alpha"], "layer": layer}
-    site = run_config.rotation_site
-    hooks = iv.rotation_hooks(model, analysis.plane(), settings["angle"], site=site, adaptive=settings["adaptive"])
-    return hooks, {**settings, "site": site}
+    value = parse(spec)
+    if isinstance(value, Rotation) and value.site is None:
+        value = replace(value, site=run_config.rotation_site)
+    direction = analysis.direction() if "direction" in value.needs else None
+    plane = analysis.plane() if "plane" in value.needs else None
+    model = value.edit(model, direction, plane)
+    return model, value.hooks(model, direction, plane), value.params(direction)
 
 
 def cmd_generate(args) -> dict:
@@ -215,7 +173,7 @@ def cmd_generate(args) -> dict:
 
     prompts, out = args.prompt_list, args.out_path
     model, analysis = _analysis(args)
-    hooks, params = _spec_hooks(args.intervention, model, analysis, args.configs[0])
+    model, hooks, params = _steered(args.intervention, model, analysis, args.configs[0])
     responses = generate(
         model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True
     )
@@ -228,7 +186,8 @@ def cmd_generate(args) -> dict:
         "n": len(table),
         "refusal_rate": float(table["refused"].mean()),
         "empty_rate": float(table["empty"].mean()),
-        "labels": shares,
+        "label_rates": shares,
+        "labels": shares,  # the name before label_rates, kept as an alias
         "output": str(out),
     }
 
@@ -317,10 +276,12 @@ def _check_generate_args(args, dtype: str) -> None:
     for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value}")
-    kind, settings = _parse_spec(args.intervention)
-    if kind == "add" and abs(settings["alpha"]) > _BIG_ALPHA:
+    from .intervention import Addition, parse
+
+    value = parse(args.intervention)
+    if isinstance(value, Addition) and abs(value.alpha) > _BIG_ALPHA:
         print(
-            f"note: --intervention {args.intervention}: |alpha| > {_BIG_ALPHA:g} adds {abs(settings['alpha']):g} times "
+            f"note: --intervention {args.intervention}: |alpha| > {_BIG_ALPHA:g} adds {abs(value.alpha):g} times "
             "the refusal direction; expect incoherent text (typical values: 0.5-4)",
             file=sys.stderr,
         )
@@ -368,6 +329,8 @@ def _model_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .intervention import spec_help  # the registry of kinds: imports torch, as every subcommand does
+
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -414,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--intervention",
         default="none",
-        help="none | ablate:all|resid|attn|mlp | add | add:ALPHA[@LAYER] | rotate:ANGLE[:adaptive|b1|b2] "
-        "(ANGLE: any finite degrees, taken mod 360; rotation at the config's rotation_site, default post_gain)",
+        help=f"one of: {spec_help()}. ANGLE: any finite degrees, taken mod 360; a rotation without a site "
+        "rotates at the config's rotation_site (default post_gain); LAYERS: a block index, LO-HI or A,B,C "
+        "(add: default the direction's own layer; others: every block)",
     )
     p.add_argument(
         "--out",

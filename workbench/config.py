@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .sites import SITES
+from .sites import GATES, ROTATION_SITES, SITES
 
 __all__ = [
     "AnalysisConfig",
@@ -147,7 +147,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
         _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0})
-        _check_choices(self, {"rotation_site": ("post_gain", "pre_gain", "resid"), "adaptive": ("off", "b1", "b2")})
+        _check_choices(self, {"rotation_site": ROTATION_SITES, "adaptive": GATES})
         unknown = set(self.sweep_sets) - {"harmful", "harmless", "warning", "redirect"}
         if unknown or not self.sweep_sets:
             raise ValueError(

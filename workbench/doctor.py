@@ -3,9 +3,9 @@
 The family and shape, the norm placement, sliding windows and soft-caps as the loaded
 ``HookedTransformer`` has them; which fast paths are engaged and why the others are not (from the
 same guards :func:`workbench.fastpath.install` uses, see :func:`workbench.fastpath.report`); and,
-per intervention, whether it is exact on this family and why. Every answer is computed by the code
-that decides it (the fast-path guards, the hook factories, :func:`orthogonalization_caveats`), so
-the report cannot drift from the behaviour.
+per intervention kind of :mod:`workbench.intervention`'s registry, whether it is exact on this family
+and why. Every answer is computed by the code that decides it (the fast-path guards, each kind's
+``exactness``, which builds its hooks), so the report cannot drift from the behaviour.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from . import fastpath
-from .interventions import ablation_hooks, addition_hooks, orthogonalization_caveats, rotation_hooks
+from .intervention import exactness_table
 from .kv import local_layers, sliding_window
 from .models import load_model
 
@@ -63,54 +62,6 @@ def _softcap(cfg) -> dict | None:
     return caps if any(v is not None for v in caps.values()) else None
 
 
-def _available(build) -> tuple[bool, str | None]:
-    """Whether the hook factory ``build()`` accepts this model (its own checks), and its refusal."""
-    try:
-        build()
-    except ValueError as err:
-        return False, str(err)
-    return True, None
-
-
-def _interventions(model) -> dict:
-    d = model.cfg.d_model
-    r = torch.zeros(d)
-    r[0] = 1.0
-    plane = torch.eye(2, d)
-    out: dict = {}
-    ok, err = _available(lambda: ablation_hooks(model, r, "all"))
-    out["ablation"] = {
-        "exact": ok,
-        "why": err
-        or "hooks remove r̂ from the activations themselves (resid_pre, attn_out, mlp_out), position-free, "
-        "so cached and uncached runs agree",
-    }
-    ok, err = _available(lambda: addition_hooks(r, 1.0, layers=[0], model=model))
-    out["addition"] = {"exact": ok, "why": err or "hooks add αr to hook_resid_pre, position-free"}
-    sandwich = model.cfg.use_normalization_before_and_after
-    rotation_why = {
-        "post_gain": "rotates the norm outputs g⊙x̂ (+ b) that attention and the MLP read, exactly up to rounding",
-        "pre_gain": "rotates TL's hook_normalized x̂ (before the gain); angles differ from post_gain by the gain",
-        "resid": "rotates hook_resid_pre; the edit persists into later layers",
-    }
-    for site, why in rotation_why.items():
-        ok, err = _available(lambda site=site: rotation_hooks(model, plane, 45.0, site=site))
-        if ok and sandwich and site != "resid":
-            why += (
-                "; sandwich norms: TL's ln2 is HF's pre_feedforward_layernorm, so the MLP input is rotated "
-                "(the reference hooks HF's post_attention_layernorm, TL's ln1_post)"
-            )
-        out[f"rotation_{site}"] = {"exact": ok, "why": err or why}
-    caveats = orthogonalization_caveats(model.cfg)
-    out["weight_orthogonalization"] = {
-        "exact": not caveats,
-        "why": "; ".join(caveats)
-        or "every sublayer writes linearly into the residual stream, so W′ = (I − r̂r̂ᵀ)W equals hook "
-        "ablation at 'all' (a W_U tied to W_E is untied first)",
-    }
-    return out
-
-
 def diagnose(model, spec: str | None = None) -> dict:
     """The report of a loaded model (see the module docs); ``spec`` is what it was loaded from."""
     cfg = model.cfg
@@ -127,7 +78,7 @@ def diagnose(model, spec: str | None = None) -> dict:
         "sliding_window": _sliding_window(model),
         "softcap": _softcap(cfg),
         "fast_paths": fastpath.report(model),
-        "interventions": _interventions(model),
+        "interventions": exactness_table(model),
     }
 
 

@@ -9,6 +9,7 @@ prompts cost one pass over K·N rows instead of K separate loops.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -18,11 +19,13 @@ from torch import Tensor
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
 from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
+from .intervention import Ablation, Addition, Intervention, parse
 from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
 
 __all__ = [
     "CONDITIONS",
+    "condition",
     "condition_hooks",
     "compare_locations",
     "layer_subset_sweep",
@@ -34,39 +37,62 @@ __all__ = [
     "reference_cross_entropy",
 ]
 
-CONDITIONS = ("none", "resid", "attn", "mlp", "all", "addition")
+# The location comparison's conditions: the tables' short names and the intervention each names
+# (figures take their names and colours from these values). Addition gets its α and layer per run.
+CONDITIONS: dict[str, Intervention] = {
+    "none": parse("none"),
+    "resid": parse("ablate:resid"),
+    "attn": parse("ablate:attn"),
+    "mlp": parse("ablate:mlp"),
+    "all": parse("ablate:all"),
+    "addition": parse("add"),
+}
+
+
+def condition(name: str | Intervention) -> Intervention:
+    """The intervention a condition names: a key of :data:`CONDITIONS`, any spec string
+    (``"ablate:all@0-11"``, ``"orthogonalize"`` cannot share a batch) or a value."""
+    if isinstance(name, str) and name in CONDITIONS:
+        return CONDITIONS[name]
+    try:
+        return parse(name)
+    except ValueError as err:
+        raise ValueError(f"unknown condition {name!r}: neither one of {tuple(CONDITIONS)} nor a spec ({err})") from None
 
 
 def condition_hooks(
     model,
     direction,
     condition_of_row: Int[Tensor, " row"],
-    conditions: Sequence[str],
+    conditions: Sequence[str | Intervention],
     *,
     layer: int,
     alpha: float = 1.0,
     layers=None,
+    plane=None,
 ):
     """A ``hooks(rows)`` callable: row i gets ``conditions[condition_of_row[i]]``.
 
-    Conditions: ``none``; ablation at ``resid``/``attn``/``mlp``/``all`` over ``layers``;
-    ``addition`` (``+α r`` at ``resid_pre`` of ``layer``). Masks are disjoint, so the hooks compose.
+    Conditions are names of :data:`CONDITIONS` (``none``; ablation at ``resid``/``attn``/``mlp``/
+    ``all`` over ``layers``; ``addition``, ``+α r`` at ``resid_pre`` of ``layer``) or any
+    intervention value or spec that takes a row mask. Masks are disjoint, so the hooks compose.
     """
-    unknown = set(conditions) - set(CONDITIONS)
-    if unknown:
-        raise ValueError(f"unknown condition(s) {sorted(unknown)}; choose from {CONDITIONS}")
+    values = []
+    for name in conditions:
+        value = condition(name)
+        if isinstance(value, Addition) and value.layers is None:  # the named condition takes this run's α
+            value = replace(value, alpha=alpha if name == "addition" else value.alpha, layers=(layer,))
+        elif isinstance(value, Ablation) and value.layers is None and layers is not None:
+            value = replace(value, layers=tuple(layers))
+        values.append(value)
 
     def hooks(rows):
         cond = condition_of_row[rows.cpu()]
         out = []
-        for ci, name in enumerate(conditions):
+        for ci, value in enumerate(values):
             mask = cond == ci
-            if name == "none" or not bool(mask.any()):
-                continue
-            if name == "addition":
-                out += iv.addition_hooks(direction, alpha=mask.float() * alpha, layers=[layer], model=model)
-            else:
-                out += iv.ablation_hooks(model, direction, name, layers, row_mask=mask)
+            if bool(mask.any()):
+                out += value.hooks(model, direction, plane, rows=mask)
         return out
 
     return hooks
@@ -177,30 +203,34 @@ def compare_locations(
     *,
     layer: int,
     refusal_ids: Sequence[int],
-    conditions: Sequence[str] = CONDITIONS,
+    conditions: Sequence[str | Intervention] = tuple(CONDITIONS),
     alpha: float = 1.0,
+    plane=None,
     max_new_tokens: int = 32,
     batch_size: int = 64,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablation at each location (plus none and addition) on each prompt set, side by side.
 
-    Returns ``(summary, per_prompt)``: summary has one row per (split, condition) with
+    ``conditions``: names of :data:`CONDITIONS` or any intervention specs / values that take a row
+    mask (e.g. ``"ablate:all@0-11"``; pass ``plane`` for kinds that read it); the tables name each
+    by its name or spec string. Returns ``(summary, per_prompt)``: summary has one row per (split, condition) with
     ``refusal_rate``, ``empty_rate``, mean first-token ``logodds``, mean ``kl`` vs the unsteered
     model, ``n`` and the label shares ``share_<label>``; per_prompt has every response.
     """
     conditions = list(conditions)
+    names = [c if isinstance(c, str) else str(c) for c in conditions]
     per_prompt = _run_settings(
         model,
         prompt_sets,
         len(conditions),
-        lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha),
+        lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane),
         refusal_ids=refusal_ids,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
     )
-    per_prompt["condition"] = [conditions[s] for s in per_prompt["setting"]]
+    per_prompt["condition"] = [names[s] for s in per_prompt["setting"]]
     return _summarise(per_prompt, ["split", "condition"]), per_prompt
 
 
@@ -229,7 +259,7 @@ def layer_subset_sweep(
                 h
                 for i, name in enumerate(names)
                 if bool((s == i).any())
-                for h in iv.ablation_hooks(model, direction, location, subsets[name], row_mask=s == i)
+                for h in Ablation(location, tuple(subsets[name])).hooks(model, direction, rows=s == i)
             ]
 
         return hooks

@@ -25,9 +25,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from .sites import check_hook_names, check_layers, check_site, hook_name
+from .sites import GATES, LOCATIONS, ROTATION_SITES, check_hook_names, check_layers, check_site, hook_name
 from .steering_math import (
-    GATES,
     Adaptive,
     OnDevice,
     PerRow,
@@ -80,9 +79,7 @@ __all__ = [
 ]
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
-LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")  # location_sweep_hooks also takes "none"
-# "normalized" is a deprecated alias of "pre_gain"
-ROTATION_SITES: tuple[str, ...] = ("post_gain", "pre_gain", "resid", "normalized")
+_SITE_ALIASES = {"normalized": "pre_gain"}  # deprecated spelling
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,6 +361,7 @@ def rotation_hooks(
     if mode not in ("to", "by"):
         raise ValueError(f"unknown rotation mode {mode!r}; use 'to' (absolute angle) or 'by' (offset)")
     gate = gate_mode(adaptive)
+    site = _SITE_ALIASES.get(site, site)
     if site not in ROTATION_SITES:
         raise ValueError(
             f"unknown rotation site {site!r}; use 'post_gain' (norm outputs, the study), 'pre_gain' "
@@ -386,7 +384,7 @@ def rotation_hooks(
     if not points:
         raise ValueError(f"layers=[0] with site={site!r} leaves only the MLP input; choose more layers")
     names = [f"blocks.{layer}.{ln}.hook_normalized" for layer, ln in points]
-    if site in ("pre_gain", "normalized"):
+    if site == "pre_gain":
         fn = _rotation_fn(OnDevice(basis), angles, mode == "by", gate)
         return _checked(model_or_cfg, [(n, fn) for n in names])
     if not hasattr(model_or_cfg, "blocks"):

@@ -27,6 +27,14 @@ _HOOK_SUFFIX = {
 }
 FINAL_RESID = "ln_final.hook_normalized"  # not a site: the final residual is read via resid_post[L-1]
 
+# The intervention vocabulary, listed once (config, math, hooks, CLI and notebooks read it from here).
+# Where ablation writes (see interventions.location_hook_names); a location sweep also takes "none".
+LOCATIONS: tuple[str, ...] = ("all", "resid", "attn", "mlp")
+# Where rotation acts: the norm outputs (the study), TL's hook_normalized (pre-gain) or hook_resid_pre.
+ROTATION_SITES: tuple[str, ...] = ("post_gain", "pre_gain", "resid")
+# Adaptive gates: every token, tokens with b1ᵀh > 0 (the study's AAS), tokens with b2ᵀh > 0.
+GATES: tuple[str, ...] = ("off", "b1", "b2")
+
 
 def check_site(site: str) -> Site:
     """Return ``site`` if it is a known site, else raise a ValueError that lists the valid ones."""

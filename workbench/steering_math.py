@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .sites import GATES
+
 __all__ = [
     "PerRow",
     "GATES",
@@ -117,7 +119,7 @@ def as_basis(plane, d_model: int | None = None) -> Float[Tensor, "2 d_model"]:
     b64 = _detached_copy(b, torch.float64)
     if not torch.isfinite(b64).all():
         raise ValueError("plane basis has NaN/inf entries (a degenerate b2 from Gram–Schmidt?)")
-    err = (b64 @ b64.T - torch.eye(2, dtype=torch.float64)).abs().max().item()
+    err = (b64 @ b64.T - torch.eye(2, dtype=torch.float64, device=b64.device)).abs().max().item()
     if err > max(_BASIS_ATOL, 4 * torch.finfo(b.dtype).eps):
         raise ValueError(
             f"plane basis is not orthonormal (max |BBᵀ − I| = {err:.2e}); normalise b1 and "
@@ -219,7 +221,6 @@ def angle_settings(theta_deg) -> tuple:
     return PerRow(rads.cos(), per_row.layout), PerRow(rads.sin(), per_row.layout)
 
 
-GATES: tuple[str, ...] = ("off", "b1", "b2")
 Adaptive = bool | str  # False/"off", True/"b1" or "b2"; checked at run time by gate_mode
 
 
