@@ -1,4 +1,7 @@
-"""Shared fixtures: the real models are loaded once per test session (they are cached on disk)."""
+"""Shared fixtures: the real models are loaded once per test session (they are cached on disk).
+
+Tiny random HookedTransformers come from ``tests/tiny_models.py`` (``tiny_config``/``tiny_model``), a
+plain module the test files import by name, like ``cdp``: pytest advises against importing conftest."""
 
 from __future__ import annotations
 

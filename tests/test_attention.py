@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tiny_models import tiny_model
+from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from workbench.fastpath import attention
@@ -14,24 +15,10 @@ VOCAB = 50
 
 
 def _tiny(pos_type: str, n_kv: int | None = None) -> HookedTransformer:
-    rotary = pos_type == "rotary"
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        n_ctx=64,
-        d_vocab=VOCAB,
-        seed=0,
-        positional_embedding_type=pos_type,
-        rotary_dim=8 if rotary else None,
-        n_key_value_heads=n_kv,
-        normalization_type="RMS" if rotary else "LN",
-        act_fn="silu" if rotary else "gelu",
-        gated_mlp=rotary,
+    """Llama-like (RMSNorm, SiLU, gated MLP) with rotary positions, GPT-2-like with learned ones."""
+    return tiny_model(
+        llama=pos_type == "rotary", positional_embedding_type=pos_type, n_key_value_heads=n_kv, d_vocab=VOCAB
     )
-    return HookedTransformer(cfg).eval()
 
 
 def _batch():

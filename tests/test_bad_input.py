@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from workbench import cli
 from workbench.artifacts import CACHE_ENV, Manifest, atomic_write_text, load_tensors, save_tensors
@@ -254,13 +255,7 @@ def test_configs_convert_like_a_file_does():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, d_vocab=20, act_fn="gelu",
-        normalization_type="RMS", seed=0,
-    )  # fmt: skip
-    return HookedTransformer(cfg).eval()
+    return tiny_model(d_model=16, n_heads=2, d_mlp=32, n_ctx=16, d_vocab=20, normalization_type="RMS")
 
 
 @pytest.mark.parametrize("theta", [math.nan, math.inf, -math.inf, torch.tensor([0.0, math.nan])])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from workbench import data
 from workbench import interventions as iv
@@ -60,24 +61,14 @@ def test_shared_prefix_sweep_equals_separate_unshared_runs(smollm2):
 @pytest.mark.parametrize("pos_type", ["standard", "rotary"])
 def test_shared_prefix_is_exact_for_learned_and_rotary_positions(smollm2, pos_type):
     """Padding sits between the shared prefix and each suffix; positions must still be exact."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     tok = smollm2.tokenizer
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
+    tiny = tiny_model(
+        tokenizer=tok,
         n_ctx=256,
         d_vocab=len(tok),
-        act_fn="gelu",
         positional_embedding_type=pos_type,
         rotary_dim=8 if pos_type == "rotary" else None,
-        normalization_type="LN",
-        seed=0,
     )
-    tiny = HookedTransformer(cfg, tokenizer=tok)
     shared = last_token_logprobs(tiny, PROMPTS, batch_size=4)
     plain = last_token_logprobs(tiny, PROMPTS, batch_size=4, share_prefix=False)
     assert (shared - plain).abs().max().item() <= 1e-5

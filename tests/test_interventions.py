@@ -7,10 +7,10 @@ no download, a few seconds on CPU.
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from workbench.interventions import (
     PerRow,
@@ -39,34 +39,18 @@ D = 32
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # HookedTransformer → Bridge notice
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        cfg = HookedTransformerConfig(
-            n_layers=3,
-            d_model=D,
-            n_heads=4,
-            n_key_value_heads=2,
-            d_head=8,
-            d_mlp=64,
-            d_vocab=50,
-            n_ctx=32,
-            act_fn="silu",
-            normalization_type="RMS",
-            positional_embedding_type="rotary",
-            rotary_dim=8,
-            rotary_adjacent_pairs=False,
-            gated_mlp=True,
-            final_rms=True,
-            eps=1e-5,
-            original_architecture="LlamaForCausalLM",
-            seed=0,
-            dtype=torch.float32,
-        )
-        m = HookedTransformer(cfg)
-    m.eval()
-    return m
+    return tiny_model(
+        llama=True,
+        n_layers=3,
+        d_model=D,
+        n_key_value_heads=2,
+        d_vocab=50,
+        n_ctx=32,
+        rotary_adjacent_pairs=False,
+        final_rms=True,
+        eps=1e-5,
+        original_architecture="LlamaForCausalLM",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,14 @@
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tiny_models import tiny_model
 
 from workbench.kv import run_prefix, take_rows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        n_key_value_heads=2,
-        d_mlp=64,
-        n_ctx=64,
-        d_vocab=50,
-        act_fn="silu",
-        positional_embedding_type="rotary",
-        rotary_dim=8,
-        normalization_type="RMS",
-        seed=0,
-    )
-    return HookedTransformer(cfg)
+    return tiny_model(llama=True, n_layers=3, n_key_value_heads=2, gated_mlp=False)
 
 
 def _shift(amounts):

@@ -9,11 +9,11 @@ module (``blocks[l].ln1``/``ln2``) that rotates the module's OUTPUT ``y = gâŠ™xÌ
 from __future__ import annotations
 
 import copy
-import warnings
 from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import tiny_config, tiny_model
 
 from workbench.interventions import rotation_hooks
 from workbench.steering_math import gate_mode, rotate, rotate_by
@@ -25,29 +25,16 @@ TOL = 1e-4  # float32 rounding on logits of O(1)
 def _tl(norm: str):
     """A tiny random HookedTransformer with non-trivial norm gains (and biases for LayerNorm):
     Llama-like (GQA, rotary, gated MLP) with RMSNorm, GPT-2-like with LayerNorm."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-        rms = norm.startswith("RMS")
-        cfg = HookedTransformerConfig(
-            n_layers=LAYERS,
-            d_model=D,
-            n_heads=4,
-            n_key_value_heads=2 if rms else None,
-            d_head=8,
-            d_mlp=64,
-            d_vocab=VOCAB,
-            n_ctx=32,
-            act_fn="silu" if rms else "gelu",
-            normalization_type=norm,
-            positional_embedding_type="rotary" if rms else "standard",
-            rotary_dim=8 if rms else None,
-            gated_mlp=rms,
-            seed=0,
-            dtype=torch.float32,
-        )
-        model = HookedTransformer(cfg).eval()
+    rms = norm.startswith("RMS")
+    model = tiny_model(
+        llama=rms,
+        n_layers=LAYERS,
+        d_model=D,
+        d_vocab=VOCAB,
+        n_ctx=32,
+        normalization_type=norm,
+        n_key_value_heads=2 if rms else None,
+    )
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for block in model.blocks:
@@ -354,7 +341,6 @@ def test_kv_cached_decoding_on_fast_path(tiny_llama, tokens, generate_both_ways)
 def test_gemma2_gains_include_the_plus_one():
     """TL's Gemma converter stores ``w = 1 + weight`` (HF's GemmaRMSNorm multiplies by 1 + weight),
     and its ln2 is ``pre_feedforward_layernorm``: post_gain reads ``w`` as it is."""
-    from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -374,22 +360,16 @@ def test_gemma2_gains_include_the_plus_one():
         for p in hf.parameters():
             if p.ndim == 1:
                 p.normal_()
-    cfg = HookedTransformerConfig(
-        n_layers=2,
+    cfg = tiny_config(
+        llama=True,
         d_model=D,
-        d_head=8,
-        n_heads=4,
-        n_key_value_heads=2,
-        d_mlp=64,
-        n_ctx=64,
         d_vocab=VOCAB,
+        n_key_value_heads=2,
         act_fn="gelu_pytorch_tanh",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
         final_rms=True,
         use_normalization_before_and_after=True,
         original_architecture="Gemma2ForCausalLM",
+        seed=None,
     )
     state = convert_gemma_weights(hf, cfg)
     layer = hf.model.layers[1]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_model
 
 from workbench.artifacts import CACHE_ENV, Manifest, cache_dir
 from workbench.cli import main
@@ -163,15 +164,14 @@ def _last_summary(tmp_path: Path) -> Path:
 
 def test_run_folder_names_the_dtype():
     import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from workbench.pipeline import model_key
 
     def tiny(dtype):
-        cfg = HookedTransformerConfig(
-            n_layers=1, d_model=8, n_ctx=8, d_head=4, act_fn="relu", d_vocab=10, dtype=dtype, model_name="tiny/model"
-        )
-        return HookedTransformer(cfg)
+        return tiny_model(
+            n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=32, n_ctx=8, d_vocab=10, act_fn="relu",
+            dtype=dtype, model_name="tiny/model", seed=None,
+        )  # fmt: skip
 
     assert model_key(tiny(torch.float32)) == "tiny_model"
     assert model_key(tiny(torch.bfloat16)) == "tiny_model-bfloat16"
