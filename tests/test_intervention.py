@@ -261,3 +261,56 @@ def test_exactness_says_why_not_on_a_post_norm_model():
     assert table["rotation_post_gain"]["exact"] is False and "post-norm" in table["rotation_post_gain"]["why"]
     assert table["rotation_resid"]["exact"] is True
     assert table["weight_orthogonalization"]["exact"] is False
+
+
+# ------------------------------------------------------------------------------------------ a k-dim subspace
+
+
+def test_subspace_ablation_math_equals_the_projector_closed_form():
+    from workbench.steering_math import ablate, ablate_subspace, orthonormal_rows
+
+    gen = torch.Generator().manual_seed(11)
+    vectors = torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, 4, 16, generator=gen, dtype=torch.float64)
+    q = orthonormal_rows(vectors)
+    torch.testing.assert_close(q @ q.T, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-12)
+    projector = torch.eye(16, dtype=torch.float64) - vectors.T @ torch.linalg.solve(vectors @ vectors.T, vectors)
+    out = ablate_subspace(x, vectors)
+    torch.testing.assert_close(out, x @ projector, rtol=0, atol=1e-12)  # (I − V(VᵀV)⁻¹Vᵀ)x, any basis of the span
+    assert float((out @ vectors.T).abs().max()) < 1e-12  # nothing of the subspace is left
+    torch.testing.assert_close(ablate_subspace(out, vectors), out, rtol=0, atol=1e-12)  # idempotent
+    torch.testing.assert_close(ablate_subspace(x, vectors[:1]), ablate(x, vectors[0]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        orthonormal_rows(torch.stack([vectors[0], 2 * vectors[0]]))
+
+
+def test_plane_ablation_leaves_the_final_residual_orthogonal_to_the_plane(model, tokens):
+    plane = _plane()
+    value = parse("ablate-plane:all")
+    assert str(value) == "ablate-plane:all" and parse("ablate-plane:resid@1-2").layers == (1, 2)
+    hooks = value.hooks(model, None, plane)
+    assert [n for n, _ in hooks] == iv.location_hook_names(model.cfg.n_layers, "all")
+    kept: list[torch.Tensor] = []
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    for steer in ([], hooks):
+        with model.hooks(fwd_hooks=[*steer, (final, lambda x, hook: kept.append(x.detach().clone()))]):
+            model(tokens)
+    before, after = (float((k @ plane.T).abs().max() / k.norm(dim=-1).max()) for k in kept)
+    assert before > 1e-2 and after < 1e-6  # the plane was there, and every residual write lost it
+    unsteered = model(tokens)
+    rows = torch.tensor([False, True, False, True])
+    masked = _logits(model, tokens, value.hooks(model, None, plane, rows=rows))
+    assert torch.equal(masked[~rows], unsteered[~rows]) and not torch.allclose(masked[rows], unsteered[rows])
+
+
+def test_plane_ablation_reaches_the_cli_the_panel_and_the_models_table(model):
+    from workbench.cli import build_parser
+
+    assert "ablate-plane:all|resid|attn|mlp[@LAYERS]" in spec_help()
+    generate = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["generate"]._actions if a.dest == "intervention"
+    )
+    assert "ablate-plane" in generate.help
+    assert from_settings("ablate-plane", {"location": "resid"}) == parse("ablate-plane:resid")
+    row = exactness_table(model)["ablation_plane"]
+    assert row["exact"] is True and "span(b1, b2)" in row["why"]

@@ -88,6 +88,12 @@ def _iv():
     return interventions
 
 
+def _sm():
+    from . import steering_math
+
+    return steering_math
+
+
 def _probe_direction(model) -> Tensor:
     import torch
 
@@ -498,3 +504,59 @@ class Orthogonalization(Intervention):
     @classmethod
     def report_examples(cls) -> dict[str, Intervention]:
         return {"weight_orthogonalization": cls()}
+
+
+@register
+@dataclass(frozen=True)
+class PlaneAblation(Intervention):
+    """Ablation of the steering plane, a 2-dimensional subspace: ``x ← x − QᵀQx`` with ``Q`` the
+    plane's orthonormal basis (b1, b2), at a location over ``layers`` as :class:`Ablation` (the same
+    hook points). It removes the refusal direction and the axis perpendicular to it at once."""
+
+    location: str = "all"
+    layers: Layers = None
+    kind: ClassVar[str] = "ablate-plane"
+    syntax: ClassVar[str] = "ablate-plane:all|resid|attn|mlp[@LAYERS]"
+    needs: ClassVar[tuple[str, ...]] = ("plane",)
+    palette: ClassVar[str] = "#1f618d"
+    takes_layers: ClassVar[bool] = True
+
+    def _args(self) -> list[str]:
+        return [self.location]
+
+    @classmethod
+    def _from_args(cls, args: list[str], spec: str) -> Intervention:
+        return cls(_location(args, spec, cls.kind))
+
+    @property
+    def label(self) -> str:
+        return f"plane ablated, {_LOCATION_NAMES[self.location]}{_layers_suffix(self.layers)}"
+
+    def params(self, direction=None) -> dict:
+        return {"location": self.location, "k": 2}
+
+    def hooks(self, model, direction=None, plane=None, rows=None) -> list[Hook]:
+        sm, hooks_of = _sm(), _iv()
+        q = sm.OnDevice(sm.orthonormal_rows(plane, model.cfg.d_model))
+        mask = None if rows is None else sm.PerRow(_mask(rows).float())
+
+        def fn(x, hook=None):
+            dt = sm.compute_dtype(x.dtype)
+            scale = 1.0 if mask is None else mask.get(x, dt)
+            return sm._ablate_subspace_kernel(x.to(dt), q.get(x.device, dt), scale).to(x.dtype)
+
+        layers = None if self.layers is None else list(self.layers)
+        names = hooks_of.location_hook_names(model.cfg.n_layers, self.location, layers)
+        return hooks_of._checked(model, [(name, fn) for name in names])
+
+    def exactness(self, model) -> tuple[bool, str]:
+        ok, err = self._checked_hooks(model)
+        return ok, err or "hooks remove span(b1, b2) from the activations themselves, position-free"
+
+    @classmethod
+    def report_examples(cls) -> dict[str, Intervention]:
+        return {"ablation_plane": cls("all")}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Intervention:
+        return cls(settings.get("location", "all"))

@@ -37,6 +37,8 @@ __all__ = [
     "as_basis",
     "OnDevice",
     "ablate",
+    "orthonormal_rows",
+    "ablate_subspace",
     "add",
     "rotate",
     "rotate_by",
@@ -249,6 +251,11 @@ def _ablate_kernel(xf: Tensor, u: Tensor, scale: Tensor | float = 1.0) -> Tensor
     return xf - (proj * scale)[..., None] * u
 
 
+def _ablate_subspace_kernel(xf: Tensor, q: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """``x − s·Qᵀ(Qx)`` for orthonormal rows ``q: [k, d]`` (k dot products per token, no d×d matrix)."""
+    return xf - ((xf @ q.T) * (scale[..., None] if isinstance(scale, Tensor) else scale)) @ q
+
+
 def _plane_update(
     xf: Tensor,
     read: Tensor,
@@ -311,6 +318,36 @@ def ablate(x: Float[Tensor, "... d_model"], r_hat) -> Float[Tensor, "... d_model
     dt = compute_dtype(x.dtype)
     u = unit_vector(r_hat, x.shape[-1]).to(x.device, dt)
     return _ablate_kernel(x.to(dt), u).to(x.dtype)
+
+
+def orthonormal_rows(vectors, d_model: int | None = None) -> Float[Tensor, "k d_model"]:
+    """An orthonormal basis ``Q: [k, d_model]`` of the span of ``vectors`` (``[k, d_model]``, or an
+    object with ``.basis`` such as a ``Plane``), by QR in float64, in the compute dtype of the input.
+    Rows must be finite and linearly independent (else a ValueError: ablating a rank-deficient
+    "k-dimensional" subspace would silently ablate fewer dimensions)."""
+    v = getattr(vectors, "basis", vectors)
+    if not isinstance(v, Tensor) or v.ndim != 2 or v.shape[0] == 0 or not v.is_floating_point():
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"a subspace needs [k, d_model] floating-point vectors with k ≥ 1; got {shape}")
+    if d_model is not None and v.shape[1] != d_model:
+        raise ValueError(f"subspace vectors have d_model={v.shape[1]} but the model has d_model={d_model}")
+    v64 = _detached_copy(v, torch.float64)
+    if not torch.isfinite(v64).all():
+        raise ValueError("subspace vectors have NaN/inf entries; recompute them")
+    q, r = torch.linalg.qr(v64.T)  # [d, k], [k, k]
+    diag = r.diagonal().abs()
+    if bool((diag <= 1e-6 * diag.max()).any()):
+        raise ValueError(f"the {v.shape[0]} subspace vectors are linearly dependent; drop the redundant ones")
+    return q.T.contiguous().to(compute_dtype(v.dtype))
+
+
+def ablate_subspace(x: Float[Tensor, "... d_model"], vectors) -> Float[Tensor, "... d_model"]:
+    """Ablation of a k-dimensional subspace, ``x − QᵀQx`` with ``Q`` an orthonormal basis of the span
+    of ``vectors`` (:func:`orthonormal_rows`). With one vector it is :func:`ablate`; with a plane's
+    basis it removes both b1 and b2 (every angle of the rotation's plane)."""
+    dt = compute_dtype(x.dtype)
+    q = orthonormal_rows(vectors, x.shape[-1]).to(x.device, dt)
+    return _ablate_subspace_kernel(x.to(dt), q).to(x.dtype)
 
 
 def add(x: Float[Tensor, "... d_model"], r, alpha=1.0) -> Float[Tensor, "... d_model"]:
