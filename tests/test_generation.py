@@ -194,17 +194,20 @@ def test_rows_resumed_from_the_base_residual_equal_full_forwards(organism):
     assert torch.equal(full, resumed)
     n = len(prompts)
     assert (full[n : 2 * n] - full[:n]).abs().max().item() > 1e-2  # the settings really differ
-    # batched (the full job pads 18 rows together, the resumed one 6 per layer): float32 rounding only,
-    # as much as the full forward moves under another batching
+    # batched (the full job pads 18 rows together, the resumed one 6 per layer): other matmul shapes, so
+    # float32 sums in another order through 30 blocks; the full forward itself moves that much under
+    # another batching (measured: ≤ 1e-4 on AVX2 / EPYC, 4.2e-4 on AVX-512 with AMX). The bound sits
+    # ~5x above that and 5x below the smallest real difference asserted above (settings: > 1e-2).
+    tol = 2e-3
     batched = {
         name: last_token_scores(organism, rows, start_layers=start, batch_size=len(rows), **kw)
         for name, start in (("full", None), ("resumed", layers[setting]))
     }
     noise = (batched["full"] - full).abs().max().item()
     gap = (batched["resumed"] - batched["full"]).abs().max().item()
-    assert gap <= 1e-4 and noise <= 1e-4, (gap, noise)
+    assert gap <= tol and noise <= tol, (gap, noise)
     ids = refusal_token_ids(organism.tokenizer)
-    assert (refusal_logodds(batched["resumed"], ids) - refusal_logodds(batched["full"], ids)).abs().max() <= 1e-4
+    assert (refusal_logodds(batched["resumed"], ids) - refusal_logodds(batched["full"], ids)).abs().max() <= tol
     with pytest.raises(ValueError, match="acts before block"):
         last_token_scores(organism, rows, start_layers=layers[setting] + 1, **kw)
     with pytest.raises(ValueError, match="give them one start layer"):
