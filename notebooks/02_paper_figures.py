@@ -12,6 +12,7 @@ import torch
 from workbench import data
 from workbench import experiments as ex
 from workbench import figures as fg
+from workbench.config import RunContext
 from workbench.directions import cosine_matrix, projection_table
 from workbench.interventions import layer_subsets
 from workbench.models import load_model
@@ -23,7 +24,8 @@ fg.use_notebook_renderer()  # figures render in JupyterLab, the classic notebook
 N, TOKENS = 8, 24
 model = load_model("organism")
 analysis = Analysis(model)  # cached stages: activations, candidates, selection, plane
-direction, plane, ids = analysis.direction(), analysis.plane(), analysis.refusal_ids
+direction, plane = analysis.direction(), analysis.plane()
+ctx = RunContext(max_new_tokens=TOKENS, refusal_ids=tuple(analysis.refusal_ids))  # how the experiments run
 test = {kind: data.load_split(kind, "test")[:N] for kind in ("harmful", "harmless")}
 print("direction:", direction.site, direction.layer, direction.pos, "| plane b1:", plane.b1_key)
 
@@ -31,9 +33,7 @@ print("direction:", direction.site, direction.layer, direction.pos, "| plane b1:
 # ## 1 · Ablation location: residual only, attention only, MLP only, everywhere
 
 # %%
-locations, per_prompt = ex.compare_locations(
-    model, direction, test, layer=direction.layer, refusal_ids=ids, max_new_tokens=TOKENS
-)
+locations, per_prompt = ex.compare_locations(model, direction, test, layer=direction.layer, ctx=ctx)
 fg.location_comparison(locations, per_prompt, model="organism")
 
 # %%
@@ -63,9 +63,7 @@ fg.plane_projection(plane.candidate_coords(analysis.plane_candidates), model="or
 # ## 5 · Angular steering around the circle
 
 # %%
-sweep, _ = ex.angle_sweep(
-    model, plane, test, list(range(0, 360, 30)), refusal_ids=ids, site="post_gain", max_new_tokens=TOKENS
-)
+sweep, _ = ex.angle_sweep(model, plane, test, list(range(0, 360, 30)), site="post_gain", ctx=ctx)
 fg.angle_sweep_polar(sweep, model="organism")
 
 # %% [markdown]
@@ -84,8 +82,7 @@ subsets, _ = ex.layer_subset_sweep(
     direction,
     test["harmful"],
     subsets=layer_subsets(model.cfg.n_layers, (8, 16, 24)),
-    refusal_ids=ids,
-    max_new_tokens=TOKENS,
+    ctx=ctx,
 )
 fg.layer_subset_figure(subsets, model="organism")
 

@@ -18,6 +18,7 @@ from IPython.display import HTML, display
 from workbench import data
 from workbench import experiments as ex
 from workbench import figures as fg
+from workbench.config import RunContext
 from workbench.generation import generate
 from workbench.intervention import KINDS, from_settings
 from workbench.labels import heuristic_label
@@ -94,9 +95,9 @@ steer({"mode": "ablate", "location": "all", "prompts": DEFAULT_PROMPTS[:1]})
 # %%
 MAP_PROMPTS = {kind: prompts[:4] for kind, prompts in pool.items()}
 MAP_ANGLES = list(range(0, 360, 30))
-common = dict(refusal_ids=analysis.refusal_ids, max_new_tokens=MAX_NEW_TOKENS, progress=False)
-sweep, _ = ex.angle_sweep(model, plane, MAP_PROMPTS, MAP_ANGLES, **common)
-locations, _ = ex.compare_locations(model, direction, MAP_PROMPTS, layer=layer, alpha=1.0, **common)
+ctx = RunContext(max_new_tokens=MAX_NEW_TOKENS, progress=False, refusal_ids=tuple(analysis.refusal_ids))
+sweep, _ = ex.angle_sweep(model, plane, MAP_PROMPTS, MAP_ANGLES, ctx=ctx)
+locations, _ = ex.compare_locations(model, direction, MAP_PROMPTS, layer=layer, alpha=1.0, ctx=ctx)
 locations[["split", "condition", "refusal_rate"]]
 
 # %% [markdown]

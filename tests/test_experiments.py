@@ -33,6 +33,7 @@ def test_reference_cross_entropy_needs_one_answer_per_prompt():
 def test_rotation_variant_sweep_is_each_angles_own_first_token_scores(smollm2):
     """The batched variant sweep (rows carry their angle, scores reduced batch by batch) gives the
     log-odds and KL of rotating every prompt to each angle on its own."""
+    from workbench.config import RunContext
     from workbench.directions import CandidateKey, Candidates
     from workbench.experiments import rotation_variant_sweep
     from workbench.generation import last_token_logprobs
@@ -49,7 +50,8 @@ def test_rotation_variant_sweep_is_each_angles_own_first_token_scores(smollm2):
     }
     ids = refusal_token_ids(smollm2.tokenizer, ["I'm sorry", "I cannot", "As an AI"])
     variants = {"post": (plane, "post_gain"), "pre": (plane, "pre_gain")}
-    table = rotation_variant_sweep(smollm2, variants, prompts, [0.0, 90.0, 200.0], refusal_ids=ids, progress=False)
+    ctx = RunContext(progress=False, refusal_ids=tuple(ids))
+    table = rotation_variant_sweep(smollm2, variants, prompts, [0.0, 90.0, 200.0], ctx=ctx)
     assert len(table) == 2 * 2 * 3 and set(table.n) == {2, 3}
     bases = {split: last_token_logprobs(smollm2, p) for split, p in prompts.items()}
     for row in table.itertuples():

@@ -9,6 +9,7 @@ import torch
 from workbench import data
 from workbench import interventions as iv
 from workbench.chat import format_prompts, tokenize
+from workbench.config import RunContext
 from workbench.experiments import angle_sweep, compare_locations
 from workbench.steering_math import special_cases
 
@@ -44,9 +45,8 @@ def test_required_refusal_changes(organism, analysis):
         analysis.direction(),
         test,
         layer=analysis.direction().layer,
-        refusal_ids=analysis.refusal_ids,
+        ctx=RunContext(progress=False, refusal_ids=tuple(analysis.refusal_ids)),
         conditions=["none", "all", "addition"],
-        progress=False,
     )
     rate = summary.set_index(["split", "condition"])["refusal_rate"]
     assert rate["harmful", "none"] >= 0.95
@@ -65,9 +65,7 @@ def test_angle_sweep_has_one_contiguous_refusal_arc(organism, analysis):
         analysis.plane(),
         {"harmful": data.load_split("harmful", "test")[:24]},
         angles,
-        refusal_ids=analysis.refusal_ids,
-        max_new_tokens=24,
-        progress=False,
+        ctx=RunContext(max_new_tokens=24, progress=False, refusal_ids=tuple(analysis.refusal_ids)),
     )
     high = [float(r) >= 0.5 for r in summary.sort_values("angle")["refusal_rate"]]
     assert any(high) and not all(high)
@@ -166,9 +164,8 @@ def test_required_changes_hold_on_prompts_outside_every_split(organism, analysis
         analysis.direction(),
         sets,
         layer=analysis.direction().layer,
-        refusal_ids=analysis.refusal_ids,
+        ctx=RunContext(progress=False, refusal_ids=tuple(analysis.refusal_ids)),
         conditions=["none", "all", "addition"],
-        progress=False,
     )
     rate = summary.set_index(["split", "condition"])["refusal_rate"]
     assert rate["harmful", "none"] >= 0.95 and rate["harmful", "all"] <= 0.10

@@ -3,6 +3,8 @@
 * :class:`AnalysisConfig`: what the analysis computes (cached sites, Arditi scoring sizes, selection
   and plane methods); each distinct one gets its own run folder.
 * :class:`RunConfig`: the sizes of the main job's experiments.
+* :class:`RunContext`: how a job runs (batch size, token budget, progress, refusal token ids), one
+  value handed to every experiment instead of keywords threaded through each call.
 * :class:`BenchSizes`: the problem sizes of ``benchmarks/run.py`` (quick, full GPU, full CPU).
 * :class:`Recipe`: everything that determines the refusal organism's weights (its hash, computed by
   :func:`workbench.organism.recipe_key`, names the cached organism).
@@ -25,6 +27,7 @@ from .sites import GATES, ROTATION_SITES, SITES
 __all__ = [
     "AnalysisConfig",
     "RunConfig",
+    "RunContext",
     "Recipe",
     "BenchSizes",
     "BENCH_QUICK",
@@ -160,6 +163,35 @@ class RunConfig:
     @classmethod
     def from_file(cls, path: str | Path | None) -> RunConfig:
         return load_configs(path)[0]
+
+    def context(self, refusal_ids=(), *, progress: bool = True) -> RunContext:
+        """The :class:`RunContext` of this config's experiments."""
+        return RunContext(self.batch_size, self.max_new_tokens, progress, tuple(int(i) for i in refusal_ids))
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """How an experiment runs, not what it computes: rows per forward (``batch_size``), new tokens per
+    response (``max_new_tokens``), progress bars, and the token ids whose first-token probability is
+    the refusal score (``refusal_ids``; from ``Analysis.refusal_ids``). Results do not depend on
+    ``batch_size`` or ``progress`` beyond float rounding. ``dataclasses.replace`` derives variants."""
+
+    batch_size: int = 64
+    max_new_tokens: int = 32
+    progress: bool = True
+    refusal_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"batch_size": 1, "max_new_tokens": 1, "refusal_ids": 0})
+
+    def needs_refusal_ids(self, what: str) -> tuple[int, ...]:
+        """``refusal_ids``, or an error naming ``what`` needs them and where they come from."""
+        if not self.refusal_ids:
+            raise ValueError(
+                f"{what} scores refusal from the first token: pass ctx=RunContext(refusal_ids=...) "
+                "(e.g. Analysis(model).refusal_ids, or RunConfig().context(analysis.refusal_ids))"
+            )
+        return self.refusal_ids
 
 
 # Named protocols: the field values that define each. "paper" is every field's default.

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
+from .config import RunContext
 from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
 from .intervention import Ablation, Addition, Intervention, parse
 from .labels import heuristic_label, is_empty, is_refusal
@@ -111,21 +112,20 @@ def score_responses(prompts: Sequence[str], responses: Sequence[str]) -> pd.Data
 
 
 def behaviour_table(
-    model,
-    prompt_sets: Mapping[str, Sequence[str]],
-    *,
-    max_new_tokens: int = 48,
-    batch_size: int = 64,
-    progress: bool = True,
+    model, prompt_sets: Mapping[str, Sequence[str]], ctx: RunContext | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Unsteered greedy responses per prompt category, labelled: (summary, per_prompt).
+    """Unsteered greedy responses per prompt category, labelled: (summary, per_prompt). ``ctx``:
+    batch size, token budget (default 48: a warning or redirect sentence is 20-40 tokens), progress.
 
     Summary: one row per category (in ``prompt_sets`` order) with ``n`` and ``share_<label>`` for
     every label that occurs. Per prompt: category, prompt, response, refused, empty, label.
     """
+    ctx = ctx or RunContext(max_new_tokens=48)
     frames = []
     for category, prompts in prompt_sets.items():
-        responses = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        responses = generate(
+            model, prompts, max_new_tokens=ctx.max_new_tokens, batch_size=ctx.batch_size, progress=ctx.progress
+        )
         frames.append(score_responses(prompts, responses).assign(category=category))
     per_prompt = pd.concat(frames, ignore_index=True)
     n = per_prompt.groupby("category", sort=False).size().rename("n").reset_index()
@@ -162,31 +162,28 @@ def relabel(summary: pd.DataFrame, per_prompt: pd.DataFrame, keys: list[str]) ->
 
 def _run_settings(
     model,
-    prompt_sets: dict[str, Sequence[str]],
+    prompt_sets: Mapping[str, Sequence[str]],
     n_settings: int,
     hooks_for,
-    *,
-    refusal_ids,
-    max_new_tokens: int,
-    batch_size: int,
-    progress: bool,
+    ctx: RunContext,
 ) -> pd.DataFrame:
     """Score and generate every prompt set under every setting in one batched job per set (the
     first-token scores come from the generation's own prefill)."""
+    refusal_ids = ctx.needs_refusal_ids("an intervention experiment")
     frames = []
     for split, prompts in prompt_sets.items():
         rows, setting = repeat_prompts(prompts, n_settings)
         hooks = hooks_for(setting)
-        base = last_token_logprobs(model, prompts, batch_size=batch_size)
+        base = last_token_logprobs(model, prompts, batch_size=ctx.batch_size)
         responses, lp = generate(
             model,
             rows,
             hooks=hooks,
             groups=setting,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            max_new_tokens=ctx.max_new_tokens,
+            batch_size=ctx.batch_size,
             return_logprobs=True,
-            progress=progress,
+            progress=ctx.progress,
         )
         frame = score_responses(rows, responses)
         frame["split"], frame["setting"] = split, setting.numpy()
@@ -199,16 +196,13 @@ def _run_settings(
 def compare_locations(
     model,
     direction,
-    prompt_sets: dict[str, Sequence[str]],
+    prompt_sets: Mapping[str, Sequence[str]],
     *,
     layer: int,
-    refusal_ids: Sequence[int],
+    ctx: RunContext,
     conditions: Sequence[str | Intervention] = tuple(CONDITIONS),
     alpha: float = 1.0,
     plane=None,
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablation at each location (plus none and addition) on each prompt set, side by side.
 
@@ -225,10 +219,7 @@ def compare_locations(
         prompt_sets,
         len(conditions),
         lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane),
-        refusal_ids=refusal_ids,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        ctx,
     )
     per_prompt["condition"] = [names[s] for s in per_prompt["setting"]]
     return _summarise(per_prompt, ["split", "condition"]), per_prompt
@@ -240,11 +231,8 @@ def layer_subset_sweep(
     prompts: Sequence[str],
     *,
     subsets: dict[str, list[int]],
+    ctx: RunContext,
     location: str = "all",
-    refusal_ids: Sequence[int],
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ablation at ``location`` restricted to each named layer subset (``first_k``/``last_k``/``window``).
 
@@ -269,10 +257,7 @@ def layer_subset_sweep(
         {"harmful": prompts},
         len(names),
         hooks_for,
-        refusal_ids=refusal_ids,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        ctx,
     )
     per_prompt["subset"] = [names[s] for s in per_prompt["setting"]]
     summary = _summarise(per_prompt, ["subset"])
@@ -285,15 +270,12 @@ def layer_subset_sweep(
 def angle_sweep(
     model,
     plane,
-    prompt_sets: dict[str, Sequence[str]],
+    prompt_sets: Mapping[str, Sequence[str]],
     angles: Sequence[float],
     *,
-    refusal_ids: Sequence[int],
+    ctx: RunContext,
     adaptive: str | bool = "off",
     site: str = "post_gain",
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Angular steering to each angle (degrees, 0° = b1, counter-clockwise toward b2), batched.
 
@@ -311,10 +293,7 @@ def angle_sweep(
         prompt_sets,
         len(angles),
         hooks_for,
-        refusal_ids=refusal_ids,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        ctx,
     )
     per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
     summary = _summarise(per_prompt, ["split", "angle"])
@@ -324,14 +303,12 @@ def angle_sweep(
 
 def rotation_variant_sweep(
     model,
-    variants: dict[str, tuple[object, str]],
-    prompt_sets: dict[str, Sequence[str]],
+    variants: Mapping[str, tuple[object, str]],
+    prompt_sets: Mapping[str, Sequence[str]],
     angles: Sequence[float],
     *,
-    refusal_ids: Sequence[int],
+    ctx: RunContext,
     adaptive: str | bool = "off",
-    batch_size: int = 64,
-    progress: bool = True,
 ) -> pd.DataFrame:
     """First-token refusal log-odds and KL (no generation) per angle under several ways to rotate.
 
@@ -341,9 +318,10 @@ def rotation_variant_sweep(
     """
     angles = [float(a) for a in angles]
     theta = torch.tensor(angles)
+    refusal_ids = ctx.needs_refusal_ids("rotation_variant_sweep")
     rows = []
     bases = {
-        split: last_token_logprobs(model, prompts, batch_size=batch_size) for split, prompts in prompt_sets.items()
+        split: last_token_logprobs(model, prompts, batch_size=ctx.batch_size) for split, prompts in prompt_sets.items()
     }
     for name, (plane, site) in variants.items():
         for split, prompts in prompt_sets.items():
@@ -363,8 +341,8 @@ def rotation_variant_sweep(
                     model, plane, theta[setting[r.cpu()]], site=site, adaptive=adaptive
                 ),
                 groups=setting,
-                batch_size=batch_size,
-                progress=progress,
+                batch_size=ctx.batch_size,
+                progress=ctx.progress,
             ).view(len(angles), n, 2)
             logodds, kl = scores[..., 0], scores[..., 1]
             for i, angle in enumerate(angles):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,40 +21,35 @@ from .pipeline import Analysis
 from .planes import Plane
 from .steering_math import special_cases
 
-__all__ = ["main_figures", "key_numbers", "write_index", "SPECIAL_CASE_ALPHAS"]
+__all__ = ["MainTables", "main_figures", "key_numbers", "write_index", "SPECIAL_CASE_ALPHAS"]
 
 SPECIAL_CASE_ALPHAS = [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]
 
 
-def main_figures(
-    analysis: Analysis,
-    direction: Direction,
-    plane: Plane,
-    locations: pd.DataFrame,
-    location_prompts: pd.DataFrame,
-    subsets: pd.DataFrame,
-    sweep: pd.DataFrame,
-    variants: pd.DataFrame,
-    behaviours: pd.DataFrame | None = None,
-    *,
-    model: str,
-) -> dict[str, tuple[go.Figure, str]]:
-    """``{file stem: (figure, what it shows)}`` for every figure of the main job; the angle map of
-    every swept prompt set when more than harmful/harmless were swept, and the unsteered behaviour
-    per category when ``behaviours`` (:func:`~workbench.experiments.behaviour_table`) is given."""
-    selection = analysis.selection
-    acts = analysis.activations
+@dataclass(frozen=True)
+class MainTables:
+    """The main job's experiment tables (:mod:`workbench.experiments`), as one value: the location
+    comparison (summary and per prompt), the layer subsets, the angle sweep, the rotation variants and,
+    for the graded organism, the unsteered behaviours per category."""
+
+    locations: pd.DataFrame
+    location_prompts: pd.DataFrame
+    subsets: pd.DataFrame
+    sweep: pd.DataFrame
+    variants: pd.DataFrame
+    behaviours: pd.DataFrame | None = None
+
+
+Figures = dict[str, tuple[go.Figure, str]]  # {file stem: (figure, what it shows)}
+
+
+def _analysis_figures(analysis: Analysis, direction: Direction, plane: Plane, model: str) -> Figures:
+    """Figures 02-04, 06 and 08: drawn from the analysis alone (candidates, selection, plane)."""
+    selection, acts = analysis.selection, analysis.activations
     last = analysis.candidates.subset(positions=[-1])
-    unit = analysis.plane_candidates
-    baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
-    figs: dict[str, tuple[go.Figure, str]]
     resid = acts["harmful_val"].get(*direction.where())
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
-    figs = {
-        "01_location_comparison": (
-            fg.location_comparison(locations, location_prompts, model=model),
-            "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
-        ),
+    return {
         "02_selection_heatmaps": (
             fg.selection_heatmaps(selection.table, choices=selection.choices, model=model),
             "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate",
@@ -63,27 +59,39 @@ def main_figures(
             "cosine similarity of the last-token candidates across layers and sites",
         ),
         "04_plane_projection": (
-            fg.plane_projection(plane.candidate_coords(unit), model=model),
+            fg.plane_projection(plane.candidate_coords(analysis.plane_candidates), model=model),
             "every candidate's angle and radius in the steering plane, coloured by depth",
-        ),
-        "05_angle_sweep": (
-            fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
-            "refusal rate per steering angle (harmful, harmless) and the four response labels",
         ),
         "06_projection_histograms": (
             fg.projection_histograms(projections, model=model),
             "harmful vs harmless projections on the chosen direction, per layer (slider)",
         ),
-        "07_layer_subsets": (
-            fg.layer_subset_figure(subsets, model=model),
-            "harmful refusal when ablating only the first / last / middle k blocks",
-        ),
         "08_special_cases": (
             fg.special_cases_figure(special_cases(resid, direction.vector, SPECIAL_CASE_ALPHAS), model=model),
             "ablation is rotation to 90° and addition a rotation by < 180° in each token's own plane",
         ),
+    }
+
+
+def _experiment_figures(tables: MainTables, model: str) -> Figures:
+    """Figures 01, 05, 07, 09 and, where their tables exist, 10-11: drawn from the experiments."""
+    locations, sweep = tables.locations, tables.sweep
+    baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
+    figs: Figures = {
+        "01_location_comparison": (
+            fg.location_comparison(locations, tables.location_prompts, model=model),
+            "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
+        ),
+        "05_angle_sweep": (
+            fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
+            "refusal rate per steering angle (harmful, harmless) and the four response labels",
+        ),
+        "07_layer_subsets": (
+            fg.layer_subset_figure(tables.subsets, model=model),
+            "harmful refusal when ablating only the first / last / middle k blocks",
+        ),
         "09_rotation_variants": (
-            fg.rotation_variants_figure(variants, model=model),
+            fg.rotation_variants_figure(tables.variants, model=model),
             "first-token refusal log-odds and KL per angle when rotating post- vs pre-gain in the raw- vs "
             "unit-candidate plane (the same prompts as 05)",
         ),
@@ -93,12 +101,20 @@ def main_figures(
             fg.label_map_polar(sweep, model=model),
             "the angle map: the response labels at each angle on a circle, per swept prompt set",
         )
-    if behaviours is not None:
+    if tables.behaviours is not None:
         figs["11_behaviours"] = (
-            fg.behaviour_bars(behaviours, model=model),
+            fg.behaviour_bars(tables.behaviours, model=model),
             "unsteered response labels per held-out prompt category",
         )
     return figs
+
+
+def main_figures(analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables, *, model: str) -> Figures:
+    """``{file stem: (figure, what it shows)}`` for every figure of the main job, in file order; the
+    angle map of every swept prompt set when more than harmful/harmless were swept, and the
+    unsteered behaviour per category when the tables have ``behaviours``."""
+    figs = {**_analysis_figures(analysis, direction, plane, model), **_experiment_figures(tables, model)}
+    return dict(sorted(figs.items()))
 
 
 def _labels_by_angle(sweep: pd.DataFrame) -> dict:
@@ -119,15 +135,10 @@ def _labels_by_angle(sweep: pd.DataFrame) -> dict:
 
 
 def key_numbers(
-    analysis: Analysis,
-    direction: Direction,
-    plane: Plane,
-    locations: pd.DataFrame,
-    sweep: pd.DataFrame,
-    rotation: dict | None = None,
+    analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables, rotation: dict | None = None
 ) -> dict:
     """The run's key numbers: the direction, each method's choice, the plane, refusal rates."""
-    selection = analysis.selection
+    selection, locations, sweep = analysis.selection, tables.locations, tables.sweep
     loc = {
         f"{s}/{c}": round(float(v), 3)
         for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)
@@ -210,9 +221,7 @@ def _command(model: str) -> str:
     return "workbench run" if model == "organism" else f"workbench run --model {model}"
 
 
-def write_index(
-    out: Path, figs: dict[str, tuple[go.Figure, str]], written: dict[str, list[Path]], summary: dict
-) -> Path:
+def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summary: dict) -> Path:
     """Write ``out/README.md``: the direction and plane, a table of the figures, the key numbers."""
     d, p = summary["direction"], summary["plane"]
     lines = [

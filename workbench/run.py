@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -26,7 +25,7 @@ from .interventions import layer_subsets
 from .models import load_model
 from .organism import RECIPES, organism_dir
 from .pipeline import Analysis
-from .report import key_numbers, main_figures, write_index
+from .report import MainTables, key_numbers, main_figures, write_index
 from .stages import Stages, load_tables, save_tables, table_files
 
 __all__ = ["RunConfig", "load_configs", "run_main"]
@@ -76,32 +75,135 @@ def variant_name(site: str, norm: str) -> str:
     return f"{site.replace('_', '-')}, {norm} plane"
 
 
-def _rotation_variants(stages, folder, analysis, config, sweep, prompts, angles, progress) -> pd.DataFrame:
-    """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
-    unit-candidate plane; the main sweep's own setting is taken from the sweep (same prompts)."""
-    main = (config.rotation_site, analysis.config.plane_candidates)
-    grid = [(site, norm) for norm in ("raw", "unit") for site in ("post_gain", "pre_gain") if (site, norm) != main]
-    path = folder / "rotation_variants.csv"
+class _MainJob:
+    """One main job's state (model, analysis, stages, experiments folder, run config and context),
+    with one method per experiment stage, so each stage reads what it needs from ``self``."""
 
-    def compute() -> pd.DataFrame:
-        table = ex.rotation_variant_sweep(
+    def __init__(self, analysis: Analysis, stages: Stages, folder: Path, config: RunConfig, progress: bool):
+        self.analysis, self.model, self.stages, self.folder, self.config = (
+            analysis,
             analysis.model,
-            {variant_name(site, norm): (analysis.plane(candidate_norm=norm), site) for site, norm in grid},
-            prompts,
-            angles,
-            refusal_ids=analysis.refusal_ids,
-            adaptive=config.adaptive,
-            batch_size=config.batch_size,
-            progress=progress,
+            stages,
+            folder,
+            config,
         )
-        atomic_write_text(path, table.to_csv(index=False))
-        return table
+        self.direction, self.plane = analysis.direction(), analysis.plane()
+        self.ctx = config.context(analysis.refusal_ids, progress=progress)
+        self.test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
+        self.angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
+        available = {**data.graded_test_sets(), **self.test}  # the analysis's own harmful / harmless test splits win
+        self.sweep_prompts: dict[str, Sequence[str]] = {k: available[k][: config.n_sweep] for k in config.sweep_sets}
 
-    table = stages.run("rotation_variants", [path], compute, lambda: pd.read_csv(path))
-    own = sweep[sweep["split"].isin(list(prompts))][["split", "angle", "logodds", "kl", "n"]].assign(
-        variant=variant_name(*main), site=main[0]
-    )
-    return pd.concat([own[table.columns], table], ignore_index=True)
+    def _relabelled(self, files, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        per_prompt, summary = load_tables(files)
+        summary, per_prompt = ex.relabel(summary, per_prompt, keys)
+        return per_prompt, summary
+
+    def tables(self, name: str, keys: list[str], compute) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """A stage whose result is a (summary, per-prompt) pair of tables. Loaded from an earlier
+        run, its stored responses are labelled again (``keys``: the summary's grouping), so a
+        changed labeller never leaves stale labels in the figures."""
+        files = table_files(self.folder, name)
+        per_prompt, summary = self.stages.run(
+            name, files, lambda: save_tables(files, compute()[::-1]), lambda: self._relabelled(files, keys)
+        )
+        return summary, per_prompt
+
+    def locations(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        prompts = {k: v[: self.config.n_eval] for k, v in self.test.items()}
+        layer = self.direction.where()[1]
+        return self.tables(
+            "locations",
+            ["split", "condition"],
+            lambda: ex.compare_locations(self.model, self.direction, prompts, layer=layer, ctx=self.ctx),
+        )
+
+    def subsets(self) -> pd.DataFrame:
+        subsets = layer_subsets(self.model.cfg.n_layers, self.config.subset_sizes)
+        harmful = self.test["harmful"][: self.config.n_sweep]
+        compute = lambda: ex.layer_subset_sweep(self.model, self.direction, harmful, subsets=subsets, ctx=self.ctx)  # noqa: E731
+        return self.tables("layer_subsets", ["subset"], compute)[0]
+
+    def sweep(self) -> pd.DataFrame:
+        config = self.config
+
+        def compute():
+            return ex.angle_sweep(
+                self.model,
+                self.plane,
+                self.sweep_prompts,
+                self.angles,
+                site=config.rotation_site,
+                adaptive=config.adaptive,
+                ctx=self.ctx,
+            )
+
+        return self.tables("angle_sweep", ["split", "angle"], compute)[0]
+
+    def variants(self, sweep: pd.DataFrame) -> pd.DataFrame:
+        """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
+        unit-candidate plane; the main sweep's own setting is taken from the sweep (same prompts)."""
+        analysis, config = self.analysis, self.config
+        prompts = {k: v for k, v in self.sweep_prompts.items() if k in self.test}  # first-token scores: two sets
+        main = (config.rotation_site, analysis.config.plane_candidates)
+        grid = [(site, norm) for norm in ("raw", "unit") for site in ("post_gain", "pre_gain") if (site, norm) != main]
+        path = self.folder / "rotation_variants.csv"
+
+        def compute() -> pd.DataFrame:
+            planes = {variant_name(site, norm): (analysis.plane(candidate_norm=norm), site) for site, norm in grid}
+            table = ex.rotation_variant_sweep(
+                self.model, planes, prompts, self.angles, adaptive=config.adaptive, ctx=self.ctx
+            )
+            atomic_write_text(path, table.to_csv(index=False))
+            return table
+
+        table = self.stages.run("rotation_variants", [path], compute, lambda: pd.read_csv(path))
+        own = sweep[sweep["split"].isin(list(prompts))][["split", "angle", "logodds", "kl", "n"]].assign(
+            variant=variant_name(*main), site=main[0]
+        )
+        return pd.concat([own[table.columns], table], ignore_index=True)
+
+    def behaviours(self) -> pd.DataFrame | None:
+        if not self.config.behaviours:
+            return None
+        compute = lambda: ex.behaviour_table(self.model, data.graded_test_sets(), self.ctx)  # noqa: E731
+        return self.tables("behaviours", ["category"], compute)[0]
+
+    def experiments(self) -> MainTables:
+        locations, location_prompts = self.locations()
+        subsets, sweep = self.subsets(), self.sweep()
+        return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+
+    def summary(self, spec: str, tables: MainTables, t0: float) -> dict:
+        rotation = {"site": self.config.rotation_site, "adaptive": self.config.adaptive}
+        summary = {
+            "model": spec,
+            **key_numbers(self.analysis, self.direction, self.plane, tables, rotation),
+            "timings_s": self.stages.top_level(),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "run_dir": str(self.analysis.dir),
+            "manifest": str(self.stages.manifest.path if self.stages.manifest else None),
+            "prompts": self.analysis.prompts.source,
+            "versions": library_versions(),
+        }
+        if tables.behaviours is not None:
+            summary["behaviours"] = tables.behaviours.set_index("category").to_dict("index")
+        return summary
+
+
+def _start(spec, device, dtype, config, analysis_config, prompts, progress) -> tuple[Analysis, Stages, Path]:
+    """Load the model, open the analysis and the experiments folder of this run config, time the load."""
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = load_model(spec, device=device, dtype=dtype)
+    stages = Stages(progress=progress, label="workbench run")
+    analysis = Analysis(model, analysis_config or AnalysisConfig(), prompts=prompts, progress=progress, stages=stages)
+    folder = analysis.dir / "experiments" / sha256_text(json.dumps(_config_fields(config), sort_keys=True))[:8]
+    folder.mkdir(parents=True, exist_ok=True)  # a changed RunConfig never reuses stale tables
+    atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
+    stages.manifest = _manifest(folder, analysis, config)
+    stages.record("model", time.perf_counter() - t0)
+    return analysis, stages, folder
 
 
 def run_main(
@@ -124,108 +226,18 @@ def run_main(
     shipped splits. Every stage is recorded in ``<run dir>/experiments/<config>/manifest.json``.
     """
     t0 = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = load_model(spec, device=device, dtype=dtype)
-    stages = Stages(progress=progress, label="workbench run")
-    analysis = Analysis(model, analysis_config or AnalysisConfig(), prompts=prompts, progress=progress, stages=stages)
-    folder = analysis.dir / "experiments" / sha256_text(json.dumps(_config_fields(config), sort_keys=True))[:8]
-    folder.mkdir(parents=True, exist_ok=True)  # a changed RunConfig never reuses stale tables
-    atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
-    stages.manifest = _manifest(folder, analysis, config)
-    stages.record("model", time.perf_counter() - t0)
-
+    analysis, stages, folder = _start(spec, device, dtype, config, analysis_config, prompts, progress)
     analysis.activations  # noqa: B018  its own stage, timed apart from the selection that needs it
-    direction, plane, ids = analysis.direction(), analysis.plane(), analysis.refusal_ids
-    test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
-    sizes: dict[str, Any] = dict(
-        refusal_ids=ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=progress
-    )
-
-    def relabelled(files, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        per_prompt, summary = load_tables(files)
-        summary, per_prompt = ex.relabel(summary, per_prompt, keys)
-        return per_prompt, summary
-
-    def tables(name: str, keys: list[str], compute):
-        """A stage whose result is a (summary, per-prompt) pair of tables. Loaded from an earlier
-        run, its stored responses are labelled again (``keys``: the summary's grouping), so a
-        changed labeller never leaves stale labels in the figures."""
-        files = table_files(folder, name)
-        per_prompt, summary = stages.run(
-            name,
-            files,
-            lambda: save_tables(files, compute()[::-1]),
-            lambda: relabelled(files, keys),
-        )
-        return summary, per_prompt
-
-    locations, location_prompts = tables(
-        "locations",
-        ["split", "condition"],
-        lambda: ex.compare_locations(
-            model, direction, {k: v[: config.n_eval] for k, v in test.items()}, layer=direction.where()[1], **sizes
-        ),
-    )
-    subsets, _ = tables(
-        "layer_subsets",
-        ["subset"],
-        lambda: ex.layer_subset_sweep(
-            model,
-            direction,
-            test["harmful"][: config.n_sweep],
-            subsets=layer_subsets(model.cfg.n_layers, config.subset_sizes),
-            **sizes,
-        ),
-    )
-    angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
-    available = {**data.graded_test_sets(), **test}  # the analysis's own harmful / harmless test splits win
-    sweep_prompts: dict[str, Sequence[str]] = {k: available[k][: config.n_sweep] for k in config.sweep_sets}
-    sweep, _ = tables(
-        "angle_sweep",
-        ["split", "angle"],
-        lambda: ex.angle_sweep(
-            model, plane, sweep_prompts, angles, site=config.rotation_site, adaptive=config.adaptive, **sizes
-        ),
-    )
-    variant_prompts = {k: v for k, v in sweep_prompts.items() if k in test}  # first-token scores: two sets suffice
-    variants = _rotation_variants(stages, folder, analysis, config, sweep, variant_prompts, angles, progress)
-    behaviours = None
-    if config.behaviours:
-        behaviours, _ = tables(
-            "behaviours",
-            ["category"],
-            lambda: ex.behaviour_table(
-                model,
-                data.graded_test_sets(),
-                max_new_tokens=config.max_new_tokens,
-                batch_size=config.batch_size,
-                progress=progress,
-            ),
-        )
+    job = _MainJob(analysis, stages, folder, config, progress)
+    tables = job.experiments()
 
     t_fig = time.perf_counter()
-    figs = main_figures(
-        analysis, direction, plane, locations, location_prompts, subsets, sweep, variants, behaviours, model=spec
-    )
+    figs = main_figures(analysis, job.direction, job.plane, tables, model=spec)
     written = {key: save_figure(fig, key, figures_dir) for key, (fig, _) in figs.items()}
-    stages.record(
-        "figures", time.perf_counter() - t_fig, [f for paths in written.values() for f in paths if f.suffix == ".png"]
-    )
+    pngs = [f for paths in written.values() for f in paths if f.suffix == ".png"]
+    stages.record("figures", time.perf_counter() - t_fig, pngs)
 
-    summary = {
-        "model": spec,
-        **key_numbers(
-            analysis, direction, plane, locations, sweep, {"site": config.rotation_site, "adaptive": config.adaptive}
-        ),
-        "timings_s": stages.top_level(),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "run_dir": str(analysis.dir),
-        "manifest": str(stages.manifest.path),
-        "prompts": analysis.prompts.source,
-        "versions": library_versions(),
-    }
-    if behaviours is not None:
-        summary["behaviours"] = behaviours.set_index("category").to_dict("index")
+    summary = job.summary(spec, tables, t0)
     write_index(Path(figures_dir), figs, written, summary)
     for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
         atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import data
 from .artifacts import atomic_write_text, cache_dir, cpu_info, library_versions, sha256_text
 from .chat import format_prompts, length_sorted_batches, shared_prefix_length, token_lengths, tokenize
-from .config import Recipe
+from .config import Recipe, RunContext
 from .experiments import behaviour_table
 from .generation import generate
 from .hub import load_hf_path, smollm2_dir
@@ -236,7 +236,9 @@ def measure_refusal(model, *, max_new_tokens: int = 32, progress: bool = False) 
 
 def measure_labels(model, *, max_new_tokens: int = 48, progress: bool = False) -> dict[str, dict]:
     """Heuristic label shares per held-out behaviour category (``data.graded_test_sets``), greedy."""
-    summary, _ = behaviour_table(model, data.graded_test_sets(), max_new_tokens=max_new_tokens, progress=progress)
+    summary, _ = behaviour_table(
+        model, data.graded_test_sets(), RunContext(max_new_tokens=max_new_tokens, progress=progress)
+    )
     return {
         str(row["category"]): {k: v for k, v in row.items() if k != "category"} for row in summary.to_dict("records")
     }
