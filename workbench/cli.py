@@ -328,12 +328,7 @@ def _model_args(p) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .intervention import spec_help  # the registry of kinds: imports torch, as every subcommand does
-
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _organism_parser(sub) -> None:
     p = sub.add_parser("organism", help="build or load the refusal model organism and measure it")
     p.add_argument(
         "--model",
@@ -351,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_organism)
 
+
+def _analysis_parsers(sub) -> None:
+    """``run``, ``select`` and ``plane``: the commands that compute (or load) a model's analysis."""
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
     _model_args(p)
     p.add_argument(
@@ -371,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="LO-HI: only candidates from these layers feed the PCA")
     p.set_defaults(func=cmd_plane)
 
+
+def _generate_parser(sub) -> None:
+    from .intervention import spec_help  # the registry of kinds (light: its hook factories load on use)
+
     p = sub.add_parser("generate", help="generate under an intervention; writes JSONL")
     _model_args(p)
     p.add_argument("--prompts", required=True, help="a file of prompts (txt: one per line; csv/json/jsonl)")
@@ -390,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
 
+
+def _models_parser(sub) -> None:
     p = sub.add_parser("models", help="a model's family, which fast paths engage, which interventions are exact")
     p.add_argument(
         "model",
@@ -402,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="stdout is one JSON object")
     p.set_defaults(func=cmd_models, describe=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _organism_parser(sub)
+    _analysis_parsers(sub)
+    _generate_parser(sub)
+    _models_parser(sub)
     return parser
 
 

@@ -311,6 +311,43 @@ def addition_hooks(
     return _checked(model, hooks) if model is not None else hooks
 
 
+def _norm_hooks(model_or_cfg, chosen: list[int], basis, angles: tuple, site: str, by: bool, gate: str) -> list[Hook]:
+    """Rotation hooks on the norm outputs of the chosen blocks (``site`` post_gain or pre_gain).
+
+    The points are ``blocks.{l}.ln1.hook_normalized`` (layers ≥ 1, like the reference) and
+    ``blocks.{l}.ln2.hook_normalized`` (every chosen layer): 2L − 1 with all layers. TL 3.9 calls
+    ``ln1`` three times per layer (the q, k and v inputs, even without ``use_split_qkv_input``), so
+    ln1's hook fires thrice with identical results; the fast attention path replaces only the
+    attention after ln1, so the hooks act the same on it. Gemma-2 (sandwich norms): TL's ``ln2`` is
+    HF's ``pre_feedforward_layernorm`` (the MLP input); the reference instead hooks HF's
+    ``post_attention_layernorm``, which normalises the attention *output* (TL's ``ln1_post``).
+    """
+    cfg = _cfg(model_or_cfg)
+    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+        raise ValueError(
+            f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer outputs, not inputs; "
+            "use site='resid'"
+        )
+    points = [(layer, ln) for layer in chosen for ln in ("ln1", "ln2") if not (layer == 0 and ln == "ln1")]
+    if not points:
+        raise ValueError(f"layers=[0] with site={site!r} leaves only the MLP input; choose more layers")
+    names = [f"blocks.{layer}.{ln}.hook_normalized" for layer, ln in points]
+    if site == "pre_gain":
+        fn = _rotation_fn(OnDevice(basis), angles, by, gate)
+        return _checked(model_or_cfg, [(n, fn) for n in names])
+    if not hasattr(model_or_cfg, "blocks"):
+        raise ValueError(
+            "site='post_gain' needs the model, not its cfg: the norm gains g (and LayerNorm biases) it "
+            "rotates through live in model.blocks[l].ln1/ln2; pass the HookedTransformer, or use "
+            "site='pre_gain' to rotate TL's hook_normalized (pre-gain x/RMS(x))"
+        )
+    hooks = []
+    for name, (layer, ln) in zip(names, points):
+        frame, offset = _norm_frame(model_or_cfg, layer, ln, basis)
+        hooks.append((name, _rotation_fn(frame, angles, by, gate, offset)))
+    return _checked(model_or_cfg, hooks)
+
+
 def rotation_hooks(
     model_or_cfg,
     plane,
@@ -327,31 +364,17 @@ def rotation_hooks(
 
     - ``"post_gain"`` (default; the angular-steering study): the *outputs* of the norms feeding
       attention and the MLP, ``y = g⊙x̂ (+ b)`` with ``x̂ = x/RMS(x)`` (LayerNorm: centred ``x/σ``),
-      i.e. what attention and the MLP actually read (HF's ``input_layernorm`` /
-      ``post_attention_layernorm`` outputs on Llama/Qwen). The hooks sit on
-      ``blocks.{l}.ln1.hook_normalized`` (layers ≥ 1, like the reference) and
-      ``blocks.{l}.ln2.hook_normalized`` (every chosen layer): 2L − 1 points with all layers. TL's
+      i.e. what attention and the MLP read (HF's ``input_layernorm`` / ``post_attention_layernorm``
+      outputs on Llama/Qwen), hooked at ln1/ln2 ``hook_normalized`` (:func:`_norm_hooks`). TL's
       hook sees the pre-gain x̂, so each hook returns ``x̂' = x̂ + Δ/g`` with ``Δ = k1 b1 + k2 b2``
-      computed on y's coordinates ``c = By`` (two dot products, O(d) per token, no d×d matrix), so
-      that ``g⊙x̂' + b = rotate(y)`` exactly up to float rounding. g and b are read from
-      ``model.blocks[l].ln1.w`` / ``.b`` (ln2 likewise) when the hooks are built (rebuild the hooks
-      after editing them); TL's Gemma converter already stores ``w = 1 + weight``. A norm without a
-      gain (LNPre/RMSNormPre, folded weights; the workbench never folds) counts as g = 1, b = 0:
-      post_gain then equals pre_gain, and the gain lives in the reading weights. Needs the model
-      (not its cfg); a gain with a zero entry raises (use ``"pre_gain"``).
-    - ``"pre_gain"``: the same hook points, rotating TL's ``hook_normalized`` itself, i.e. the
-      pre-gain ``x̂``. It differs from post_gain by the per-channel gain, so angles agree only up to
-      it (and the adaptive gate's sign can differ). ``"normalized"`` is a deprecated alias.
+      computed on y's coordinates ``c = By`` (O(d) per token), so that ``g⊙x̂' + b = rotate(y)`` up
+      to float rounding. g and b are read from ``model.blocks[l].ln1.w`` / ``.b`` (ln2 likewise)
+      when the hooks are built (rebuild them after editing those); a norm without a gain
+      (LNPre/RMSNormPre) counts as g = 1, b = 0. Needs the model; a zero gain entry raises.
+    - ``"pre_gain"``: the same hook points, rotating TL's ``hook_normalized`` itself (the pre-gain
+      ``x̂``): angles agree with post_gain only up to the gain. ``"normalized"``: a deprecated alias.
     - ``"resid"``: ``hook_resid_pre`` of every chosen block (norm-preserving, but it writes the
       residual stream itself, so each edit persists into later layers).
-
-    TL 3.9 calls ``ln1`` three times per layer (the q, k and v inputs, even without
-    ``use_split_qkv_input``), so ln1's hook fires thrice per layer with identical results; the
-    workbench's fast attention path replaces only the attention after ln1, so the hooks act the
-    same on it. Gemma-2 (sandwich norms): TL's ``ln2`` is HF's ``pre_feedforward_layernorm`` (the
-    MLP input), so these hooks rotate the attention and MLP inputs; the reference instead hooks HF's
-    ``post_attention_layernorm``, which normalises the attention *output* (TL's ``ln1_post``, not
-    hooked here).
 
     ``adaptive``: ``"off"``/False rotates every token; ``"b1"``/True only tokens with ``b1ᵀh > 0``
     (the paper's AAS), ``"b2"`` only tokens with ``b2ᵀh > 0``: strict, per token and per hook, on
@@ -375,29 +398,7 @@ def rotation_hooks(
     if site == "resid":
         fn = _rotation_fn(OnDevice(basis), angles, mode == "by", gate)
         return _checked(model_or_cfg, [(hook_name("resid_pre", layer), fn) for layer in chosen])
-    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
-        raise ValueError(
-            f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer outputs, not inputs; "
-            "use site='resid'"
-        )
-    points = [(layer, ln) for layer in chosen for ln in ("ln1", "ln2") if not (layer == 0 and ln == "ln1")]
-    if not points:
-        raise ValueError(f"layers=[0] with site={site!r} leaves only the MLP input; choose more layers")
-    names = [f"blocks.{layer}.{ln}.hook_normalized" for layer, ln in points]
-    if site == "pre_gain":
-        fn = _rotation_fn(OnDevice(basis), angles, mode == "by", gate)
-        return _checked(model_or_cfg, [(n, fn) for n in names])
-    if not hasattr(model_or_cfg, "blocks"):
-        raise ValueError(
-            "site='post_gain' needs the model, not its cfg: the norm gains g (and LayerNorm biases) it "
-            "rotates through live in model.blocks[l].ln1/ln2; pass the HookedTransformer, or use "
-            "site='pre_gain' to rotate TL's hook_normalized (pre-gain x/RMS(x))"
-        )
-    hooks = []
-    for name, (layer, ln) in zip(names, points):
-        frame, offset = _norm_frame(model_or_cfg, layer, ln, basis)
-        hooks.append((name, _rotation_fn(frame, angles, mode == "by", gate, offset)))
-    return _checked(model_or_cfg, hooks)
+    return _norm_hooks(model_or_cfg, chosen, basis, angles, site, mode == "by", gate)
 
 
 def location_sweep_hooks(model_or_cfg, direction, locations: list[str], layers=None) -> list[Hook]:
