@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 
-from workbench import fastpath
+from workbench import families, fastpath
 from workbench.chat import encode
 from workbench.fastpath import attention
 from workbench.generation import _stop_ids, generate, last_token_logprobs
@@ -267,6 +267,25 @@ def _padded(tokens):
 def test_allow_list_is_exactly_the_families_tested_here():
     architectures = {cls.__name__ for _, cls in _configs().values()}
     assert fastpath.TESTED_FAMILIES == architectures
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_record_states_what_the_loaded_model_is(family, folders):
+    _, model = _built(family, folders[family])
+    arch = model.cfg.original_architecture
+    record = families.FAMILIES[arch]
+    assert families.norm_placement(model.cfg) == record.norm
+    assert (record.norm == "post") == (family in POST_NORM)
+    assert record.fast_paths and fastpath.family_tested(model)
+    excluded = [i for i, b in enumerate(model.blocks) if f"{arch} is excluded" in attention.why_unsupported(b.attn)]
+    assert excluded == (list(range(model.cfg.n_layers)) if record.attention_excluded else [])
+
+
+def test_post_norm_families_are_transformer_lens_own():
+    # TL's blocks put the norm on each sublayer's output for exactly these architectures
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    assert {a for a, f in families.FAMILIES.items() if f.norm == "post"} == POST_NORM_ARCHITECTURES
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -23,6 +23,7 @@ import pytest
 import torch
 from test_families import FAMILIES, V, _configs, _randomize
 
+from workbench import families
 from workbench.generation import generate
 from workbench.models import check_model_spec, load_model
 
@@ -229,3 +230,13 @@ def test_gguf_family_transformers_cannot_read_is_refused_by_name(family, tmp_pat
     for load in (check_model_spec, _load):
         with pytest.raises(ValueError, match=rf"architecture '{arch}'.*{why}.*verified here: llama"):
             load(str(path) if load is check_model_spec else path)
+
+
+def test_family_records_state_this_matrix():
+    architectures = {family: cls.__name__ for family, (_, cls) in _configs().items()}
+    for family, arch in GGUF_ARCH.items():
+        record = families.FAMILIES[architectures[family]]
+        assert (record.gguf, record.gguf_verified, record.gguf_refused) == (arch, True, None), family
+    for family, arch in UNREADABLE.items():
+        record = families.FAMILIES[architectures[family]]
+        assert record.gguf == arch and not record.gguf_verified and record.gguf_refused, family

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
 from . import fastpath
+from .families import norm_placement
 from .intervention import exactness_table
 from .kv import local_layers, sliding_window
 from .models import load_model
@@ -40,13 +39,7 @@ def _hf_architecture(model, spec: str | None) -> str:
 
 
 def _norm(cfg) -> dict:
-    if cfg.use_normalization_before_and_after:
-        placement = "sandwich"  # a norm before and after each sublayer (Gemma-2/3)
-    elif cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        placement = "post"  # a norm on each sublayer's output only (OLMo-2/3)
-    else:
-        placement = "pre"
-    return {"type": cfg.normalization_type, "placement": placement}
+    return {"type": cfg.normalization_type, "placement": norm_placement(cfg)}
 
 
 def _sliding_window(model) -> dict | None:

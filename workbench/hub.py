@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import families
 from .artifacts import atomic_write_text, cache_dir, sha256_file
 from .fastpath.gguf import gguf_parsed_once
 
@@ -131,10 +132,10 @@ def smollm2_dir() -> Path:
 
 
 # llama.cpp architecture names whose GGUF files load here with logits equal to the source model's
-# (tests/test_gguf_families.py; llama.cpp writes Mistral as "llama")
-GGUF_VERIFIED = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2")
+# (tests/test_gguf_families.py; llama.cpp writes Mistral as "llama"), from the family records
+GGUF_VERIFIED = families.gguf_verified()
 # llama.cpp architecture names that transformers' GGUF reader keys under another name
-_GGUF_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+_GGUF_RENAMES = families.gguf_renames()
 
 
 def check_gguf_architecture(path: str | Path) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from .families import norm_placement
 from .sites import GATES, LOCATIONS, ROTATION_SITES, check_hook_names, check_layers, check_site, hook_name
 from .steering_math import (
     Adaptive,
@@ -323,7 +323,7 @@ def _norm_hooks(model_or_cfg, chosen: list[int], basis, angles: tuple, site: str
     ``post_attention_layernorm``, which normalises the attention *output* (TL's ``ln1_post``).
     """
     cfg = _cfg(model_or_cfg)
-    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+    if norm_placement(cfg) == "post":
         raise ValueError(
             f"{cfg.original_architecture} is post-norm: ln1/ln2 normalise sublayer outputs, not inputs; "
             "use site='resid'"
@@ -518,7 +518,7 @@ def orthogonalization_caveats(cfg) -> list[str]:
     """Why :func:`orthogonalize_weights` is NOT exactly equivalent to hook ablation at ``all`` for
     a model with this cfg (empty: equivalent); it warns each one."""
     caveats = []
-    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
+    if norm_placement(cfg) != "pre":
         caveats.append(
             "this model normalises sublayer outputs before the residual add (sandwich/post "
             "norm); the gain re-introduces r̂, so orthogonalized weights are NOT exactly "

@@ -34,7 +34,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 from transformer_lens.weight_processing import ProcessWeights
 
-from . import fastpath
+from . import families, fastpath
 from .hub import SMOLLM2, check_gguf_architecture, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
 from .organism import GRADED, ORGANISM, RECIPES, organism_dir, organism_name
 
@@ -107,32 +107,28 @@ def hooked_from_hf(
     return model.eval()
 
 
-# Families whose TL config the workbench maps itself: TL 3.9 builds these only from official hub
-# names (Gemma, OLMo-2) or reads a field transformers 5 no longer has (GPT-2's ``n_ctx``), while its
-# weight converters take any such model.
-OWN_MAPPINGS = (
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "Gemma3ForCausalLM",
-    "Olmo2ForCausalLM",
-    "GPT2LMHeadModel",
-)
+# Families whose TL config the workbench maps itself (their record's ``tl_cfg``): TL 3.9 builds
+# these only from official hub names (Gemma, OLMo-2) or reads a field transformers 5 no longer has
+# (GPT-2's ``n_ctx``), while its weight converters take any such model.
+OWN_MAPPINGS = families.own_mappings()
 
 
 def tl_config(hf_config, *, device: torch.device, dtype: torch.dtype, n_ctx: int = _N_CTX):
     """The ``HookedTransformerConfig`` of a Hugging Face config, unprocessed (no ``fold_ln``).
 
-    The families in :data:`OWN_MAPPINGS` are mapped here; the others go through TL's own
+    The families in :data:`OWN_MAPPINGS` are mapped by their record's ``tl_cfg``
+    (:data:`workbench.families.FAMILIES`); the others go through TL's own
     ``convert_hf_model_config``. Everywhere: the activation is the one HF's config names (Gemma-1's
     ``gelu_pytorch_tanh``, not TL's ``gelu``), and the context is at most ``n_ctx`` and never more
     than the model's positions (learned positions keep exactly the model's table).
     """
     arch = (getattr(hf_config, "architectures", None) or ["?"])[0]
-    if arch in OWN_MAPPINGS:
-        cfg_dict = _own_cfg_dict(hf_config, arch)
+    record = families.family(arch)
+    if record is not None and record.tl_cfg is not None:
+        cfg_dict = record.tl_cfg(hf_config, arch)
     else:
         cfg_dict = _tl_cfg_dict(hf_config, arch)
-    act = _hf_activation(hf_config)
+    act = families.hf_activation(hf_config)
     if act is not None and act != cfg_dict.get("act_fn"):
         if act not in SUPPORTED_ACTIVATIONS:
             raise ValueError(
@@ -194,123 +190,12 @@ def _tl_version() -> str:
         return "?"
 
 
-def _need(c, arch: str, *names: str):
-    """``c.<name>`` for the first of ``names`` the config has (not None), else a clear error."""
-    for name in names:
-        value = getattr(c, name, None)
-        if value is not None:
-            return value
-    raise ValueError(f"{arch}: config.json is missing {' / '.join(names)}, which TransformerLens needs")
-
-
-def _hf_activation(c) -> str | None:
-    for name in ("hidden_activation", "hidden_act", "activation_function"):
-        value = getattr(c, name, None)
-        if isinstance(value, str):
-            return value
-    return None
-
-
 def _positions(c) -> int | None:
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(c, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def _rope(c, kind: str = "full_attention") -> dict:
-    """The rope parameters of ``kind`` layers, old (flat) or transformers-5 (per layer type) style."""
-    params = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
-    if isinstance(params.get(kind), dict):
-        params = params[kind]
-    elif kind == "sliding_attention" and getattr(c, "rope_local_base_freq", None) is not None:
-        params = {"rope_theta": c.rope_local_base_freq}  # Gemma-3 configs before transformers 5
-    theta = params.get("rope_theta", getattr(c, "rope_theta", None))
-    return {**params, "rope_theta": 10000.0 if theta is None else theta}
-
-
-def _own_cfg_dict(c, arch: str) -> dict:
-    def need(*names):
-        return _need(c, arch, *names)
-
-    if arch == "GPT2LMHeadModel":
-        d_model, n_heads = need("n_embd", "hidden_size"), need("n_head", "num_attention_heads")
-        return {
-            "d_model": d_model,
-            "d_head": d_model // n_heads,
-            "n_heads": n_heads,
-            "d_mlp": getattr(c, "n_inner", None) or 4 * d_model,
-            "n_layers": need("n_layer", "num_hidden_layers"),
-            "eps": need("layer_norm_epsilon"),
-            "d_vocab": need("vocab_size"),
-            "act_fn": need("activation_function"),
-            "use_attn_scale": getattr(c, "scale_attn_weights", True),
-            "scale_attn_by_inverse_layer_idx": getattr(c, "scale_attn_by_inverse_layer_idx", False),
-            "normalization_type": "LN",
-            "positional_embedding_type": "standard",
-        }
-    d_model, n_heads = need("hidden_size"), need("num_attention_heads")
-    d_head = getattr(c, "head_dim", None) or d_model // n_heads
-    n_kv = getattr(c, "num_key_value_heads", None) or n_heads
-    cfg: dict = {
-        "d_model": d_model,
-        "d_head": d_head,
-        "n_heads": n_heads,
-        "d_mlp": need("intermediate_size"),
-        "n_layers": need("num_hidden_layers"),
-        "eps": need("rms_norm_eps"),
-        "d_vocab": need("vocab_size"),
-        "act_fn": _hf_activation(c) or need("hidden_act"),
-        "initializer_range": getattr(c, "initializer_range", 0.02),
-        "normalization_type": "RMS",
-        "positional_embedding_type": "rotary",
-        "rotary_dim": d_head,
-        "rotary_adjacent_pairs": False,
-        "rotary_base": _rope(c)["rope_theta"],
-        "gated_mlp": True,
-        "final_rms": True,
-    }
-    if getattr(c, "attention_bias", False):
-        raise ValueError(f"{arch}: attention_bias=True; TransformerLens' {arch} converter drops q/k/v biases")
-    rope = _rope(c)
-    if rope.get("rope_type", "default") not in ("default", "linear") or (
-        rope.get("rope_type") == "linear" and arch != "Gemma3ForCausalLM"
-    ):
-        raise ValueError(f"{arch}: rope type {rope.get('rope_type')!r} is not mapped to TransformerLens")
-    if arch == "Olmo2ForCausalLM":
-        if n_kv != n_heads:
-            raise ValueError(
-                f"{arch}: num_key_value_heads={n_kv} < num_attention_heads={n_heads}; TransformerLens' "
-                "OLMo-2 converter supports only full multi-head attention"
-            )
-        return {**cfg, "attn_types": ["global"] * cfg["n_layers"]}
-    # Gemma 1/2/3: TL's converter adds 1 to the RMSNorm gains and scales W_E by sqrt(d_model).
-    cfg["n_key_value_heads"] = n_kv
-    cfg["use_attn_scale"] = True
-    if arch == "GemmaForCausalLM":
-        return cfg
-    cfg["use_normalization_before_and_after"] = True
-    cfg["attn_scale"] = float(need("query_pre_attn_scalar")) ** 0.5
-    for ours, theirs in (
-        ("attn_scores_soft_cap", "attn_logit_softcapping"),
-        ("output_logits_soft_cap", "final_logit_softcapping"),
-    ):
-        if getattr(c, theirs, None) is not None:
-            cfg[ours] = float(getattr(c, theirs))
-    if arch == "Gemma3ForCausalLM":
-        cfg["use_qk_norm"] = True
-        local = _rope(c, "sliding_attention")["rope_theta"]
-        if local != cfg["rotary_base"]:
-            cfg["rotary_base_local"] = local
-        if rope.get("rope_type") == "linear":
-            cfg["rotary_scaling_factor"] = float(rope.get("factor", 1.0))
-    layer_types = getattr(c, "layer_types", None)
-    if layer_types and "sliding_attention" in layer_types and getattr(c, "sliding_window", None):
-        cfg["use_local_attn"] = True
-        cfg["window_size"] = c.sliding_window
-        cfg["attn_types"] = ["local" if t == "sliding_attention" else "global" for t in layer_types]
-    return cfg
 
 
 def _load_unprocessed(model, state: dict) -> None:

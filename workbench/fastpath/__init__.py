@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from .. import families
 from . import attention, layout, unembed
 
 __all__ = ["install", "report", "TESTED_TL", "TESTED_FAMILIES", "tl_version_tested", "family_tested", "why_off"]
@@ -27,24 +28,9 @@ __all__ = ["install", "report", "TESTED_TL", "TESTED_FAMILIES", "tl_version_test
 TESTED_TL = ("3.9",)  # major.minor releases of transformer-lens the fast paths are tested on
 
 # Hugging Face architectures (``cfg.original_architecture``, the family ``workbench models``
-# reports) whose tiny model in tests/test_families.py checks the fast paths against TL's own path.
-TESTED_FAMILIES = frozenset(
-    {
-        "LlamaForCausalLM",
-        "MistralForCausalLM",
-        "MixtralForCausalLM",
-        "Qwen2ForCausalLM",
-        "Qwen3ForCausalLM",
-        "GemmaForCausalLM",
-        "Gemma2ForCausalLM",
-        "Gemma3ForCausalLM",
-        "Phi3ForCausalLM",
-        "GPT2LMHeadModel",
-        "GPTNeoXForCausalLM",
-        "Olmo2ForCausalLM",
-        "Olmo3ForCausalLM",
-    }
-)
+# reports) whose tiny model in tests/test_families.py checks the fast paths against TL's own path:
+# the families whose record (workbench.families.FAMILIES) has ``fast_paths``.
+TESTED_FAMILIES = families.fast_path_families()
 
 
 def tl_version_tested() -> bool:

@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .. import families
+
 __all__ = ["install", "uninstall", "supported", "why_unsupported", "INNER_HOOKS"]
 
 INNER_HOOKS = ("hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 _SIDE = "_workbench_rotated"  # attribute on a TL cache entry: (source past_keys, rotated K, V)
-_OLMO = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 def why_unsupported(attn) -> list[str]:
@@ -62,7 +63,7 @@ def why_unsupported(attn) -> list[str]:
         (not getattr(cfg, "use_dynamic_ntk_rope", False), "dynamic NTK rope"),
         (cfg.attn_scores_soft_cap in (None, -1.0, -1), "attention-score soft-cap"),
         (cfg.clip_qkv is None, "clip_qkv"),
-        (cfg.original_architecture not in _OLMO, f"{cfg.original_architecture} is excluded"),
+        (families.attention_excluded(cfg.original_architecture) is None, f"{cfg.original_architecture} is excluded"),
         (hasattr(attn, "IGNORE"), "no IGNORE buffer"),
     )
     return [reason for ok, reason in checks if not ok]
