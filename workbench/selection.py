@@ -229,20 +229,44 @@ def arditi_scores(
     pruned = torch.tensor([prune and key.layer >= cutoff for key in cands.keys], dtype=torch.bool)
     scored = (cands.vectors.norm(dim=-1).cpu() > 0) & ~pruned
     idx = torch.nonzero(scored).flatten()
+    table = _unscored_table(cands, pruned)
+    if len(idx) == 0:
+        return table
+    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
+    base = last_token_logprobs(model, harmless, batch_size=batch_size).to(model.cfg.device)
+    scores_a = _bypass_and_kl(model, vectors, harmful, harmless, base, refusal_ids, batch_size, progress)
+    scores_i = _induce(model, vectors, keys, harmless, refusal_ids, reuse_base, batch_size, progress)
+    n_h = len(harmful)
+    at = idx.numpy()
+    table.loc[at, "bypass"] = scores_a[:, :n_h].mean(1).numpy()
+    table.loc[at, "kl"] = scores_a[:, n_h:].mean(1).numpy()
+    table.loc[at, "induce"] = scores_i.mean(1).numpy()
+    return table
+
+
+def _unscored_table(cands: Candidates, pruned: Tensor) -> pd.DataFrame:
+    """site, layer, pos, NaN bypass / induce / kl and ``pruned`` (``[cand]`` bool), in ``cands`` order."""
     table = cands.to_frame()[["site", "layer", "pos"]]
     nan = np.full(len(cands), np.nan)
     table["bypass"], table["induce"], table["kl"] = nan, nan.copy(), nan.copy()
     table["pruned"] = pruned.numpy()
-    if len(idx) == 0:
-        return table
-    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
-    k, n_h, n_s = len(keys), len(harmful), len(harmless)
-    layers = torch.tensor([key.layer for key in keys])
-    sites = sorted({key.site for key in keys})
-    device = model.cfg.device
-    base = last_token_logprobs(model, harmless, batch_size=batch_size).to(device)
+    return table
 
-    # bypass and kl: candidate c's block holds the harmful then the harmless prompts, ablated alike
+
+def _bypass_and_kl(
+    model,
+    vectors: Float[Tensor, "k d_model"],
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    base: Float[Tensor, "harmless d_vocab"],
+    refusal_ids: Sequence[int],
+    batch_size: int,
+    progress: bool,
+) -> Float[Tensor, "k prompt"]:
+    """Per candidate, each unit candidate ablated everywhere: refusal log-odds on the harmful
+    prompts, then KL(``base`` ‖ ablated) on the harmless ones, ``[k, n_harmful + n_harmless]``."""
+    k, n_h, n_s = len(vectors), len(harmful), len(harmless)
+    # candidate c's block holds the harmful then the harmless prompts, ablated alike
     rows_a, cand_a = repeat_prompts([*harmful, *harmless], k)
 
     def bypass_or_kl(lp, rows):
@@ -250,7 +274,7 @@ def arditi_scores(
         kl = first_token_kl(base[(j - n_h).clamp_min(0)], lp, eps=KL_EPS)
         return torch.where(j < n_h, refusal_logodds(lp, refusal_ids), kl)
 
-    scores_a = last_token_scores(
+    return last_token_scores(
         model,
         rows_a,
         bypass_or_kl,
@@ -260,6 +284,22 @@ def arditi_scores(
         progress=progress,
     ).view(k, n_h + n_s)
 
+
+def _induce(
+    model,
+    vectors: Float[Tensor, "k d_model"],
+    keys: list[CandidateKey],
+    harmless: Sequence[str],
+    refusal_ids: Sequence[int],
+    reuse_base: bool,
+    batch_size: int,
+    progress: bool,
+) -> Float[Tensor, "k harmless"]:
+    """Refusal log-odds on the harmless prompts with each raw candidate added at its own site and
+    layer, ``[k, n_harmless]``; with ``reuse_base`` rows resume at that layer from the base residual."""
+    k, n_s = len(keys), len(harmless)
+    layers = torch.tensor([key.layer for key in keys])
+    sites = sorted({key.site for key in keys})
     rows_s, cand_s = repeat_prompts(harmless, k)
 
     def induce(rows):
@@ -270,7 +310,7 @@ def arditi_scores(
             hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
         return hooks
 
-    scores_i = last_token_scores(
+    return last_token_scores(
         model,
         rows_s,
         lambda lp, rows: refusal_logodds(lp, refusal_ids),
@@ -280,11 +320,6 @@ def arditi_scores(
         batch_size=batch_size,
         progress=progress,
     ).view(k, n_s)
-    at = idx.numpy()
-    table.loc[at, "bypass"] = scores_a[:, :n_h].mean(1).numpy()
-    table.loc[at, "kl"] = scores_a[:, n_h:].mean(1).numpy()
-    table.loc[at, "induce"] = scores_i.mean(1).numpy()
-    return table
 
 
 # ---------------------------------------------------------------- choosing
