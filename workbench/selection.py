@@ -388,22 +388,7 @@ def select(
         raise ValueError(
             f"fallback must be one of {', '.join(FALLBACKS)} (config key arditi_fallback); got {fallback!r}"
         )
-    key_cols = ["site", "layer", "pos"]
-    need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
-    if need:
-        raise ValueError(f"stats lacks columns {sorted(need)}; build it with candidate_stats()")
-    order = pd.DataFrame(
-        {
-            "site": [k.site for k in cands.keys],
-            "layer": [k.layer for k in cands.keys],
-            "pos": [k.pos for k in cands.keys],
-        }
-    )
-    derived = ["norm", "cos_to_mean", "arditi_pass"]  # recomputed here (stats may be an old Selection.table)
-    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left", validate="one_to_one")
-    if table["max_sim"].isna().any():
-        raise ValueError("stats does not cover every candidate; compute it from the same Candidates")
-    table.insert(3, "norm", cands.norms().cpu().numpy())  # authoritative norms, in cands' order
+    table = _stats_table(cands, stats)
     ok = table["norm"] > 0
     if not ok.any():
         raise ValueError("every candidate has zero norm; cache layers beyond 0 or other positions")
@@ -426,6 +411,28 @@ def select(
     return Selection(table, choices, mean_direction, notes)
 
 
+def _stats_table(cands: Candidates, stats: pd.DataFrame) -> pd.DataFrame:
+    """``stats`` in ``cands`` order, one row per candidate, with the candidates' own ``norm`` (the
+    derived columns of an old :attr:`Selection.table` dropped); raises on missing columns or rows."""
+    key_cols = ["site", "layer", "pos"]
+    need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
+    if need:
+        raise ValueError(f"stats lacks columns {sorted(need)}; build it with candidate_stats()")
+    order = pd.DataFrame(
+        {
+            "site": [k.site for k in cands.keys],
+            "layer": [k.layer for k in cands.keys],
+            "pos": [k.pos for k in cands.keys],
+        }
+    )
+    derived = ["norm", "cos_to_mean", "arditi_pass"]  # recomputed here (stats may be an old Selection.table)
+    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left", validate="one_to_one")
+    if table["max_sim"].isna().any():
+        raise ValueError("stats does not cover every candidate; compute it from the same Candidates")
+    table.insert(3, "norm", cands.norms().cpu().numpy())  # authoritative norms, in cands' order
+    return table
+
+
 def _select_arditi(
     table: pd.DataFrame,
     ok: pd.Series,
@@ -435,6 +442,8 @@ def _select_arditi(
     kl_max: float,
     fallback: str,
 ) -> tuple[pd.DataFrame, CandidateKey, dict]:
+    """Arditi's rule (and the fallback) on ``table`` merged with the ``arditi`` scores: the table
+    (+ ``arditi_pass``, and ``balance`` after a fallback), the chosen key and the notes (see :func:`select`)."""
     missing = {"site", "layer", "pos", *_ARDITI_COLUMNS} - set(arditi.columns)
     if missing:
         raise ValueError(f"arditi table lacks columns {sorted(missing)}; expected site, layer, pos, bypass, induce, kl")
@@ -443,26 +452,13 @@ def _select_arditi(
             "select(arditi=...) needs n_layers (the model's number of layers) for the "
             "late-layer filter; pass n_layers=model.cfg.n_layers"
         )
-    scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
-    table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
-        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one", indicator=True
-    )
-    in_table = (table.pop("_merge") == "both") & ok  # the candidates the Arditi table covers
+    table, in_table = _merge_arditi_scores(table, ok, arditi)
     cutoff = layer_cutoff(n_layers, exclude_last_frac)
     finite = table[list(_ARDITI_COLUMNS)].notna().all(axis=1)
     early = table["layer"] < cutoff
     passed = ok & finite & early & (table["kl"] <= kl_max) & (table["induce"] >= 0)
     table["arditi_pass"] = passed
-    # each count among the non-zero candidates the table covers (other sites' rows are not Arditi's);
-    # late ones (pruned: unscored) are counted as late only
-    counts = {
-        "candidates": int(in_table.sum()),
-        "nan": int((in_table & early & ~finite).sum()),
-        "late": int((in_table & ~early).sum()),
-        "kl": int((in_table & (table["kl"] > kl_max)).sum()),
-        "induce": int((in_table & (table["induce"] < 0)).sum()),
-        "passed": int(passed.sum()),
-    }
+    counts = _filter_counts(table, in_table, finite, early, passed, kl_max)
     notes: dict[str, object] = {
         "n_passed": counts["passed"],
         "layer_cutoff": cutoff,
@@ -482,6 +478,45 @@ def _select_arditi(
             "set the config key arditi_fallback to 'balance' (relax the filters, rank by min(−bypass, induce)) "
             "or 'bypass' (relax, rank by bypass), i.e. select(..., fallback='balance')"
         )
+    level, relaxed = _relaxed_candidates(table, ok, finite, early, cutoff, kl_max)
+    table["balance"] = _balance(table, fallback)
+    notes["fallback"] = f"no candidate passed Arditi's filters ({said}); fallback {fallback} used: relaxed to {level}"
+    notes["fallback_level"] = level
+    best = table[relaxed].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
+    return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes
+
+
+def _merge_arditi_scores(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """``table`` with the ``arditi`` scores (bypass, induce, kl) merged in by key, and the mask
+    ``[cand]`` of the non-zero candidates the Arditi table covers."""
+    scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
+    table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
+        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one", indicator=True
+    )
+    in_table = (table.pop("_merge") == "both") & ok  # the candidates the Arditi table covers
+    return table, in_table
+
+
+def _filter_counts(
+    table: pd.DataFrame, in_table: pd.Series, finite: pd.Series, early: pd.Series, passed: pd.Series, kl_max: float
+) -> dict[str, int]:
+    """How many candidates each of Arditi's filters rejects, and how many pass."""
+    # each count among the non-zero candidates the table covers (other sites' rows are not Arditi's);
+    # late ones (pruned: unscored) are counted as late only
+    return {
+        "candidates": int(in_table.sum()),
+        "nan": int((in_table & early & ~finite).sum()),
+        "late": int((in_table & ~early).sum()),
+        "kl": int((in_table & (table["kl"] > kl_max)).sum()),
+        "induce": int((in_table & (table["induce"] < 0)).sum()),
+        "passed": int(passed.sum()),
+    }
+
+
+def _relaxed_candidates(
+    table: pd.DataFrame, ok: pd.Series, finite: pd.Series, early: pd.Series, cutoff: int, kl_max: float
+) -> tuple[str, pd.Series]:
+    """The first relaxation level that admits a candidate: its name and its mask ``[cand]``."""
     # Relax one filter at a time, never the coherence one entirely: the minimum bypass over *all*
     # candidates is often a layer whose ablation breaks the model (kl ≫ 1, gibberish scored as
     # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
@@ -500,13 +535,14 @@ def _select_arditi(
             "arditi table has no finite scores for any non-zero candidate; "
             "check that it was computed for these candidates"
         )
+    return level, relaxed
+
+
+def _balance(table: pd.DataFrame, fallback: str) -> pd.Series | np.ndarray:
+    """The fallback's ranking score per candidate ``[cand]`` (higher is better); a Series at run time."""
     # Among relaxed candidates none is known to be a clean two-way mediator, so "balance" ranks by
     # the weaker of its two effects (bypass lowers refusal, induce raises it) instead of bypass
     # alone: a candidate that bypasses well but barely induces is a poor direction to steer with.
-    table["balance"] = np.minimum(-table["bypass"], table["induce"])
     if fallback == "bypass":  # Arditi's own ranking, applied to the relaxed set
-        table["balance"] = -table["bypass"]
-    notes["fallback"] = f"no candidate passed Arditi's filters ({said}); fallback {fallback} used: relaxed to {level}"
-    notes["fallback_level"] = level
-    best = table[relaxed].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
-    return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes
+        return -table["bypass"]
+    return np.minimum(-table["bypass"], table["induce"])
