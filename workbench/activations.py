@@ -138,13 +138,7 @@ def cache_activations(
     post-instruction template tokens.
     """
     prompts = check_prompts(prompts)
-    sites = [check_site(s) for s in sites]
-    if not sites:
-        raise ValueError(f"no sites given; choose from {', '.join(SITES)}")
-    layers = check_layers(layers, model.cfg.n_layers)
-    positions = _check_positions(
-        post_instruction_positions(model, system=system) if positions is None else list(positions)
-    )
+    sites, layers, positions = _checked_request(model, sites, layers, positions, system)
     names = {hook_name(s, layer): (s, i) for s in sites for i, layer in enumerate(layers)}
     check_hook_names(model, list(names))
 
@@ -155,18 +149,55 @@ def cache_activations(
     if shortest < -positions[0]:
         raise ValueError(f"position {positions[0]} is before the start of the shortest prompt ({shortest} tokens)")
     device, stop = model.cfg.device, max(layers) + 1
-    # The chat template's common opening runs once; its keys/values seed every batch's KV cache,
-    # and only each prompt's own tokens run per prompt (unless a cached position lies inside it).
-    prefix = shared_prefix_length(ids)
-    lengths = [len(r) for r in ids]  # batches follow suffix lengths: the same order, prefix or not
-    batches = length_sorted_batches(lengths, batch_size, balanced=True)
-    if prefix and (shortest - prefix < -positions[0] or not prefix_fits_window(model, lengths, batches)):
-        prefix = 0  # a cached position inside the prefix, or pads inside a row in a sliding window
+    prefix, batches = _prefix_and_batches(model, ids, -positions[0], batch_size)
     prefix_kv = run_prefix(model, ids[0][:prefix], stop_at_layer=stop) if prefix else None
     store = {
         s: torch.empty(len(layers), len(texts), len(positions), model.cfg.d_model, dtype=model.cfg.dtype, device=device)
         for s in sites
     }
+    _fill_store(model, store, names, ids, batches, prefix, prefix_kv, positions, stop, progress)
+    first = model.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    tokens_at = model.tokenizer.convert_ids_to_tokens([first[p] for p in positions])
+    return Activations(store, layers, positions, tokens_at, list(prompts))
+
+
+def _checked_request(
+    model, sites, layers, positions: list[int] | None, system: str | None
+) -> tuple[list[str], list[int], list[int]]:
+    """The requested sites, block indices and (sorted, distinct) negative positions, checked in
+    that order; ``positions=None`` → the post-instruction template tokens."""
+    sites = [check_site(s) for s in sites]
+    if not sites:
+        raise ValueError(f"no sites given; choose from {', '.join(SITES)}")
+    layers = check_layers(layers, model.cfg.n_layers)
+    positions = _check_positions(
+        post_instruction_positions(model, system=system) if positions is None else list(positions)
+    )
+    return sites, layers, positions
+
+
+def _prefix_and_batches(model, ids: list[list[int]], depth: int, batch_size: int) -> tuple[int, list[list[int]]]:
+    """The shared prefix length to run once (0: none) and the batches of row indices.
+
+    The chat template's common opening runs once; its keys/values seed every batch's KV cache, and
+    only each prompt's own tokens run per prompt (unless a cached position, ``depth`` tokens from
+    the end, lies inside it).
+    """
+    prefix = shared_prefix_length(ids)
+    lengths = [len(r) for r in ids]  # batches follow suffix lengths: the same order, prefix or not
+    batches = length_sorted_batches(lengths, batch_size, balanced=True)
+    if prefix and (min(lengths) - prefix < depth or not prefix_fits_window(model, lengths, batches)):
+        prefix = 0  # a cached position inside the prefix, or pads inside a row in a sliding window
+    return prefix, batches
+
+
+def _fill_store(
+    model, store: dict[str, Tensor], names, ids, batches, prefix: int, prefix_kv, positions, stop: int, progress: bool
+) -> None:
+    """Run each batch's suffixes (after the prefix's cached keys/values) up to block ``stop`` and
+    write each hooked ``x[:, positions]`` into ``store[site][layer_index, rows]``
+    (``store[site]``: ``[layer, prompt, pos, d_model]``; ``names``: hook name → (site, layer index))."""
+    device = model.cfg.device
     pos_index = torch.tensor(positions, device=device)
     rows_now: list[torch.Tensor] = []
 
@@ -181,6 +212,3 @@ def cache_activations(
         rows_now[:] = [torch.tensor(rows, device=device)]
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
             model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=stop)
-    first = model.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-    tokens_at = model.tokenizer.convert_ids_to_tokens([first[p] for p in positions])
-    return Activations(store, layers, positions, tokens_at, list(prompts))

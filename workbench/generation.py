@@ -329,65 +329,29 @@ def _scores_from_layers(
 ):
     """:func:`last_token_scores` with ``start_layers``: each row runs from its cached ``resid_pre``."""
     device, n_layers = model.cfg.device, model.cfg.n_layers
-    starts = [int(s) for s in start_layers]
-    if len(starts) != len(texts):
-        raise ValueError(f"start_layers has {len(starts)} entries for {len(texts)} prompts; pass one per prompt")
-    if any(not 0 <= s < n_layers for s in starts):
-        raise ValueError(f"start_layers must lie in 0..{n_layers - 1} (block indices); got {sorted(set(starts))}")
+    starts = _checked_starts(start_layers, len(texts), n_layers)
     ids = encode(model.tokenizer, texts)
     check_lengths(ids, model.cfg.n_ctx, texts)
     groups = _groups(hooks, groups, len(ids))
-    start_of: dict[int, int] = {}
-    for g, s in zip(groups, starts):
-        if start_of.setdefault(g, s) != s:
-            raise ValueError(
-                f"group {g} has rows starting at blocks {start_of[g]} and {s}; a group's rows share their "
-                "hooks (and prefix), so give them one start layer"
-            )
-    prefix = shared_prefix_length(ids) if share_prefix else 0
-    # batches here are per start layer and per distinct suffix: check as if every row shared one
-    one_batch = [list(range(len(ids)))] if batch_size > 1 else [[i] for i in range(len(ids))]
-    if prefix and not prefix_fits_window(model, [len(r) for r in ids], one_batch):
-        prefix = 0  # pads inside a row would take sliding-window slots: run whole rows instead
+    _check_group_starts(groups, starts)
+    prefix = _resumable_prefix(model, ids, batch_size) if share_prefix else 0
     layers = sorted(set(starts))
     prefix_resid, suffix_resid, row_suffix = _base_residuals(model, ids, prefix, layers, batch_size)
-    work = []
-    for layer in layers:
-        rows_l = [i for i, s in enumerate(starts) if s == layer]
-        batches = length_sorted_batches([len(ids[r]) - prefix for r in rows_l], batch_size, balanced=True)
-        work += [(layer, [rows_l[i] for i in b]) for b in batches]
-    prefix_kv, slot_of, kv_layer = None, {}, -1
+    work = _batches_by_start(ids, starts, layers, prefix, batch_size)
+    prefix_kv: PrefixKV | None = None
+    slot_of: dict[int, int] = {}
+    kv_layer = -1
     for layer, rows in tqdm(work, desc="score", disable=not progress):
         if prefix and layer != kv_layer:  # the groups' prefixes under their hooks, from this block on
-            reps: dict[int, int] = {}
-            for r, s in enumerate(starts):
-                if s == layer:
-                    reps.setdefault(groups[r], r)
-            rep_rows = list(reps.values())
-            slot_of = {g: i for i, g in enumerate(reps)}
-
-            def hooks_for(chunk: list[int], layer: int = layer, rep_rows: list[int] = rep_rows) -> list[Hook]:
-                return _hooks_from(hooks, [rep_rows[i] for i in chunk], device, layer)
-
-            prefix_kv = run_prefix(
-                model,
-                ids[0][:prefix],
-                n_slots=len(rep_rows),
-                batch_size=batch_size,
-                hooks_for=hooks_for,
-                start_at_layer=layer,
-                start_resid=prefix_resid[layer],
+            prefix_kv, slot_of = _group_prefixes_from(
+                model, ids[0][:prefix], hooks, groups, starts, layer, prefix_resid[layer], batch_size
             )
             kv_layer = layer
         if prefix_kv is not None:
             cache = prefix_kv.seed(model, torch.tensor([slot_of[groups[r]] for r in rows]))
         else:
             cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(rows))
-        suffixes = [suffix_resid[layer][row_suffix[r]] for r in rows]
-        _, mask = pad_left(model.tokenizer, [[0] * len(x) for x in suffixes], device=device)
-        x = torch.zeros(len(rows), mask.shape[1], model.cfg.d_model, dtype=suffixes[0].dtype, device=device)
-        for i, resid in enumerate(suffixes):  # pad positions stay 0: nothing attends to them
-            x[i, mask.shape[1] - len(resid) :] = resid
+        x, mask = _left_padded_residuals(model, [suffix_resid[layer][row_suffix[r]] for r in rows])
         # with start_at_layer TL does not extend the cache's mask; the blocks read the full one from us
         full_mask = torch.cat([cache.previous_attention_mask.to(mask), mask], dim=1)
         with _hook_ctx(model, _hooks_from(hooks, rows, device, layer)):
@@ -396,6 +360,89 @@ def _scores_from_layers(
             )
             normed = model.ln_final(resid[:, -1:])
         out.put(rows, fn(_logprobs64(_logits(model, normed)), torch.tensor(rows, device=device)))
+
+
+def _checked_starts(start_layers, n_prompts: int, n_layers: int) -> list[int]:
+    """``start_layers`` as a list of ints, one block index in ``0..n_layers - 1`` per prompt."""
+    starts = [int(s) for s in start_layers]
+    if len(starts) != n_prompts:
+        raise ValueError(f"start_layers has {len(starts)} entries for {n_prompts} prompts; pass one per prompt")
+    if any(not 0 <= s < n_layers for s in starts):
+        raise ValueError(f"start_layers must lie in 0..{n_layers - 1} (block indices); got {sorted(set(starts))}")
+    return starts
+
+
+def _check_group_starts(groups: list[int], starts: list[int]) -> None:
+    """Raise unless every row of a group has the same start layer."""
+    start_of: dict[int, int] = {}
+    for g, s in zip(groups, starts):
+        if start_of.setdefault(g, s) != s:
+            raise ValueError(
+                f"group {g} has rows starting at blocks {start_of[g]} and {s}; a group's rows share their "
+                "hooks (and prefix), so give them one start layer"
+            )
+
+
+def _resumable_prefix(model, ids: list[list[int]], batch_size: int) -> int:
+    """The shared prefix length resumed rows can share (0 where a sliding window would see pads)."""
+    prefix = shared_prefix_length(ids)
+    # batches here are per start layer and per distinct suffix: check as if every row shared one
+    one_batch = [list(range(len(ids)))] if batch_size > 1 else [[i] for i in range(len(ids))]
+    if prefix and not prefix_fits_window(model, [len(r) for r in ids], one_batch):
+        prefix = 0  # pads inside a row would take sliding-window slots: run whole rows instead
+    return prefix
+
+
+def _batches_by_start(
+    ids: list[list[int]], starts: list[int], layers: list[int], prefix: int, batch_size: int
+) -> list[tuple[int, list[int]]]:
+    """``(start layer, row indices)`` batches: per layer of ``layers`` in order, length-sorted by suffix."""
+    work = []
+    for layer in layers:
+        rows_l = [i for i, s in enumerate(starts) if s == layer]
+        batches = length_sorted_batches([len(ids[r]) - prefix for r in rows_l], batch_size, balanced=True)
+        work += [(layer, [rows_l[i] for i in b]) for b in batches]
+    return work
+
+
+def _group_prefixes_from(
+    model, prefix_ids, hooks, groups: list[int], starts: list[int], layer: int, start_resid: Tensor, batch_size: int
+) -> tuple[PrefixKV, dict[int, int]]:
+    """The shared prefix run from block ``layer`` (``start_resid``: its ``[prefix, d_model]``
+    ``resid_pre`` there) once per group starting at ``layer``, under that group's hooks (those of its
+    first row): the KV slots and ``slot_of`` (group id → slot)."""
+    device = model.cfg.device
+    reps: dict[int, int] = {}
+    for r, s in enumerate(starts):
+        if s == layer:
+            reps.setdefault(groups[r], r)
+    rep_rows = list(reps.values())
+    slot_of = {g: i for i, g in enumerate(reps)}
+
+    def hooks_for(chunk: list[int]) -> list[Hook]:
+        return _hooks_from(hooks, [rep_rows[i] for i in chunk], device, layer)
+
+    prefix_kv = run_prefix(
+        model,
+        prefix_ids,
+        n_slots=len(rep_rows),
+        batch_size=batch_size,
+        hooks_for=hooks_for,
+        start_at_layer=layer,
+        start_resid=start_resid,
+    )
+    return prefix_kv, slot_of
+
+
+def _left_padded_residuals(model, suffixes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The rows' cached suffix residuals (each ``[suffix, d_model]``) left-padded with zeros into
+    ``[batch, seq, d_model]``, and the ``[batch, seq]`` attention mask of the real positions."""
+    device = model.cfg.device
+    _, mask = pad_left(model.tokenizer, [[0] * len(x) for x in suffixes], device=device)
+    x = torch.zeros(len(suffixes), mask.shape[1], model.cfg.d_model, dtype=suffixes[0].dtype, device=device)
+    for i, resid in enumerate(suffixes):  # pad positions stay 0: nothing attends to them
+        x[i, mask.shape[1] - len(resid) :] = resid
+    return x, mask
 
 
 def _sample(

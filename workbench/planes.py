@@ -207,11 +207,48 @@ def build_plane(
         raise ValueError(f"unknown plane variant {variant!r}; choose one of {VARIANTS}")
     if candidate_norm not in ("raw", "unit"):
         raise ValueError(f"candidate_norm must be 'raw' (the study) or 'unit', got {candidate_norm!r}")
+    b1_unit, b1_key = _unit_b1(cands, b1)
+    use, used, used_layers = _used_candidates(cands, layer_range)
+    fit_rows = _pca_rows(cands, variant, per_sample, use, used, candidate_norm)
+    components, ratio = principal_components(fit_rows)
+    if float(ratio.sum()) == 0:
+        raise ValueError(
+            "the rows fed to PCA are all identical (zero variance); no plane can be "
+            "fitted: widen layer_range or add sites/positions"
+        )
+    components = components.to(b1_unit.device)
+    report = _base_report(cands, ratio, fit_rows, use, layer_range, candidate_norm)
+    b1_64 = b1_unit.double()
+    if variant == "last_two_pcs":
+        b1_out, axis2, angle, explained, pair = _last_two_pcs_axes(components, ratio, b1_64, b1_key)
+        report |= pair
+        b1_key = None  # b1 is a principal component here, not a candidate
+    else:
+        b1_out, axis2, angle, explained = _pc1_axes(components, ratio, b1_unit, b1_64, tol_deg)
+    axis2 = _apply_sign_rule(axis2, used, used_layers)
+    basis = torch.stack([b1_out.float(), axis2.float()])
+    return Plane(
+        basis, b1_key, variant, explained, angle, SIGN_RULE, model, cands.prompt_hash, library_versions(), report
+    )
+
+
+def _unit_b1(
+    cands: Candidates, b1: Direction | Tensor | CandidateKey
+) -> tuple[Float[Tensor, " d_model"], CandidateKey | None]:
+    """``b1`` as a unit vector on the candidates' device, and its key where it names a candidate;
+    raises on another width or a zero vector."""
     vector, b1_key = _resolve_b1(cands, b1)
     check_d_model("b1", vector.shape[0], cands.d_model)
     if torch.linalg.vector_norm(vector.double()) == 0:
         raise ValueError("zero-norm b1 cannot define a plane; choose a candidate with non-zero norm")
-    b1_unit = unit_rows(vector).to(cands.vectors.device)
+    return unit_rows(vector).to(cands.vectors.device), b1_key
+
+
+def _used_candidates(
+    cands: Candidates, layer_range: tuple[int, int] | None
+) -> tuple[Tensor, Float[Tensor, "m d_model"], Tensor]:
+    """The non-zero candidates with lo ≤ layer ≤ hi: their mask ``[cand]`` (bool, CPU), unit rows
+    ``[m, d_model]`` (float32) and layers ``[m]``; raises when fewer than 2 remain."""
     layers = torch.tensor([k.layer for k in cands.keys])
     use = cands.norms().cpu() > 0
     if layer_range is not None:
@@ -222,26 +259,39 @@ def build_plane(
             f"only {int(use.sum())} non-zero candidate(s) with layer in {layer_range}; "
             f"a plane needs at least 2: widen layer_range or add sites/positions"
         )
-    used = cands.unit()[use]  # [m, d] unit rows, float32
-    used_layers = layers[use]
+    return use, cands.unit()[use], layers[use]
 
+
+def _pca_rows(
+    cands: Candidates,
+    variant: str,
+    per_sample: Tensor | None,
+    use: Tensor,
+    used: Float[Tensor, "m d_model"],
+    candidate_norm: str,
+) -> Float[Tensor, "n d_model"]:
+    """The rows PCA is fitted on: the non-zero ``per_sample`` rows (``per_sample``), else the used
+    candidates, unit (``candidate_norm="unit"``) or as computed (``"raw"``)."""
     if variant == "per_sample":
         if per_sample is None or per_sample.ndim != 2 or per_sample.shape[0] < 2:
             raise ValueError(
                 "variant='per_sample' needs per_sample=[n ≥ 2, d_model] rows; build them with per_sample_candidates()"
             )
         check_d_model("per_sample", per_sample.shape[1], cands.d_model)
-        fit_rows = per_sample[torch.linalg.vector_norm(per_sample.double(), dim=1) > 0]
-    else:
-        fit_rows = used if candidate_norm == "unit" else cands.vectors[use.to(cands.vectors.device)]
-    components, ratio = principal_components(fit_rows)
-    if float(ratio.sum()) == 0:
-        raise ValueError(
-            "the rows fed to PCA are all identical (zero variance); no plane can be "
-            "fitted: widen layer_range or add sites/positions"
-        )
-    components = components.to(b1_unit.device)
-    report: dict[str, Any] = {
+        return per_sample[torch.linalg.vector_norm(per_sample.double(), dim=1) > 0]
+    return used if candidate_norm == "unit" else cands.vectors[use.to(cands.vectors.device)]
+
+
+def _base_report(
+    cands: Candidates,
+    ratio: Tensor,
+    fit_rows: Tensor,
+    use: Tensor,
+    layer_range: tuple[int, int] | None,
+    candidate_norm: str,
+) -> dict[str, Any]:
+    """The report entries every variant shares: spectrum (≤ 30 ratios), row counts, the inputs."""
+    return {
         "explained_variance_ratio": ratio[:30].tolist(),
         "n_rows_pca": int(fit_rows.shape[0]),
         "n_candidates_used": int(use.sum()),
@@ -250,41 +300,47 @@ def build_plane(
         "candidate_sites": list(dict.fromkeys(k.site for k in cands.keys)),
         "candidate_positions": sorted({k.pos for k in cands.keys}),
     }
-    b1_64 = b1_unit.double()
-    if variant == "last_two_pcs":
-        nonzero = int((ratio > _NONZERO_VARIANCE).sum())  # ratio is sorted descending
-        if nonzero < 2:
-            raise ValueError(
-                f"only {nonzero} principal component(s) carry variance; last_two_pcs needs 2: use more candidates"
-            )
-        first, second = components[nonzero - 2], components[nonzero - 1]
-        report |= {
-            "components": [nonzero - 2, nonzero - 1],
-            "variance_ratio_of_pair": [float(ratio[nonzero - 2]), float(ratio[nonzero - 1])],
-            "reference_b1_key": None if b1_key is None else str(b1_key),
-            "reference_b1_in_plane_norm": float(torch.linalg.vector_norm(torch.stack([first, second]) @ b1_64)),
-        }
-        angle = _angle_deg(first, b1_64)
-        explained = float(ratio[nonzero - 2])
-        axis1 = first if float(first @ b1_64) >= 0 else -first  # keep 0° on the refusal side
-        axis2 = _gram_schmidt(second, axis1)
-        b1_key = None  # b1 is a principal component here, not a candidate
-        b1_out = axis1.float()
-    else:
-        angle = _angle_deg(components[0], b1_64)
-        if angle < tol_deg:
-            raise ValueError(
-                f"degenerate plane: PC1 is parallel to b1 (angle {angle:.3g}° < tol "
-                f"{tol_deg}°); choose another b1, widen layer_range, or use variant='per_sample'"
-            )
-        explained = float(ratio[0])
-        axis2 = _gram_schmidt(components[0], b1_64)
-        b1_out = b1_unit  # exactly the unit candidate
-    axis2 = _apply_sign_rule(axis2, used, used_layers)
-    basis = torch.stack([b1_out.float(), axis2.float()])
-    return Plane(
-        basis, b1_key, variant, explained, angle, SIGN_RULE, model, cands.prompt_hash, library_versions(), report
-    )
+
+
+def _last_two_pcs_axes(
+    components: Float[Tensor, "k d_model"], ratio: Tensor, b1_64: Tensor, b1_key: CandidateKey | None
+) -> tuple[Float[Tensor, " d_model"], Float[Tensor, " d_model"], float, float, dict[str, Any]]:
+    """``last_two_pcs``: b1 = the second-to-last component carrying variance, signed toward the
+    reference ``b1_64`` (float32); b2 = the last one, Gram–Schmidt-ed (float64, sign rule not yet
+    applied); the angle of b1's component to the reference, its variance ratio, the report entries."""
+    nonzero = int((ratio > _NONZERO_VARIANCE).sum())  # ratio is sorted descending
+    if nonzero < 2:
+        raise ValueError(
+            f"only {nonzero} principal component(s) carry variance; last_two_pcs needs 2: use more candidates"
+        )
+    first, second = components[nonzero - 2], components[nonzero - 1]
+    pair = {
+        "components": [nonzero - 2, nonzero - 1],
+        "variance_ratio_of_pair": [float(ratio[nonzero - 2]), float(ratio[nonzero - 1])],
+        "reference_b1_key": None if b1_key is None else str(b1_key),
+        "reference_b1_in_plane_norm": float(torch.linalg.vector_norm(torch.stack([first, second]) @ b1_64)),
+    }
+    angle = _angle_deg(first, b1_64)
+    explained = float(ratio[nonzero - 2])
+    axis1 = first if float(first @ b1_64) >= 0 else -first  # keep 0° on the refusal side
+    axis2 = _gram_schmidt(second, axis1)
+    return axis1.float(), axis2, angle, explained, pair
+
+
+def _pc1_axes(
+    components: Float[Tensor, "k d_model"], ratio: Tensor, b1_unit: Tensor, b1_64: Tensor, tol_deg: float
+) -> tuple[Float[Tensor, " d_model"], Float[Tensor, " d_model"], float, float]:
+    """``pc1`` / ``per_sample``: b1 = exactly the unit candidate; b2 = PC1 Gram–Schmidt-ed against it
+    (float64, sign rule not yet applied); PC1's angle to b1 (raises below ``tol_deg``), its ratio."""
+    angle = _angle_deg(components[0], b1_64)
+    if angle < tol_deg:
+        raise ValueError(
+            f"degenerate plane: PC1 is parallel to b1 (angle {angle:.3g}° < tol "
+            f"{tol_deg}°); choose another b1, widen layer_range, or use variant='per_sample'"
+        )
+    explained = float(ratio[0])
+    axis2 = _gram_schmidt(components[0], b1_64)
+    return b1_unit, axis2, angle, explained
 
 
 def _apply_sign_rule(

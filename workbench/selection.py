@@ -229,20 +229,44 @@ def arditi_scores(
     pruned = torch.tensor([prune and key.layer >= cutoff for key in cands.keys], dtype=torch.bool)
     scored = (cands.vectors.norm(dim=-1).cpu() > 0) & ~pruned
     idx = torch.nonzero(scored).flatten()
+    table = _unscored_table(cands, pruned)
+    if len(idx) == 0:
+        return table
+    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
+    base = last_token_logprobs(model, harmless, batch_size=batch_size).to(model.cfg.device)
+    scores_a = _bypass_and_kl(model, vectors, harmful, harmless, base, refusal_ids, batch_size, progress)
+    scores_i = _induce(model, vectors, keys, harmless, refusal_ids, reuse_base, batch_size, progress)
+    n_h = len(harmful)
+    at = idx.numpy()
+    table.loc[at, "bypass"] = scores_a[:, :n_h].mean(1).numpy()
+    table.loc[at, "kl"] = scores_a[:, n_h:].mean(1).numpy()
+    table.loc[at, "induce"] = scores_i.mean(1).numpy()
+    return table
+
+
+def _unscored_table(cands: Candidates, pruned: Tensor) -> pd.DataFrame:
+    """site, layer, pos, NaN bypass / induce / kl and ``pruned`` (``[cand]`` bool), in ``cands`` order."""
     table = cands.to_frame()[["site", "layer", "pos"]]
     nan = np.full(len(cands), np.nan)
     table["bypass"], table["induce"], table["kl"] = nan, nan.copy(), nan.copy()
     table["pruned"] = pruned.numpy()
-    if len(idx) == 0:
-        return table
-    vectors, keys = cands.vectors[idx], [cands.keys[i] for i in idx.tolist()]
-    k, n_h, n_s = len(keys), len(harmful), len(harmless)
-    layers = torch.tensor([key.layer for key in keys])
-    sites = sorted({key.site for key in keys})
-    device = model.cfg.device
-    base = last_token_logprobs(model, harmless, batch_size=batch_size).to(device)
+    return table
 
-    # bypass and kl: candidate c's block holds the harmful then the harmless prompts, ablated alike
+
+def _bypass_and_kl(
+    model,
+    vectors: Float[Tensor, "k d_model"],
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    base: Float[Tensor, "harmless d_vocab"],
+    refusal_ids: Sequence[int],
+    batch_size: int,
+    progress: bool,
+) -> Float[Tensor, "k prompt"]:
+    """Per candidate, each unit candidate ablated everywhere: refusal log-odds on the harmful
+    prompts, then KL(``base`` ‖ ablated) on the harmless ones, ``[k, n_harmful + n_harmless]``."""
+    k, n_h, n_s = len(vectors), len(harmful), len(harmless)
+    # candidate c's block holds the harmful then the harmless prompts, ablated alike
     rows_a, cand_a = repeat_prompts([*harmful, *harmless], k)
 
     def bypass_or_kl(lp, rows):
@@ -250,7 +274,7 @@ def arditi_scores(
         kl = first_token_kl(base[(j - n_h).clamp_min(0)], lp, eps=KL_EPS)
         return torch.where(j < n_h, refusal_logodds(lp, refusal_ids), kl)
 
-    scores_a = last_token_scores(
+    return last_token_scores(
         model,
         rows_a,
         bypass_or_kl,
@@ -260,6 +284,22 @@ def arditi_scores(
         progress=progress,
     ).view(k, n_h + n_s)
 
+
+def _induce(
+    model,
+    vectors: Float[Tensor, "k d_model"],
+    keys: list[CandidateKey],
+    harmless: Sequence[str],
+    refusal_ids: Sequence[int],
+    reuse_base: bool,
+    batch_size: int,
+    progress: bool,
+) -> Float[Tensor, "k harmless"]:
+    """Refusal log-odds on the harmless prompts with each raw candidate added at its own site and
+    layer, ``[k, n_harmless]``; with ``reuse_base`` rows resume at that layer from the base residual."""
+    k, n_s = len(keys), len(harmless)
+    layers = torch.tensor([key.layer for key in keys])
+    sites = sorted({key.site for key in keys})
     rows_s, cand_s = repeat_prompts(harmless, k)
 
     def induce(rows):
@@ -270,7 +310,7 @@ def arditi_scores(
             hooks += iv.addition_sweep_hooks(model, vectors[c], layers[c], alpha=alpha, site=site)
         return hooks
 
-    scores_i = last_token_scores(
+    return last_token_scores(
         model,
         rows_s,
         lambda lp, rows: refusal_logodds(lp, refusal_ids),
@@ -280,11 +320,6 @@ def arditi_scores(
         batch_size=batch_size,
         progress=progress,
     ).view(k, n_s)
-    at = idx.numpy()
-    table.loc[at, "bypass"] = scores_a[:, :n_h].mean(1).numpy()
-    table.loc[at, "kl"] = scores_a[:, n_h:].mean(1).numpy()
-    table.loc[at, "induce"] = scores_i.mean(1).numpy()
-    return table
 
 
 # ---------------------------------------------------------------- choosing
@@ -353,22 +388,7 @@ def select(
         raise ValueError(
             f"fallback must be one of {', '.join(FALLBACKS)} (config key arditi_fallback); got {fallback!r}"
         )
-    key_cols = ["site", "layer", "pos"]
-    need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
-    if need:
-        raise ValueError(f"stats lacks columns {sorted(need)}; build it with candidate_stats()")
-    order = pd.DataFrame(
-        {
-            "site": [k.site for k in cands.keys],
-            "layer": [k.layer for k in cands.keys],
-            "pos": [k.pos for k in cands.keys],
-        }
-    )
-    derived = ["norm", "cos_to_mean", "arditi_pass"]  # recomputed here (stats may be an old Selection.table)
-    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left", validate="one_to_one")
-    if table["max_sim"].isna().any():
-        raise ValueError("stats does not cover every candidate; compute it from the same Candidates")
-    table.insert(3, "norm", cands.norms().cpu().numpy())  # authoritative norms, in cands' order
+    table = _stats_table(cands, stats)
     ok = table["norm"] > 0
     if not ok.any():
         raise ValueError("every candidate has zero norm; cache layers beyond 0 or other positions")
@@ -391,6 +411,28 @@ def select(
     return Selection(table, choices, mean_direction, notes)
 
 
+def _stats_table(cands: Candidates, stats: pd.DataFrame) -> pd.DataFrame:
+    """``stats`` in ``cands`` order, one row per candidate, with the candidates' own ``norm`` (the
+    derived columns of an old :attr:`Selection.table` dropped); raises on missing columns or rows."""
+    key_cols = ["site", "layer", "pos"]
+    need = set(key_cols + ["norm", "max_sim", "auc", "cohens_d"]) - set(stats.columns)
+    if need:
+        raise ValueError(f"stats lacks columns {sorted(need)}; build it with candidate_stats()")
+    order = pd.DataFrame(
+        {
+            "site": [k.site for k in cands.keys],
+            "layer": [k.layer for k in cands.keys],
+            "pos": [k.pos for k in cands.keys],
+        }
+    )
+    derived = ["norm", "cos_to_mean", "arditi_pass"]  # recomputed here (stats may be an old Selection.table)
+    table = order.merge(stats.drop(columns=derived, errors="ignore"), on=key_cols, how="left", validate="one_to_one")
+    if table["max_sim"].isna().any():
+        raise ValueError("stats does not cover every candidate; compute it from the same Candidates")
+    table.insert(3, "norm", cands.norms().cpu().numpy())  # authoritative norms, in cands' order
+    return table
+
+
 def _select_arditi(
     table: pd.DataFrame,
     ok: pd.Series,
@@ -400,6 +442,8 @@ def _select_arditi(
     kl_max: float,
     fallback: str,
 ) -> tuple[pd.DataFrame, CandidateKey, dict]:
+    """Arditi's rule (and the fallback) on ``table`` merged with the ``arditi`` scores: the table
+    (+ ``arditi_pass``, and ``balance`` after a fallback), the chosen key and the notes (see :func:`select`)."""
     missing = {"site", "layer", "pos", *_ARDITI_COLUMNS} - set(arditi.columns)
     if missing:
         raise ValueError(f"arditi table lacks columns {sorted(missing)}; expected site, layer, pos, bypass, induce, kl")
@@ -408,26 +452,13 @@ def _select_arditi(
             "select(arditi=...) needs n_layers (the model's number of layers) for the "
             "late-layer filter; pass n_layers=model.cfg.n_layers"
         )
-    scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
-    table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
-        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one", indicator=True
-    )
-    in_table = (table.pop("_merge") == "both") & ok  # the candidates the Arditi table covers
+    table, in_table = _merge_arditi_scores(table, ok, arditi)
     cutoff = layer_cutoff(n_layers, exclude_last_frac)
     finite = table[list(_ARDITI_COLUMNS)].notna().all(axis=1)
     early = table["layer"] < cutoff
     passed = ok & finite & early & (table["kl"] <= kl_max) & (table["induce"] >= 0)
     table["arditi_pass"] = passed
-    # each count among the non-zero candidates the table covers (other sites' rows are not Arditi's);
-    # late ones (pruned: unscored) are counted as late only
-    counts = {
-        "candidates": int(in_table.sum()),
-        "nan": int((in_table & early & ~finite).sum()),
-        "late": int((in_table & ~early).sum()),
-        "kl": int((in_table & (table["kl"] > kl_max)).sum()),
-        "induce": int((in_table & (table["induce"] < 0)).sum()),
-        "passed": int(passed.sum()),
-    }
+    counts = _filter_counts(table, in_table, finite, early, passed, kl_max)
     notes: dict[str, object] = {
         "n_passed": counts["passed"],
         "layer_cutoff": cutoff,
@@ -447,6 +478,45 @@ def _select_arditi(
             "set the config key arditi_fallback to 'balance' (relax the filters, rank by min(−bypass, induce)) "
             "or 'bypass' (relax, rank by bypass), i.e. select(..., fallback='balance')"
         )
+    level, relaxed = _relaxed_candidates(table, ok, finite, early, cutoff, kl_max)
+    table["balance"] = _balance(table, fallback)
+    notes["fallback"] = f"no candidate passed Arditi's filters ({said}); fallback {fallback} used: relaxed to {level}"
+    notes["fallback_level"] = level
+    best = table[relaxed].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
+    return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes
+
+
+def _merge_arditi_scores(table: pd.DataFrame, ok: pd.Series, arditi: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """``table`` with the ``arditi`` scores (bypass, induce, kl) merged in by key, and the mask
+    ``[cand]`` of the non-zero candidates the Arditi table covers."""
+    scores = arditi[["site", "layer", "pos", *_ARDITI_COLUMNS]]
+    table = table.drop(columns=[c for c in _ARDITI_COLUMNS if c in table]).merge(
+        scores, on=["site", "layer", "pos"], how="left", validate="one_to_one", indicator=True
+    )
+    in_table = (table.pop("_merge") == "both") & ok  # the candidates the Arditi table covers
+    return table, in_table
+
+
+def _filter_counts(
+    table: pd.DataFrame, in_table: pd.Series, finite: pd.Series, early: pd.Series, passed: pd.Series, kl_max: float
+) -> dict[str, int]:
+    """How many candidates each of Arditi's filters rejects, and how many pass."""
+    # each count among the non-zero candidates the table covers (other sites' rows are not Arditi's);
+    # late ones (pruned: unscored) are counted as late only
+    return {
+        "candidates": int(in_table.sum()),
+        "nan": int((in_table & early & ~finite).sum()),
+        "late": int((in_table & ~early).sum()),
+        "kl": int((in_table & (table["kl"] > kl_max)).sum()),
+        "induce": int((in_table & (table["induce"] < 0)).sum()),
+        "passed": int(passed.sum()),
+    }
+
+
+def _relaxed_candidates(
+    table: pd.DataFrame, ok: pd.Series, finite: pd.Series, early: pd.Series, cutoff: int, kl_max: float
+) -> tuple[str, pd.Series]:
+    """The first relaxation level that admits a candidate: its name and its mask ``[cand]``."""
     # Relax one filter at a time, never the coherence one entirely: the minimum bypass over *all*
     # candidates is often a layer whose ablation breaks the model (kl ≫ 1, gibberish scored as
     # "not refusing"). Levels: kl ≤ kl_fallback; then also late layers; then kl ≤ 1 alone.
@@ -465,13 +535,14 @@ def _select_arditi(
             "arditi table has no finite scores for any non-zero candidate; "
             "check that it was computed for these candidates"
         )
+    return level, relaxed
+
+
+def _balance(table: pd.DataFrame, fallback: str) -> pd.Series | np.ndarray:
+    """The fallback's ranking score per candidate ``[cand]`` (higher is better); a Series at run time."""
     # Among relaxed candidates none is known to be a clean two-way mediator, so "balance" ranks by
     # the weaker of its two effects (bypass lowers refusal, induce raises it) instead of bypass
     # alone: a candidate that bypasses well but barely induces is a poor direction to steer with.
-    table["balance"] = np.minimum(-table["bypass"], table["induce"])
     if fallback == "bypass":  # Arditi's own ranking, applied to the relaxed set
-        table["balance"] = -table["bypass"]
-    notes["fallback"] = f"no candidate passed Arditi's filters ({said}); fallback {fallback} used: relaxed to {level}"
-    notes["fallback_level"] = level
-    best = table[relaxed].sort_values(["balance", "bypass"], ascending=[False, True], kind="stable").iloc[0]
-    return table, CandidateKey(str(best.site), int(best.layer), int(best.pos)), notes
+        return -table["bypass"]
+    return np.minimum(-table["bypass"], table["induce"])

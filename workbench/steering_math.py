@@ -452,33 +452,42 @@ def special_cases(x: Float[Tensor, "... d_model"], r, alphas) -> dict[str, Tenso
     u = v / v.norm()
     a, n_perp, u_perp = _own_plane(x64, u)
     norm = x64.norm(dim=-1)
-
-    def in_plane(y: Tensor) -> tuple[Tensor, Tensor]:
-        p1, p2 = y @ u, (y * u_perp).sum(-1)
-        off = (y - p1[..., None] * u - p2[..., None] * u_perp).norm(dim=-1)
-        return torch.rad2deg(torch.atan2(p2, p1)), off
-
     abl = _ablate_kernel(x64, u)
     rot90 = x64 + (norm * 0.0 - a)[..., None] * u + (norm * 1.0 - n_perp)[..., None] * u_perp
     scale = n_perp / norm.clamp_min(torch.finfo(torch.float64).tiny)
-    out = {
-        "angle_before": torch.rad2deg(torch.atan2(n_perp, a)),
-        "ablation_angle": in_plane(abl)[0],
-        "ablation_residual": (abl - scale[..., None] * rot90).norm(dim=-1),
-    }
+    angle_before = torch.rad2deg(torch.atan2(n_perp, a))
     alphas = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1)
+    angles, offs, ratios = _addition_in_plane(x64, v, alphas, u, u_perp, norm)
+    return {
+        "angle_before": angle_before,
+        "ablation_angle": _in_plane(abl, u, u_perp)[0],
+        "ablation_residual": (abl - scale[..., None] * rot90).norm(dim=-1),
+        "alphas": alphas,
+        "addition_angle": angles,
+        "addition_rotation": angles - angle_before,
+        "addition_residual": offs,
+        "addition_norm_ratio": ratios,
+    }
+
+
+def _in_plane(y: Tensor, u: Tensor, u_perp: Tensor) -> tuple[Tensor, Tensor]:
+    """Angle (degrees) of ``y`` ``[..., d]`` in ``span(u, u_perp)`` and the norm of its part outside
+    that plane, both ``[...]`` (``u``: ``[d]``, ``u_perp``: ``[..., d]``, orthonormal per token)."""
+    p1, p2 = y @ u, (y * u_perp).sum(-1)
+    off = (y - p1[..., None] * u - p2[..., None] * u_perp).norm(dim=-1)
+    return torch.rad2deg(torch.atan2(p2, p1)), off
+
+
+def _addition_in_plane(
+    x64: Tensor, v: Tensor, alphas: Tensor, u: Tensor, u_perp: Tensor, norm: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For each α of ``alphas`` ``[n_alpha]``, ``y = x64 + α·v``: its angle in ``Π_x``, its norm
+    outside ``Π_x`` and ``‖y‖/‖x‖`` (``norm`` = ``‖x‖``), each stacked to ``[n_alpha, ...]``."""
     angles, offs, ratios = [], [], []
     for alpha in alphas.tolist():  # a loop keeps memory at one copy of x
         y = x64 + alpha * v
-        ang, off = in_plane(y)
+        ang, off = _in_plane(y, u, u_perp)
         angles.append(ang)
         offs.append(off)
         ratios.append(y.norm(dim=-1) / norm)
-    out.update(
-        alphas=alphas,
-        addition_angle=torch.stack(angles),
-        addition_rotation=torch.stack(angles) - out["angle_before"],
-        addition_residual=torch.stack(offs),
-        addition_norm_ratio=torch.stack(ratios),
-    )
-    return out
+    return torch.stack(angles), torch.stack(offs), torch.stack(ratios)
