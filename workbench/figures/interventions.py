@@ -77,7 +77,7 @@ def _add_refusal_bars(
     split: str,
     i: int,
     order: list,
-    names: list[str],
+    names: list,
 ) -> None:
     """Left panel, one split: its refusal-rate bars (hover: n and up to two example responses) and,
     when the summary has ``empty_rate``, its empty-rate markers."""
@@ -126,7 +126,7 @@ def _add_kl(
     per_prompt: pd.DataFrame | None,
     kl_split: str,
     order: list,
-    names: list[str],
+    names: list,
 ) -> None:
     """Right panel: mean KL per condition on ``kl_split`` as bars, and with ``per_prompt`` each
     prompt's KL as a hoverable point."""
