@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from workbench import figures as F
+from workbench.figures import export as E
+from workbench.figures.style import _wrap
 from workbench.labels import ALL_LABELS
 from workbench.steering_math import special_cases
 
@@ -251,19 +253,19 @@ def test_special_cases_figure():
 
 
 def test_wrap_truncates_and_escapes():
-    text = F._wrap("a <tag> " * 200, width=40, limit=100)
+    text = _wrap("a <tag> " * 200, width=40, limit=100)
     assert text.endswith("…") and "&lt;tag&gt;" in text and all(len(line) < 70 for line in text.split("<br>"))
-    assert F._wrap(None) == "" and F._wrap(float("nan")) == ""
+    assert _wrap(None) == "" and _wrap(float("nan")) == ""
 
 
 def test_save_figure(tmp_path, locations, monkeypatch):
     fig = F.location_comparison(locations[0])
-    if shutil.which("chromium") or F._find_browser():
+    if shutil.which("chromium") or E._find_browser():
         paths = F.save_figure(fig, "loc", tmp_path)
         assert [p.name for p in paths] == ["loc.html", "loc.png"]
         assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setattr(F, "_EXPORT", {"up": False, "failed": None, "warned": False})
-    monkeypatch.setattr(F, "_find_browser", lambda: None)
+    monkeypatch.setattr(E, "_EXPORT", {"up": False, "failed": None, "warned": False})
+    monkeypatch.setattr(E, "_find_browser", lambda: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = F.save_figure(fig, "a", tmp_path / "sub")
@@ -286,7 +288,7 @@ def test_angle_sweep_partial_range_is_not_closed():
 
 # ---------------------------------------------------------------------------------------------- byte-stable saving
 def needs_browser() -> None:
-    if not F._find_browser():
+    if not E._find_browser():
         pytest.skip("no Chrome/Chromium for kaleido, so no PNG export (apt-get install chromium)")
 
 
@@ -307,7 +309,7 @@ def chunks(png: bytes) -> list[tuple[bytes, bytes]]:
 
 
 TINY_PNG = (
-    F._PNG_SIGNATURE
+    E._PNG_SIGNATURE
     + chunk(b"IHDR", (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))  # 1×1 grey
     + chunk(b"IDAT", zlib.compress(b"\0\0"))
     + chunk(b"IEND", b"")
@@ -315,28 +317,28 @@ TINY_PNG = (
 
 
 def test_png_text_chunk(tmp_path):
-    tagged = F._png_with_text(TINY_PNG, F._SPEC_KEY, "abc123")
+    tagged = E._png_with_text(TINY_PNG, E._SPEC_KEY, "abc123")
     assert [k for k, _ in chunks(tagged)] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
-    assert chunks(tagged)[1][1] == F._SPEC_KEY + b"\0abc123"
+    assert chunks(tagged)[1][1] == E._SPEC_KEY + b"\0abc123"
     assert [c for c in chunks(tagged) if c[0] != b"tEXt"] == chunks(TINY_PNG)
     (tmp_path / "a.png").write_bytes(tagged)
     (tmp_path / "old.png").write_bytes(TINY_PNG)
     (tmp_path / "text.png").write_bytes(b"not a png")
-    assert F._png_text(tmp_path / "a.png", F._SPEC_KEY) == "abc123"
-    assert F._png_text(tmp_path / "a.png", b"other") is None
+    assert E._png_text(tmp_path / "a.png", E._SPEC_KEY) == "abc123"
+    assert E._png_text(tmp_path / "a.png", b"other") is None
     for name in ("old.png", "text.png", "missing.png"):
-        assert F._png_text(tmp_path / name, F._SPEC_KEY) is None
+        assert E._png_text(tmp_path / name, E._SPEC_KEY) is None
     with pytest.raises(ValueError, match="not a PNG"):
-        F._png_with_text(b"not a png", F._SPEC_KEY, "x")
+        E._png_with_text(b"not a png", E._SPEC_KEY, "x")
 
 
 def test_spec_hash_is_the_same_in_another_process(tmp_path, locations):
     fig = F.location_comparison(locations[0], locations[1], model="m")
-    here = F._spec_hash(fig, F.PNG_SIZE)
+    here = E._spec_hash(fig, F.PNG_SIZE)
     pd.to_pickle(locations, tmp_path / "tables.pkl")
     code = (
-        "import pandas as pd, sys; from workbench import figures as F; s, p = pd.read_pickle(sys.argv[1]); "
-        "print(F._spec_hash(F.location_comparison(s, p, model='m'), F.PNG_SIZE))"
+        "import pandas as pd, sys; from workbench import figures as F; from workbench.figures import export as E; "
+        "s, p = pd.read_pickle(sys.argv[1]); print(E._spec_hash(F.location_comparison(s, p, model='m'), F.PNG_SIZE))"
     )
     there = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "tables.pkl")],
@@ -346,7 +348,7 @@ def test_spec_hash_is_the_same_in_another_process(tmp_path, locations):
         check=True,
     ).stdout.strip()
     assert there == here
-    assert F._spec_hash(fig.update_layout(title="changed"), F.PNG_SIZE) != here
+    assert E._spec_hash(fig.update_layout(title="changed"), F.PNG_SIZE) != here
 
 
 def test_html_is_not_rewritten_when_unchanged(tmp_path, locations):
@@ -363,11 +365,11 @@ def test_html_is_not_rewritten_when_unchanged(tmp_path, locations):
 def test_png_is_not_rewritten_when_unchanged(tmp_path, locations, monkeypatch):
     needs_browser()
     exports = []
-    png = F._png
-    monkeypatch.setattr(F, "_png", lambda fig, opts: exports.append(1) or png(fig, opts))
+    png = E._png
+    monkeypatch.setattr(E, "_png", lambda fig, opts: exports.append(1) or png(fig, opts))
     fig = F.location_comparison(locations[0])
     path = F.save_figure(fig, "loc", tmp_path)[1]
-    assert len(exports) == 1 and F._png_text(path, F._SPEC_KEY) == F._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
+    assert len(exports) == 1 and E._png_text(path, E._SPEC_KEY) == E._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
     data = path.read_bytes()
     os.utime(path, ns=(10**18, 10**18))
     before = path.stat()
@@ -377,10 +379,10 @@ def test_png_is_not_rewritten_when_unchanged(tmp_path, locations, monkeypatch):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     F.save_figure(fig.update_layout(title="changed"), "loc", tmp_path)  # a changed figure is exported again
     assert len(exports) == 2 and path.read_bytes() != data
-    assert F._png_text(path, F._SPEC_KEY) == F._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
+    assert E._png_text(path, E._SPEC_KEY) == E._spec_hash(fig, {"format": "png", **F.PNG_SIZE})
     path.write_bytes(TINY_PNG)  # a PNG from before the hash chunk
     F.save_figure(fig, "loc", tmp_path)
-    assert len(exports) == 3 and F._png_text(path, F._SPEC_KEY) is not None
+    assert len(exports) == 3 and E._png_text(path, E._SPEC_KEY) is not None
 
 
 def test_stuck_export_times_out_to_html_only(tmp_path, locations, monkeypatch):
@@ -388,8 +390,8 @@ def test_stuck_export_times_out_to_html_only(tmp_path, locations, monkeypatch):
     release = threading.Event()
     calls = []
     monkeypatch.setattr(kaleido, "calc_fig_sync", lambda *a, **k: calls.append(1) or release.wait(30))
-    monkeypatch.setattr(F, "_EXPORT", {"up": True, "failed": None, "warned": False})  # as if the server were up
-    monkeypatch.setattr(F, "_TIMEOUT", 0.2)
+    monkeypatch.setattr(E, "_EXPORT", {"up": True, "failed": None, "warned": False})  # as if the server were up
+    monkeypatch.setattr(E, "_TIMEOUT", 0.2)
     fig = F.location_comparison(locations[0])
     try:
         with pytest.warns(RuntimeWarning, match="no PNG within 0.2 s"):
@@ -412,4 +414,11 @@ def test_process_with_a_png_exits_promptly(tmp_path):
     )
     assert done.returncode == 0 and done.stdout.strip() == "saved", done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
-    assert (tmp_path / "bar.png").read_bytes()[:8] == F._PNG_SIGNATURE
+    assert (tmp_path / "bar.png").read_bytes()[:8] == E._PNG_SIGNATURE
+
+
+def test_the_package_exports_every_builder():
+    builders = {name for name, f in vars(F).items() if callable(f) and not name.startswith("_")}
+    assert builders <= set(F.__all__), builders - set(F.__all__)
+    assert all(hasattr(F, name) for name in F.__all__)
+    assert "rotation_variants_figure" in F.__all__

@@ -30,7 +30,20 @@ FLOORS: list[tuple[str, ...]] = [
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
     ("planes", "interventions", "intervention", "selection"),  # analysis
     ("experiments", "pipeline"),  # experiments
-    ("figures", "report", "run", "training", "doctor", "cli"),  # presentation
+    (
+        "figures",
+        "figures.style",
+        "figures.export",
+        "figures.interventions",
+        "figures.selection",
+        "figures.planes",
+        "figures.behaviours",
+        "report",
+        "run",
+        "training",
+        "doctor",
+        "cli",
+    ),  # presentation
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 # the command line imports per subcommand, and the intervention registry loads its hook factories (torch,

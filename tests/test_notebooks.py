@@ -163,7 +163,7 @@ def test_jupytext_pairs_each_notebook_with_its_ipynb_and_nothing_else():
         formats = config.default_formats(str(path))
         paths = [p for p, _ in paired_paths(str(path), "py:percent", formats)]
         assert sorted(paths) == sorted([str(path.with_suffix(".ipynb")), str(path)])
-    assert config.default_formats(str(ROOT / "workbench" / "figures.py")) is None
+    assert config.default_formats(str(ROOT / "workbench" / "figures" / "__init__.py")) is None
 
 
 def test_jupyterlab_opens_python_files_as_notebooks():
@@ -212,7 +212,7 @@ def test_static_renderer_bundles_the_figure_and_a_png_without_plotlyjs(monkeypat
 
     from workbench import figures
 
-    if figures._find_browser() is None:
+    if figures.export._find_browser() is None:
         pytest.skip("no Chromium for kaleido's PNG export")
     before = pio.renderers.default
     try:
@@ -234,7 +234,7 @@ def test_build_stores_small_figures_and_exports_them_interactive(tmp_path, build
     the HTML export draws every figure interactively, with plotly.js embedded once."""
     from workbench import figures
 
-    if figures._find_browser() is None:
+    if figures.export._find_browser() is None:
         pytest.skip("no Chromium for kaleido's PNG export")
     assert build.STATIC_ENV == figures.STATIC_ENV
     source = tmp_path / "figs.py"

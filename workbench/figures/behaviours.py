@@ -1,0 +1,98 @@
+"""Figures of the response labels: the angle map of label shares at each steering angle
+(:func:`label_map_polar`) and the unsteered behaviour per prompt category (:func:`behaviour_bars`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _fig, _require, _splits, _title
+
+
+def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
+    """The angle map: stacked polar bars of the label shares (``share_<label>``) at each steering
+    angle, one circle per prompt set (``split``: harmful, harmless, warning, redirect ...); 0° = b1
+    east, counter-clockwise toward b2; radius = fraction of the set's prompts. Needs the columns of
+    :func:`~workbench.experiments.angle_sweep`'s summary."""
+    _require(summary, ["split", "angle"], "summary", "use angle_sweep()")
+    splits = _splits(summary)
+    cols = min(2, len(splits))
+    n_rows = -(-len(splits) // cols)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=cols,
+        specs=[[{"type": "polar"}] * cols for _ in range(n_rows)],
+        subplot_titles=[f"{split} (n = {int(summary[summary.split == split]['n'].iloc[0])})" for split in splits]
+        if "n" in summary
+        else splits,
+        horizontal_spacing=0.12,
+        vertical_spacing=0.1,
+    )
+    polar = {
+        "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
+        "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90},
+        "barmode": "stack",
+    }
+    for i, split in enumerate(splits):
+        rows = summary[summary["split"] == split].sort_values("angle")
+        gaps = np.diff(np.unique(rows["angle"]))
+        width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
+        for lab in LABEL_ORDER:
+            if f"share_{lab}" not in rows:
+                continue
+            fig.add_trace(
+                go.Barpolar(
+                    theta=rows["angle"],
+                    r=rows[f"share_{lab}"].fillna(0),
+                    width=width,
+                    name=lab,
+                    marker_color=LABEL_COLORS[lab],
+                    legendgroup=lab,
+                    showlegend=i == 0,
+                    hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + f"{split}: {lab}" + "</extra>",
+                ),
+                i // cols + 1,
+                i % cols + 1,
+            )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=520 * n_rows,
+        **{f"polar{'' if i == 0 else i + 1}": polar for i in range(n_rows * cols)},
+        title=_title(
+            "The angle map: response labels at each steering angle",
+            model,
+            "0° = b1 (refusal direction), counter-clockwise toward b2; bar = share of the set's prompts",
+        ),
+    )
+    return fig
+
+
+def behaviour_bars(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
+    """Unsteered behaviour per held-out prompt category: stacked horizontal bars of the label shares
+    (``share_<label>``, one row per ``category``; :func:`~workbench.experiments.behaviour_table`)."""
+    _require(summary, ["category", "n"], "summary", "use behaviour_table()")
+    fig = _fig(
+        barmode="stack",
+        height=120 + 60 * len(summary),
+        xaxis={"title": "share of the category's prompts", "tickformat": ".0%", "range": [0, 1]},
+        yaxis={"autorange": "reversed"},
+        title=_title(
+            "What the model does unsteered, per prompt category", model, "heuristic labels, greedy, test split"
+        ),
+    )
+    names = [f"{c} (n = {n})" for c, n in zip(summary["category"], summary["n"])]
+    for lab in LABEL_ORDER:
+        if f"share_{lab}" in summary:
+            fig.add_trace(
+                go.Bar(
+                    y=names,
+                    x=summary[f"share_{lab}"],
+                    orientation="h",
+                    name=lab,
+                    marker_color=LABEL_COLORS[lab],
+                    hovertemplate="%{y}: %{x:.0%}<extra>" + lab + "</extra>",
+                )
+            )
+    return fig

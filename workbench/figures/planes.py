@@ -1,0 +1,226 @@
+"""Figures of the steering plane and rotation in it: where the candidates lie on the plane
+(:func:`plane_projection`), refusal and labels by steering angle (:func:`angle_sweep_polar`) and the
+rotation variants side by side (:func:`rotation_variants_figure`). Polar plots use the plane
+convention: 0° = b1 (refusal) points east, angles grow counter-clockwise toward b2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .style import (
+    _OTHER,
+    LABEL_COLORS,
+    LABEL_ORDER,
+    SITE_SYMBOLS,
+    SPLIT_COLORS,
+    TEMPLATE,
+    _color,
+    _fig,
+    _require,
+    _splits,
+    _title,
+)
+
+
+def plane_projection(coords: pd.DataFrame, *, model: str | None = None, b1_label: str = "b1 (refusal)") -> go.Figure:
+    """Unit candidates in the steering plane (polar: angle_deg from b1 at 0° east, counter-clockwise;
+    radius ≤ 1), coloured by layer, one symbol per site. Needs columns site, layer, pos, angle_deg,
+    radius (:meth:`~workbench.planes.Plane.candidate_coords`)."""
+    _require(coords, ["site", "layer", "pos", "angle_deg", "radius"], "coords", "use Plane.candidate_coords()")
+    rmax = max(1.0, float(coords["radius"].max()))
+    lo, hi = int(coords["layer"].min()), int(coords["layer"].max())
+    fig = _fig(
+        title=_title(
+            "Candidate directions on the steering plane span(b1, b2)",
+            model,
+            "unit candidates; angle from b1 (0°, east) counter-clockwise toward b2; radius = in-plane norm",
+        ),
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": lo,
+            "cmax": max(hi, lo + 1),
+            "colorbar": {"title": {"text": "layer"}},
+        },
+        legend={"x": 0, "y": 0.5, "title": {"text": "site"}},
+        polar={
+            "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 30},
+            "radialaxis": {"range": [0, rmax]},
+        },
+    )
+    for i, (site, rows) in enumerate(coords.groupby("site", sort=False)):
+        fig.add_trace(
+            go.Scatterpolar(
+                r=rows["radius"],
+                theta=rows["angle_deg"],
+                mode="markers",
+                name=str(site),
+                marker={
+                    "color": rows["layer"],
+                    "coloraxis": "coloraxis",
+                    "size": 9,
+                    "symbol": SITE_SYMBOLS[i % len(SITE_SYMBOLS)],
+                    "line": {"width": 0.5, "color": "white"},
+                },
+                customdata=np.stack([rows["layer"], rows["pos"]], axis=1),
+                hovertemplate=f"{site} L%{{customdata[0]}} pos %{{customdata[1]}}<br>angle %{{theta:.1f}}°, "
+                f"radius %{{r:.3f}}<extra></extra>",
+            )
+        )
+    return fig.add_trace(
+        go.Scatterpolar(  # b1 always sits at 0°, so an east-pointing triangle is its arrowhead
+            r=[0, rmax],
+            theta=[0, 0],
+            mode="lines+markers",
+            name=b1_label,
+            line={"color": "black", "width": 2.5},
+            marker={"symbol": ["circle", "triangle-right"], "size": [1, 15], "color": "black"},
+            hoverinfo="name",
+        )
+    )
+
+
+def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, model: str | None = None) -> go.Figure:
+    """Angular steering sweep. (a) ``refusal_rate`` per angle and split (closed curves; 0° = b1
+    east, counter-clockwise; r ∈ [0, 1]; dotted circles = ``baseline: {split: unsteered rate}``).
+    (b) stacked polar bars of the label shares (``share_<label>``) per angle on the harmful split.
+    Needs columns split, angle, refusal_rate (:func:`~workbench.experiments.angle_sweep`)."""
+    _require(summary, ["split", "angle", "refusal_rate"], "summary", "use angle_sweep()")
+    share_split = "harmful" if "harmful" in set(summary["split"]) else _splits(summary)[0]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        specs=[[{"type": "polar"}, {"type": "polar"}]],
+        horizontal_spacing=0.15,
+        subplot_titles=("(a) refusal rate by steering angle", f"(b) response labels ({share_split})"),
+    )
+    polar = {
+        "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
+        "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90},
+    }
+    fig.update_layout(template=TEMPLATE, polar=polar, polar2={**polar, "barmode": "stack"}, height=650)
+    _add_refusal_curves(fig, summary, baseline)
+    _add_label_shares(fig, summary[summary["split"] == share_split].sort_values("angle"))
+    return fig.update_layout(
+        title=_title(
+            f"Angular steering ({_sweep_mode(summary)}rotation to θ in the plane)",
+            model,
+            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts",
+        )
+    )
+
+
+def _add_refusal_curves(fig: go.Figure, summary: pd.DataFrame, baseline: dict | None) -> None:
+    """Panel (a): refusal rate by angle, one curve per split (closed when the angles go all the way
+    round), and a dotted circle per ``baseline`` split at its unsteered rate."""
+    for i, split in enumerate(_splits(summary)):
+        rows = summary[summary["split"] == split].sort_values("angle")
+        theta, r = list(rows["angle"]), list(rows["refusal_rate"])
+        if len(theta) > 2 and 360 - (theta[-1] - theta[0]) <= 1.01 * max(np.diff(theta)):  # full circle: close it
+            theta, r = theta + theta[:1], r + r[:1]
+        color = _color(SPLIT_COLORS, split, i)
+        fig.add_trace(
+            go.Scatterpolar(
+                theta=theta,
+                r=r,
+                mode="lines+markers",
+                name=split,
+                line={"color": color},
+                legendgroup=split,
+                hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + split + "</extra>",
+            ),
+            1,
+            1,
+        )
+    for i, (split, rate) in enumerate((baseline or {}).items()):
+        fig.add_trace(
+            go.Scatterpolar(
+                theta=np.linspace(0, 360, 73),
+                r=[rate] * 73,
+                mode="lines",
+                name=f"{split} unsteered",
+                legendgroup=split,
+                hoverinfo="name",
+                line={"dash": "dot", "color": _color(SPLIT_COLORS, split, i)},
+            ),
+            1,
+            1,
+        )
+
+
+def _add_label_shares(fig: go.Figure, rows: pd.DataFrame) -> None:
+    """Panel (b): stacked polar bars of the label shares (``share_<label>``) of ``rows``, one split's."""
+    gaps = np.diff(np.unique(rows["angle"]))
+    width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
+    for lab in LABEL_ORDER:
+        if f"share_{lab}" in rows:
+            fig.add_trace(
+                go.Barpolar(
+                    theta=rows["angle"],
+                    r=rows[f"share_{lab}"].fillna(0),
+                    width=width,
+                    name=lab,
+                    marker_color=LABEL_COLORS[lab],
+                    legendgroup="labels",
+                    legendgrouptitle_text="labels",
+                    hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + lab + "</extra>",
+                ),
+                1,
+                2,
+            )
+
+
+def _sweep_mode(summary: pd.DataFrame) -> str:
+    """The title's description of the sweep, when the table has one: "adaptive: gate on b1, " or
+    "non-adaptive ", then the site ("resid-pre ")."""
+    mode = ""
+    if "adaptive" in summary and summary["adaptive"].nunique() == 1:
+        gate = {"True": "b1", "False": "off"}.get(str(summary["adaptive"].iloc[0]), str(summary["adaptive"].iloc[0]))
+        mode = "non-adaptive " if gate == "off" else f"adaptive: gate on {gate}, "
+    if "site" in summary and summary["site"].nunique() == 1:
+        mode += f"{str(summary['site'].iloc[0]).replace('_', '-')} "
+    return mode
+
+
+def rotation_variants_figure(table: pd.DataFrame, *, model: str | None = None) -> go.Figure:
+    """Mean first-token refusal log-odds (top) and KL to the unsteered model (bottom) vs the steering
+    angle, one line per way to rotate (``variant``: rotation site × plane candidates), harmful and
+    harmless test prompts side by side. Needs columns variant, split, angle, logodds, kl
+    (:func:`~workbench.experiments.rotation_variant_sweep`)."""
+    _require(table, ["variant", "split", "angle", "logodds", "kl"], "table", "use rotation_variant_sweep()")
+    splits = _splits(table)
+    fig = make_subplots(
+        rows=2,
+        cols=len(splits),
+        shared_xaxes=True,
+        subplot_titles=[f"{s}: refusal log-odds" for s in splits] + [f"{s}: KL to unsteered (nats)" for s in splits],
+        vertical_spacing=0.12,
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title=_title("What the rotation variants change: the same angles, four ways to rotate", model),
+    )
+    for i, (variant, rows) in enumerate(table.groupby("variant", sort=False)):
+        color, dash = _OTHER[i % len(_OTHER)], "solid" if i == 0 else ("dash", "dot", "dashdot")[(i - 1) % 3]
+        for j, split in enumerate(splits):
+            part = rows[rows.split == split].sort_values("angle")
+            for row, column in ((1, "logodds"), (2, "kl")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=part["angle"],
+                        y=part[column],
+                        mode="lines+markers",
+                        name=variant,
+                        legendgroup=variant,
+                        showlegend=row == 1 and j == 0,
+                        line={"color": color, "dash": dash},
+                        hovertemplate=f"{variant}<br>%{{x}}°: %{{y:.2f}}<extra></extra>",
+                    ),
+                    row=row,
+                    col=j + 1,
+                )
+    fig.update_xaxes(title_text="angle (degrees, 0° = b1, toward b2)", tickvals=list(range(0, 360, 30)), row=2)
+    fig.add_hline(y=0, line={"color": "#888", "width": 1}, row=1)
+    return fig

@@ -1,0 +1,144 @@
+"""The figures' one shared style: colours, display names and orders, the ``workbench`` plotly template
+(registered at import), the notebook renderer choice, and the small helpers every builder uses
+(column checks, titles, hover text)."""
+
+from __future__ import annotations
+
+import html
+import os
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from ..experiments import CONDITIONS
+from ..labels import ALL_LABELS
+
+CONDITION_ORDER = CONDITIONS
+LABEL_ORDER = ALL_LABELS
+SPLIT_COLORS = {"harmful": "#c0392b", "harmless": "#2874a6", "warning": "#d68910", "redirect": "#7d3c98"}
+CONDITION_COLORS = {
+    "none": "#7f8c8d",
+    "resid": "#2e86c1",
+    "attn": "#28b463",
+    "mlp": "#d68910",
+    "all": "#8e44ad",
+    "addition": "#c0392b",
+}
+CONDITION_NAMES = {
+    "none": "none",
+    "resid": "resid only",
+    "attn": "attn out only",
+    "mlp": "MLP out only",
+    "all": "everywhere",
+    "addition": "addition (+αr)",
+}
+LABEL_COLORS = {
+    "refusal": "#c0392b",
+    "comply_with_warning": "#f39c12",
+    "ethical_redirect": "#8e44ad",
+    "comply": "#27ae60",
+    "empty": "#bdc3c7",
+    "degenerate": "#566573",
+}
+_OTHER = ("#16a085", "#d35400", "#2c3e50", "#7d3c98", "#a93226", "#1abc9c")
+SITE_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star")
+PNG_SIZE = {"width": 1100, "height": 650, "scale": 2}
+
+TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+TEMPLATE.layout.update(
+    font={"family": "Helvetica, Arial, sans-serif", "size": 13},
+    title={"x": 0.02},
+    colorway=list(SPLIT_COLORS.values()) + list(_OTHER),
+    hoverlabel={"align": "left"},
+    legend={"bgcolor": "rgba(255,255,255,0.6)"},
+    margin={"t": 90},
+)
+pio.templates["workbench"] = TEMPLATE
+
+# Plotly's own combination for "every place a notebook is shown": the plotly mimetype (JupyterLab, VS Code,
+# nteract) plus HTML that embeds plotly.js once per kernel (classic notebook, nbconvert HTML export, offline).
+NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
+# For committed .ipynb copies (notebooks/build.py sets STATIC_ENV): the plotly mimetype (interactive in
+# JupyterLab) plus a PNG (what GitHub and nbconvert show), and no 4.6 MB of plotly.js in each file.
+# ``workbench_png`` is registered by :mod:`.export`, which importing the package loads.
+STATIC_RENDERER = "plotly_mimetype+workbench_png"
+STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
+
+
+def use_notebook_renderer() -> str:
+    """Make ``fig.show()`` / a cell's figure render in JupyterLab, the classic notebook and nbconvert HTML.
+
+    Plotly's default in a kernel is the plotly mimetype alone, which nbconvert's HTML export drops
+    ("mimetype application/vnd.plotly.v1+json is not able to be represented"). This sets
+    :data:`NOTEBOOK_RENDERER`, whose HTML half embeds plotly.js (no CDN, so exported HTML works offline);
+    call it in a notebook's first cell. With the environment variable :data:`STATIC_ENV` set to a
+    non-empty value other than ``0`` (notebooks/build.py sets it), it sets :data:`STATIC_RENDERER`
+    instead: the plotly mimetype plus a PNG, for small files that render on a code host.
+    Returns the renderer set.
+    """
+    static = os.environ.get(STATIC_ENV, "") not in ("", "0")
+    pio.renderers.default = STATIC_RENDERER if static else NOTEBOOK_RENDERER
+    return pio.renderers.default
+
+
+STAT_TITLES = {
+    "bypass": "bypass: refusal log-odds on harmful, candidate ablated (nats, lower = better)",
+    "induce": "induce: refusal log-odds on harmless, candidate added (nats, higher = better)",
+    "kl": "KL on harmless, candidate ablated (nats)",
+    "auc": "AUC of harmful vs harmless projections",
+    "norm": "‖candidate‖ (activation units)",
+    "max_sim": "mean cosine to all candidates",
+    "cohens_d": "Cohen's d of the projections",
+    "cos_to_mean": "cosine to the mean direction",
+}
+_DIVERGING = {"bypass", "induce", "cohens_d", "cos_to_mean"}
+
+
+def _color(mapping: dict, key, i: int) -> str:
+    return mapping.get(key, _OTHER[i % len(_OTHER)])
+
+
+def _title(text: str, model: str | None, sub: str | None = None) -> dict:
+    head = f"{text} — {model}" if model else text
+    return {"text": head + (f"<br><sup>{sub}</sup>" if sub else "")}
+
+
+def _require(df: pd.DataFrame, cols, what: str, hint: str = "") -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what} lacks column(s) {missing}; it needs {list(cols)}, has "
+            f"{list(df.columns)}" + (f" ({hint})" if hint else "")
+        )
+
+
+def _wrap(text, width: int = 70, limit: int = 300) -> str:
+    """Hover-safe text: truncated to ``limit`` characters, HTML-escaped, wrapped with ``<br>``."""
+    text = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " …"
+    lines = [w for line in text.splitlines() or [""] for w in textwrap.wrap(line, width) or [""]]
+    return "<br>".join(html.escape(w) for w in lines)
+
+
+def _hover(prompt, response) -> str:
+    return f"<b>prompt</b>: {_wrap(prompt, limit=200)}<br><b>response</b>: {_wrap(response)}"
+
+
+def _np(x) -> np.ndarray:
+    """A tensor (any device/dtype) or array-like as a float64 numpy array."""
+    return np.asarray(x.detach().cpu().double().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def _splits(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["split"]))
+    return [s for s in SPLIT_COLORS if s in present] + [s for s in present if s not in SPLIT_COLORS]
+
+
+def _fig(**layout) -> go.Figure:
+    return go.Figure(layout={"template": TEMPLATE, **layout})
