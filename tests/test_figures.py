@@ -351,6 +351,34 @@ def test_spec_hash_is_the_same_in_another_process(tmp_path, locations):
     assert E._spec_hash(fig.update_layout(title="changed"), F.PNG_SIZE) != here
 
 
+def test_spec_hash_ignores_another_cpus_rounding_but_not_a_visible_change(locations):
+    """The PNG key is the figure as drawn: float noise (another CPU's kernels: ~1e-7 relative, float32
+    eps) in every number, lists and numpy typed arrays alike, and the hover text leave it equal; a
+    change of 1% of a trace's scale or of its title does not."""
+    summary, per_prompt = locations
+    noisy = summary.copy()
+    gen = np.random.default_rng(0)
+    for col in ("refusal_rate", "kl", "logodds"):
+        noisy[col] = noisy[col] * (1 + 1e-7 * gen.standard_normal(len(noisy)))
+    here = E._spec_hash(F.location_comparison(summary, per_prompt), F.PNG_SIZE)
+    assert E._spec_hash(F.location_comparison(noisy, per_prompt), F.PNG_SIZE) == here
+    moved = summary.copy()
+    harmless = moved.split == "harmless"  # the KL panel draws the harmless rows: move one by 1% of their scale
+    moved.loc[moved.index[harmless][0], "kl"] += 0.01 * moved.loc[harmless, "kl"].abs().max()
+    assert E._spec_hash(F.location_comparison(moved, per_prompt), F.PNG_SIZE) != here
+    x = np.linspace(0.0, 3.0, 200)
+    y = np.sin(x) * 0.37
+
+    def fig(values, hover):
+        return go.Figure(go.Scatter(x=x, y=values, hovertext=hover, mode="lines"), layout={"title": "t"})
+
+    base = E._spec_hash(fig(y, [f"{v:.12f}" for v in y]), F.PNG_SIZE)
+    jitter = y * (1 + 1.2e-7 * gen.standard_normal(len(y)))
+    assert E._spec_hash(fig(jitter, [f"{v:.12f}" for v in jitter]), F.PNG_SIZE) == base  # numpy: typed array
+    assert E._spec_hash(fig(y + 0.01 * 0.37, None), F.PNG_SIZE) != base
+    assert E._spec_hash(fig(y, None).update_layout(title="u"), F.PNG_SIZE) != base
+
+
 def test_html_is_not_rewritten_when_unchanged(tmp_path, locations):
     fig = F.location_comparison(locations[0])
     html = F.save_figure(fig, "01 loc", tmp_path, png=False)[0]

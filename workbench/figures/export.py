@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import threading
 import warnings
@@ -19,6 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -124,10 +126,43 @@ def _png(fig: go.Figure, opts: dict) -> bytes | None:
         return None
 
 
+_SPEC_DIGITS = 3  # quantum 10^(⌊log10 max|v|⌋ − 3): 1/1000 to 1/10000 of an array's largest value, finer than pixels
+_HOVER_ONLY = frozenset({"hovertext", "hovertemplate", "hoverinfo", "hoverlabel"})  # never drawn in a PNG
+
+
+def _quantized(values: list[float], scale: float) -> list:
+    """``values`` as integer multiples of ``10^(⌊log10 scale⌋ − _SPEC_DIGITS)``, written with that
+    exponent; non-finite values as their names."""
+    if not math.isfinite(scale) or scale == 0:
+        return [v if math.isfinite(v) else str(v) for v in values]
+    exp = math.floor(math.log10(scale)) - _SPEC_DIGITS
+    return [f"{round(v / 10.0**exp)}e{exp}" if math.isfinite(v) else str(v) for v in values]
+
+
+def _shown(spec):
+    """A figure's JSON as a PNG shows it: hover-only fields dropped and every number rounded to
+    ``_SPEC_DIGITS`` significant digits of its array's largest magnitude (plotly's base64 typed
+    arrays decoded first), so float noise of another CPU's kernels (1e-7 relative) leaves it equal."""
+    if isinstance(spec, dict) and "bdata" in spec and "dtype" in spec:
+        spec = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=spec["dtype"]).tolist()
+    if isinstance(spec, dict):
+        return {k: _shown(v) for k, v in spec.items() if k not in _HOVER_ONLY}
+    if isinstance(spec, list):
+        if spec and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
+            floats = [float(v) for v in spec]
+            return _quantized(floats, max((abs(v) for v in floats if math.isfinite(v)), default=0.0))
+        return [_shown(v) for v in spec]
+    if isinstance(spec, float):
+        return _quantized([spec], abs(spec))[0]
+    return spec
+
+
 def _spec_hash(fig: go.Figure, opts: dict) -> str:
-    """sha256 of what a PNG is drawn from: the figure's JSON (keys sorted), the export options and the
-    plotly version (its plotly.js draws the figure)."""
-    spec = {"figure": json.loads(fig.to_json()), "opts": opts, "plotly": plotly.__version__}
+    """sha256 of what a PNG is drawn from, as far as it can show: the figure's JSON (keys sorted,
+    :func:`_shown`: numbers rounded to what the figure can show, hover text dropped), the export
+    options and the plotly version (its plotly.js draws the figure). Two CPUs whose kernels round
+    differently give the same hash, so neither rewrites the other's PNG."""
+    spec = {"figure": _shown(json.loads(fig.to_json())), "opts": opts, "plotly": plotly.__version__}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

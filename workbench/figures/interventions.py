@@ -13,7 +13,6 @@ from plotly.subplots import make_subplots
 from .style import (
     _OTHER,
     CONDITION_COLORS,
-    CONDITION_NAMES,
     CONDITION_ORDER,
     SPLIT_COLORS,
     TEMPLATE,
@@ -24,6 +23,7 @@ from .style import (
     _require,
     _splits,
     _title,
+    condition_name,
 )
 
 
@@ -42,7 +42,7 @@ def location_comparison(
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
     order = [c for c in CONDITION_ORDER if c in present] + [c for c in present if c not in CONDITION_ORDER]
-    names = [CONDITION_NAMES.get(c, c) for c in order]
+    names = [condition_name(c) for c in order]
     if per_prompt is not None:
         _require(per_prompt, ["split", "condition", "prompt", "response", "kl"], "per_prompt")
     fig = make_subplots(
@@ -147,7 +147,7 @@ def _add_kl(
         pp = per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
         fig.add_trace(
             go.Box(
-                x=[CONDITION_NAMES.get(c, c) for c in pp["condition"]],
+                x=[condition_name(c) for c in pp["condition"]],
                 y=pp["kl"],
                 boxpoints="all",
                 jitter=0.5,

@@ -13,28 +13,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from ..experiments import CONDITIONS
+from ..experiments import CONDITIONS, condition
 from ..labels import ALL_LABELS
 
-CONDITION_ORDER = CONDITIONS
+# The location comparison's conditions: order, names and colours are those of their interventions
+# (workbench.intervention), so a new kind brings its own.
+CONDITION_ORDER = tuple(CONDITIONS)
+CONDITION_COLORS = {name: value.color for name, value in CONDITIONS.items()}
+CONDITION_NAMES = {name: value.label for name, value in CONDITIONS.items()}
 LABEL_ORDER = ALL_LABELS
 SPLIT_COLORS = {"harmful": "#c0392b", "harmless": "#2874a6", "warning": "#d68910", "redirect": "#7d3c98"}
-CONDITION_COLORS = {
-    "none": "#7f8c8d",
-    "resid": "#2e86c1",
-    "attn": "#28b463",
-    "mlp": "#d68910",
-    "all": "#8e44ad",
-    "addition": "#c0392b",
-}
-CONDITION_NAMES = {
-    "none": "none",
-    "resid": "resid only",
-    "attn": "attn out only",
-    "mlp": "MLP out only",
-    "all": "everywhere",
-    "addition": "addition (+αr)",
-}
 LABEL_COLORS = {
     "refusal": "#c0392b",
     "comply_with_warning": "#f39c12",
@@ -66,6 +54,14 @@ NOTEBOOK_RENDERER = "plotly_mimetype+notebook"
 # ``workbench_png`` is registered by :mod:`.export`, which importing the package loads.
 STATIC_RENDERER = "plotly_mimetype+workbench_png"
 STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
+
+
+def condition_name(name: str) -> str:
+    """A condition's display name: its intervention's label (a spec string's too), else ``name``."""
+    try:
+        return condition(name).label
+    except ValueError:
+        return str(name)
 
 
 def use_notebook_renderer() -> str:
