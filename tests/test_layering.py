@@ -145,3 +145,27 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
         assert _imports(src) == [("figures", True), ("cli", True)]
     finally:
         PACKAGE = saved
+
+
+MAX_FUNCTION_LINES = 60  # from `def` to the last line, docstring included: each readable in one screen
+
+
+def _long_functions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES  # type: ignore[operator]
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_function_is_over_60_lines(module):
+    assert _long_functions(MODULES[module]) == [], f"split into named helpers: {module}"
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    path = tmp_path / "long.py"
+    path.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES + "\n\ndef g():\n    return 1\n")
+    assert _long_functions(path) == [f"f ({MAX_FUNCTION_LINES + 1} lines)"]
