@@ -209,6 +209,10 @@ def test_a_non_fp32_dtype_says_it_recomputes_and_names_its_output(tmp_path, caps
     )
     cli._validate(args)
     assert args.out_path.name == "p.organism-float16.add_1.5@3.jsonl"  # never the float32 run's file
+    for spelling in ("rotate:90:adaptive", "rotate:90:b1"):  # one value, one file
+        args = cli.build_parser().parse_args(["generate", "--prompts", str(prompts), "--intervention", spelling])
+        cli._validate(args)
+        assert args.out_path.name == "p.organism-float32.rotate_90_b1.jsonl"
     assert "note: --dtype float16 gets its own run folder" in capsys.readouterr().err
 
 

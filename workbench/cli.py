@@ -288,8 +288,8 @@ def _check_generate_args(args, dtype: str) -> None:
     args.prompt_list = read_prompts(args.prompts)
     if args.out:
         out = Path(args.out)
-    else:  # model, dtype and intervention in the name: no run overwrites another's output
-        tag = re.sub(r"[^A-Za-z0-9.@-]+", "_", f"{Path(args.model).name}-{dtype}.{args.intervention}").strip("_")
+    else:  # model, dtype and intervention (its canonical spec: one name per value) in the name
+        tag = re.sub(r"[^A-Za-z0-9.@-]+", "_", f"{Path(args.model).name}-{dtype}.{value}").strip("_")
         out = Path(args.prompts).with_suffix(f".{tag}.jsonl")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; pass a file name, e.g. {out / 'responses.jsonl'}")
