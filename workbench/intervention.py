@@ -265,17 +265,13 @@ def _layers_suffix(layers: Layers) -> str:
     return "" if layers is None else f" (L{_format_layers(layers)[1:]})"
 
 
-@register
 @dataclass(frozen=True)
-class Ablation(Intervention):
-    """Directional ablation ``x ← x − r̂r̂ᵀx`` at a location (see
-    :func:`workbench.interventions.location_hook_names`) over ``layers`` (None = every block)."""
+class _AtLocation(Intervention):
+    """A kind that writes the ablation locations' hook points (:func:`workbench.interventions.
+    location_hook_names`) over ``layers`` (None = every block): its spec is ``KIND:LOCATION[@LAYERS]``."""
 
     location: str = "all"
     layers: Layers = None
-    kind: ClassVar[str] = "ablate"
-    syntax: ClassVar[str] = "ablate:all|resid|attn|mlp[@LAYERS]"
-    needs: ClassVar[tuple[str, ...]] = ("direction",)
     takes_layers: ClassVar[bool] = True
 
     def _args(self) -> list[str]:
@@ -284,6 +280,25 @@ class Ablation(Intervention):
     @classmethod
     def _from_args(cls, args: list[str], spec: str) -> Intervention:
         return cls(_location(args, spec, cls.kind))
+
+    @property
+    def _layer_list(self) -> list[int] | None:
+        return None if self.layers is None else list(self.layers)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Intervention:
+        return cls(settings.get("location", "all"))
+
+
+@register
+@dataclass(frozen=True)
+class Ablation(_AtLocation):
+    """Directional ablation ``x ← x − r̂r̂ᵀx`` at a location (see
+    :func:`workbench.interventions.location_hook_names`) over ``layers`` (None = every block)."""
+
+    kind: ClassVar[str] = "ablate"
+    syntax: ClassVar[str] = "ablate:all|resid|attn|mlp[@LAYERS]"
+    needs: ClassVar[tuple[str, ...]] = ("direction",)
 
     @property
     def label(self) -> str:
@@ -297,8 +312,7 @@ class Ablation(Intervention):
         return {"location": self.location, "layer": getattr(direction, "layer", None)}
 
     def hooks(self, model, direction=None, plane=None, rows=None) -> list[Hook]:
-        layers = None if self.layers is None else list(self.layers)
-        return _iv().ablation_hooks(model, direction, self.location, layers, row_mask=_mask(rows))
+        return _iv().ablation_hooks(model, direction, self.location, self._layer_list, row_mask=_mask(rows))
 
     def exactness(self, model) -> tuple[bool, str]:
         ok, err = self._checked_hooks(model)
@@ -310,10 +324,6 @@ class Ablation(Intervention):
     @classmethod
     def report_examples(cls) -> dict[str, Intervention]:
         return {"ablation": cls("all")}
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> Intervention:
-        return cls(settings.get("location", "all"))
 
 
 def _own_layer(direction) -> int:
@@ -508,25 +518,15 @@ class Orthogonalization(Intervention):
 
 @register
 @dataclass(frozen=True)
-class PlaneAblation(Intervention):
+class PlaneAblation(_AtLocation):
     """Ablation of the steering plane, a 2-dimensional subspace: ``x ← x − QᵀQx`` with ``Q`` the
     plane's orthonormal basis (b1, b2), at a location over ``layers`` as :class:`Ablation` (the same
     hook points). It removes the refusal direction and the axis perpendicular to it at once."""
 
-    location: str = "all"
-    layers: Layers = None
     kind: ClassVar[str] = "ablate-plane"
     syntax: ClassVar[str] = "ablate-plane:all|resid|attn|mlp[@LAYERS]"
     needs: ClassVar[tuple[str, ...]] = ("plane",)
     palette: ClassVar[str] = "#1f618d"
-    takes_layers: ClassVar[bool] = True
-
-    def _args(self) -> list[str]:
-        return [self.location]
-
-    @classmethod
-    def _from_args(cls, args: list[str], spec: str) -> Intervention:
-        return cls(_location(args, spec, cls.kind))
 
     @property
     def label(self) -> str:
@@ -545,8 +545,7 @@ class PlaneAblation(Intervention):
             scale = 1.0 if mask is None else mask.get(x, dt)
             return sm._ablate_subspace_kernel(x.to(dt), q.get(x.device, dt), scale).to(x.dtype)
 
-        layers = None if self.layers is None else list(self.layers)
-        names = hooks_of.location_hook_names(model.cfg.n_layers, self.location, layers)
+        names = hooks_of.location_hook_names(model.cfg.n_layers, self.location, self._layer_list)
         return hooks_of._checked(model, [(name, fn) for name in names])
 
     def exactness(self, model) -> tuple[bool, str]:
@@ -556,7 +555,3 @@ class PlaneAblation(Intervention):
     @classmethod
     def report_examples(cls) -> dict[str, Intervention]:
         return {"ablation_plane": cls("all")}
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> Intervention:
-        return cls(settings.get("location", "all"))
