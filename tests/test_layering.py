@@ -34,6 +34,7 @@ FLOORS: list[tuple[str, ...]] = [
         "figures",
         "figures.style",
         "figures.export",
+        "figures.drawn",
         "figures.interventions",
         "figures.selection",
         "figures.planes",

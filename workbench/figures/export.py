@@ -9,9 +9,6 @@ skips the export.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-import math
 import re
 import threading
 import warnings
@@ -20,14 +17,13 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-import numpy as np
-import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io._base_renderers import MimetypeRenderer
 from plotly.offline import get_plotlyjs
 
 from ..artifacts import atomic_write_bytes, atomic_write_text
+from . import drawn
 from .style import PNG_SIZE
 
 NOTEBOOK_PNG = {"width": 1000, "height": 600, "scale": 1}  # the notebook's column width; keeps files small
@@ -60,7 +56,7 @@ _EXPORT: dict = {"up": False, "failed": None, "warned": False}  # kaleido's sync
 _LOCK = threading.Lock()
 _TIMEOUT = 120  # s: the first PNG includes the browser's start; kaleido itself gives up on a render after 90 s
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SPEC_KEY = b"workbench-spec-sha256"
+_SPEC_KEY = b"workbench-drawn-spec"  # the figure as drawn (drawn.encode), compared on the next save
 
 
 def _find_browser() -> str | None:
@@ -126,46 +122,6 @@ def _png(fig: go.Figure, opts: dict) -> bytes | None:
         return None
 
 
-_SPEC_DIGITS = 3  # quantum 10^(⌊log10 max|v|⌋ − 3): 1/1000 to 1/10000 of an array's largest value, finer than pixels
-_HOVER_ONLY = frozenset({"hovertext", "hovertemplate", "hoverinfo", "hoverlabel"})  # never drawn in a PNG
-
-
-def _quantized(values: list[float], scale: float) -> list:
-    """``values`` as integer multiples of ``10^(⌊log10 scale⌋ − _SPEC_DIGITS)``, written with that
-    exponent; non-finite values as their names."""
-    if not math.isfinite(scale) or scale == 0:
-        return [v if math.isfinite(v) else str(v) for v in values]
-    exp = math.floor(math.log10(scale)) - _SPEC_DIGITS
-    return [f"{round(v / 10.0**exp)}e{exp}" if math.isfinite(v) else str(v) for v in values]
-
-
-def _shown(spec):
-    """A figure's JSON as a PNG shows it: hover-only fields dropped and every number rounded to
-    ``_SPEC_DIGITS`` significant digits of its array's largest magnitude (plotly's base64 typed
-    arrays decoded first), so float noise of another CPU's kernels (1e-7 relative) leaves it equal."""
-    if isinstance(spec, dict) and "bdata" in spec and "dtype" in spec:
-        spec = np.frombuffer(base64.b64decode(spec["bdata"]), dtype=spec["dtype"]).tolist()
-    if isinstance(spec, dict):
-        return {k: _shown(v) for k, v in spec.items() if k not in _HOVER_ONLY}
-    if isinstance(spec, list):
-        if spec and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
-            floats = [float(v) for v in spec]
-            return _quantized(floats, max((abs(v) for v in floats if math.isfinite(v)), default=0.0))
-        return [_shown(v) for v in spec]
-    if isinstance(spec, float):
-        return _quantized([spec], abs(spec))[0]
-    return spec
-
-
-def _spec_hash(fig: go.Figure, opts: dict) -> str:
-    """sha256 of what a PNG is drawn from, as far as it can show: the figure's JSON (keys sorted,
-    :func:`_shown`: numbers rounded to what the figure can show, hover text dropped), the export
-    options and the plotly version (its plotly.js draws the figure). Two CPUs whose kernels round
-    differently give the same hash, so neither rewrites the other's PNG."""
-    spec = {"figure": _shown(json.loads(fig.to_json())), "opts": opts, "plotly": plotly.__version__}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _png_with_text(png: bytes, key: bytes, text: str) -> bytes:
     """``png`` with a tEXt chunk ``key``/``text`` inserted right after its IHDR chunk."""
     if png[:8] != _PNG_SIGNATURE or png[12:16] != b"IHDR":
@@ -206,8 +162,10 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
     per process. ``png=False`` writes only the HTML.
 
     A file that would not change is left untouched (bytes and mtime), so a rerun keeps ``git status``
-    clean: the HTML (div id taken from ``name``) is compared byte for byte; the PNG carries a sha256 of
-    the figure and export options in a tEXt chunk, and the same hash skips the export.
+    clean: the HTML (div id taken from ``name``) is compared byte for byte; the PNG carries the figure
+    as drawn (:mod:`.drawn`: its JSON, hover text dropped, numbers kept to 1e-5 of their array's scale)
+    in a tEXt chunk, and the export is skipped while the new figure draws the same within 1/1000 of
+    each array's scale (another CPU's rounding differs by ~1e-6), so no host rewrites another's PNG.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -220,11 +178,12 @@ def save_figure(fig: go.Figure, name: str, outdir: str | Path = "figures", *, pn
     if png:
         target = outdir / f"{name}.png"
         opts = _png_opts(fig, PNG_SIZE)
-        digest = _spec_hash(fig, opts)
-        if _png_text(target, _SPEC_KEY) != digest:  # Chromium's PNG bytes differ run to run: export only on change
+        now = drawn.spec(fig, opts)
+        before = drawn.decode(_png_text(target, _SPEC_KEY))
+        if before is None or not drawn.same(before, now):  # Chromium's PNG bytes differ run to run: only on change
             data = _png(fig, opts)
             if data is None:
                 return paths
-            atomic_write_bytes(target, _png_with_text(data, _SPEC_KEY, digest))
+            atomic_write_bytes(target, _png_with_text(data, _SPEC_KEY, drawn.encode(now)))
         paths.append(target)
     return paths
