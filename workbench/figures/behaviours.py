@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _fig, _require, _splits, _title
+from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _fig, _label_bars, _require, _splits, _title
 
 
 def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
@@ -37,25 +36,13 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
     }
     for i, split in enumerate(splits):
         rows = summary[summary["split"] == split].sort_values("angle")
-        gaps = np.diff(np.unique(rows["angle"]))
-        width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
-        for lab in LABEL_ORDER:
-            if f"share_{lab}" not in rows:
-                continue
-            fig.add_trace(
-                go.Barpolar(
-                    theta=rows["angle"],
-                    r=rows[f"share_{lab}"].fillna(0),
-                    width=width,
-                    name=lab,
-                    marker_color=LABEL_COLORS[lab],
-                    legendgroup=lab,
-                    showlegend=i == 0,
-                    hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + f"{split}: {lab}" + "</extra>",
-                ),
-                i // cols + 1,
-                i % cols + 1,
-            )
+
+        def per_label(lab: str, i=i, split=split) -> dict:
+            hover = "%{theta:.0f}°: %{r:.0%}<extra>" + f"{split}: {lab}" + "</extra>"
+            return {"legendgroup": lab, "showlegend": i == 0, "hovertemplate": hover}
+
+        for trace in _label_bars(rows, per_label):
+            fig.add_trace(trace, i // cols + 1, i % cols + 1)
     fig.update_layout(
         template=TEMPLATE,
         height=520 * n_rows,

@@ -12,13 +12,12 @@ from plotly.subplots import make_subplots
 
 from .style import (
     _OTHER,
-    LABEL_COLORS,
-    LABEL_ORDER,
     SITE_SYMBOLS,
     SPLIT_COLORS,
     TEMPLATE,
     _color,
     _fig,
+    _label_bars,
     _require,
     _splits,
     _title,
@@ -152,24 +151,13 @@ def _add_refusal_curves(fig: go.Figure, summary: pd.DataFrame, baseline: dict | 
 
 def _add_label_shares(fig: go.Figure, rows: pd.DataFrame) -> None:
     """Panel (b): stacked polar bars of the label shares (``share_<label>``) of ``rows``, one split's."""
-    gaps = np.diff(np.unique(rows["angle"]))
-    width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
-    for lab in LABEL_ORDER:
-        if f"share_{lab}" in rows:
-            fig.add_trace(
-                go.Barpolar(
-                    theta=rows["angle"],
-                    r=rows[f"share_{lab}"].fillna(0),
-                    width=width,
-                    name=lab,
-                    marker_color=LABEL_COLORS[lab],
-                    legendgroup="labels",
-                    legendgrouptitle_text="labels",
-                    hovertemplate="%{theta:.0f}°: %{r:.0%}<extra>" + lab + "</extra>",
-                ),
-                1,
-                2,
-            )
+
+    def per_label(lab: str) -> dict:
+        hover = "%{theta:.0f}°: %{r:.0%}<extra>" + lab + "</extra>"
+        return {"legendgroup": "labels", "legendgrouptitle_text": "labels", "hovertemplate": hover}
+
+    for trace in _label_bars(rows, per_label):
+        fig.add_trace(trace, 1, 2)
 
 
 def _sweep_mode(summary: pd.DataFrame) -> str:

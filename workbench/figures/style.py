@@ -136,5 +136,25 @@ def _splits(df: pd.DataFrame) -> list[str]:
     return [s for s in SPLIT_COLORS if s in present] + [s for s in present if s not in SPLIT_COLORS]
 
 
+def _label_bars(rows: pd.DataFrame, per_label) -> list[go.Barpolar]:
+    """Stacked polar bars of one swept set's label shares (``share_<label>`` per angle), one trace
+    per label present, 90 % of the angle step wide; ``per_label(label)`` gives each trace's legend
+    and hover settings."""
+    gaps = np.diff(np.unique(rows["angle"]))
+    width = 0.9 * float(gaps.min()) if len(gaps) else 20.0
+    return [
+        go.Barpolar(
+            theta=rows["angle"],
+            r=rows[f"share_{lab}"].fillna(0),
+            width=width,
+            name=lab,
+            marker_color=LABEL_COLORS[lab],
+            **per_label(lab),
+        )
+        for lab in LABEL_ORDER
+        if f"share_{lab}" in rows
+    ]
+
+
 def _fig(**layout) -> go.Figure:
     return go.Figure(layout={"template": TEMPLATE, **layout})
