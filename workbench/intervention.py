@@ -94,18 +94,12 @@ def _sm():
     return steering_math
 
 
-def _probe_direction(model) -> Tensor:
+def _probes(model) -> tuple[Tensor, Tensor]:
+    """A unit direction and an orthonormal plane on the model's device, for checking that hooks build."""
     import torch
 
-    r = torch.zeros(model.cfg.d_model)
-    r[0] = 1.0
-    return r
-
-
-def _probe_plane(model) -> Tensor:
-    import torch
-
-    return torch.eye(2, model.cfg.d_model)
+    plane = torch.eye(2, model.cfg.d_model, device=model.cfg.device)
+    return plane[0], plane
 
 
 @dataclass(frozen=True)
@@ -131,6 +125,12 @@ class Intervention:
 
     def __str__(self) -> str:
         return ":".join([self.kind, *self._args()]) + _format_layers(getattr(self, "layers", None))
+
+    @property
+    def _layer_list(self) -> list[int] | None:
+        """The kind's ``layers`` as the hook factories take them (None: every block, or none set)."""
+        layers = getattr(self, "layers", None)
+        return None if layers is None else list(layers)
 
     # --- what it shows and does
     @property
@@ -172,9 +172,9 @@ class Intervention:
 
     def _checked_hooks(self, model) -> tuple[bool, str | None]:
         """Whether the hook factories accept ``model`` (their own checks), and their refusal."""
+        direction, plane = _probes(model)
         try:
-            built = self.edit(model, _probe_direction(model), _probe_plane(model))
-            self.hooks(built, _probe_direction(model), _probe_plane(model))
+            self.hooks(self.edit(model, direction, plane), direction, plane)
         except ValueError as err:
             return False, str(err)
         return True, None
@@ -280,10 +280,6 @@ class _AtLocation(Intervention):
     @classmethod
     def _from_args(cls, args: list[str], spec: str) -> Intervention:
         return cls(_location(args, spec, cls.kind))
-
-    @property
-    def _layer_list(self) -> list[int] | None:
-        return None if self.layers is None else list(self.layers)
 
     @classmethod
     def from_settings(cls, settings: dict) -> Intervention:
@@ -445,23 +441,24 @@ class Rotation(Intervention):
         gate = "" if self.gate == "off" else f", gate {self.gate}"
         return f"rotate {self.mode} {_num(self.angle)}°{gate}{_layers_suffix(self.layers)}"
 
+    @property
+    def _site(self) -> str:
+        return self.site or "post_gain"
+
     def params(self, direction=None) -> dict:
-        return {"angle": self.angle, "adaptive": self.gate, "site": self.site or "post_gain", "mode": self.mode}
+        return {"angle": self.angle, "adaptive": self.gate, "site": self._site, "mode": self.mode}
 
     def hooks(self, model, direction=None, plane=None, rows=None) -> list[Hook]:
         if rows is not None:
             raise ValueError("rotation takes per-row angles (rotation_hooks with a [batch] theta), not a row mask")
-        layers = None if self.layers is None else list(self.layers)
-        site = self.site or "post_gain"
         return _iv().rotation_hooks(
-            model, plane, self.angle, site=site, adaptive=self.gate, layers=layers, mode=self.mode
+            model, plane, self.angle, site=self._site, adaptive=self.gate, layers=self._layer_list, mode=self.mode
         )
 
     def exactness(self, model) -> tuple[bool, str]:
-        site = self.site or "post_gain"
         ok, err = replace(self, angle=45.0)._checked_hooks(model)
-        why = _ROTATION_WHY[site]
-        if ok and model.cfg.use_normalization_before_and_after and site != "resid":
+        why = _ROTATION_WHY[self._site]
+        if ok and model.cfg.use_normalization_before_and_after and self._site != "resid":
             why += (
                 "; sandwich norms: TL's ln2 is HF's pre_feedforward_layernorm, so the MLP input is rotated "
                 "(the reference hooks HF's post_attention_layernorm, TL's ln1_post)"
