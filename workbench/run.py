@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -80,13 +81,8 @@ class _MainJob:
     with one method per experiment stage, so each stage reads what it needs from ``self``."""
 
     def __init__(self, analysis: Analysis, stages: Stages, folder: Path, config: RunConfig, progress: bool):
-        self.analysis, self.model, self.stages, self.folder, self.config = (
-            analysis,
-            analysis.model,
-            stages,
-            folder,
-            config,
-        )
+        self.analysis, self.model, self.stages = analysis, analysis.model, stages
+        self.folder, self.config = folder, config
         self.direction, self.plane = analysis.direction(), analysis.plane()
         self.ctx = config.context(analysis.refusal_ids, progress=progress)
         self.test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
@@ -121,7 +117,7 @@ class _MainJob:
     def subsets(self) -> pd.DataFrame:
         subsets = layer_subsets(self.model.cfg.n_layers, self.config.subset_sizes)
         harmful = self.test["harmful"][: self.config.n_sweep]
-        compute = lambda: ex.layer_subset_sweep(self.model, self.direction, harmful, subsets=subsets, ctx=self.ctx)  # noqa: E731
+        compute = partial(ex.layer_subset_sweep, self.model, self.direction, harmful, subsets=subsets, ctx=self.ctx)
         return self.tables("layer_subsets", ["subset"], compute)[0]
 
     def sweep(self) -> pd.DataFrame:
@@ -166,7 +162,10 @@ class _MainJob:
     def behaviours(self) -> pd.DataFrame | None:
         if not self.config.behaviours:
             return None
-        compute = lambda: ex.behaviour_table(self.model, data.graded_test_sets(), self.ctx)  # noqa: E731
+
+        def compute():  # the prompt files are read only when the stage is computed
+            return ex.behaviour_table(self.model, data.graded_test_sets(), self.ctx)
+
         return self.tables("behaviours", ["category"], compute)[0]
 
     def experiments(self) -> MainTables:
