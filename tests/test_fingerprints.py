@@ -4,6 +4,7 @@ cache is reused only while a file's size, mtime, ctime and inode still match."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -222,3 +223,20 @@ def test_a_hub_name_is_keyed_by_its_cached_commit(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     assert model_key_of("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct-0123456789ab"
     assert model_key_of("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"  # not cached: the name
+
+
+def test_hash_cost_benchmark_reports_cold_warm_and_load(load_script, tmp_path, monkeypatch, capsys):
+    bench = load_script("benchmarks/hash_cost.py")
+    folder = tmp_path / "my-model"
+    _save_tiny_chat_model(folder)
+    for f in folder.iterdir():
+        _backdate(f)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    argv = ["--model", str(folder), "--big-gb", "0.1", "--big-dir", str(tmp_path), "--json"]
+    assert bench.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert os.environ[CACHE_ENV] == str(tmp_path / "cache")  # restored
+    assert out["model"]["key"] == content_key(folder) and out["model"]["load_s"] > 0
+    assert out["big"]["bytes"] == 100_000_000 and out["big"]["files"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("wb-hash-cost-")] == []  # deleted
+    assert out["big"]["warm_s"] < out["big"]["cold_s"] / 5  # 100 MB hashed, then its entry read
