@@ -8,7 +8,8 @@ afterwards), it times:
   page cache first (``posix_fadvise(DONTNEED)``), so they are read from the disk;
 * ``warm_s``: the same call again, every file's cache entry reused (size, mtime, ctime, inode match);
 * ``read_s``: reading the evicted files without hashing (the disk's share, a floor under any load);
-* ``load_s`` (the model only): ``load_model`` of the folder on the CPU, fp32, hash cache warm.
+* ``load_s`` (the model only): ``load_model`` of the folder on the CPU, fp32, hash cache warm;
+* ``sha256_gb_per_s``: sha256 alone on bytes in memory, the bound when the disk is not.
 
 The hash cache is a temporary folder, never the workbench's. ``peak_rss_mb`` shows the hashing is
 streamed (it stays far below the file's size). The last stdout line is one JSON object.
@@ -19,6 +20,7 @@ streamed (it stays far below the file's size). The last stdout line is one JSON 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -62,7 +64,7 @@ def read_all(paths: list[Path]) -> None:
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
-    return round(time.perf_counter() - start, 3)
+    return round(time.perf_counter() - start, 4)
 
 
 def hash_cost(path: Path, hash_cache: Path) -> dict:
@@ -85,6 +87,16 @@ def hash_cost(path: Path, hash_cache: Path) -> dict:
         "read_s": read_s,
         "key": fingerprints.content_key(path),
     }
+
+
+def sha256_rate(mb: int = 256) -> float:
+    """sha256's own speed here in GB/s, on random bytes already in memory (no disk)."""
+    data = memoryview(os.urandom(mb << 20))
+    digest = hashlib.sha256()
+    start = time.perf_counter()
+    for i in range(0, len(data), 8 << 20):
+        digest.update(data[i : i + (8 << 20)])
+    return round(len(data) / 1e9 / (time.perf_counter() - start), 2)
 
 
 def write_big(path: Path, gb: float) -> None:
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     folder = model_folder(args.model)  # before the hash cache is moved: the organism lives in the real cache
-    out: dict = {"cpu_count": os.cpu_count()}
+    out: dict = {"cpu_count": os.cpu_count(), "sha256_gb_per_s": sha256_rate()}
     saved = os.environ.get(CACHE_ENV)
     try:
         with tempfile.TemporaryDirectory(prefix="wb-hash-cost-") as hash_cache:

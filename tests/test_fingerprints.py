@@ -209,6 +209,17 @@ def test_a_gguf_loads_under_its_content_key(cache, tmp_path):
     assert model.workbench_key == content_key(gguf) and model.workbench_key.startswith("tiny-llama-")
 
 
+def test_embedded_models_keep_their_keys():
+    # their run folders in every user's cache stay valid: their keys already follow their weights
+    from workbench.config import GRADED_RECIPE, Recipe
+    from workbench.models import model_key_of
+    from workbench.organism import organism_name
+
+    assert model_key_of("organism") == organism_name(Recipe())
+    assert model_key_of("organism-graded") == organism_name(GRADED_RECIPE)
+    assert model_key_of("smollm2-135m-instruct") == "smollm2-135m-instruct"
+
+
 def test_a_hub_name_is_keyed_by_its_cached_commit(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
