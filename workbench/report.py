@@ -59,7 +59,8 @@ def _analysis_figures(analysis: Analysis, direction: Direction, plane: Plane, mo
                 kl_fallback=max(analysis.config.kl_max, KL_FALLBACK) if selection.notes.get("fallback") else None,
                 model=model,
             ),
-            "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate",
+            "layer × position maps of bypass, induce, KL (log scale at the filter threshold, passing "
+            "candidates dotted), AUC and norm of every resid_pre candidate",
         ),
         "03_cosine_matrix": (
             fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model=model),
@@ -87,7 +88,7 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
     figs: Figures = {
         "01_location_comparison": (
             fg.location_comparison(locations, tables.location_prompts, model=model),
-            "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
+            "refusal rate (harmful, harmless) and KL on harmless prompts for ablation at each location, and addition",
         ),
         "05_angle_sweep": (
             fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
