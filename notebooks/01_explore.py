@@ -59,14 +59,14 @@ cosine_matrix_figure(cosine_matrix(last), last.keys, model="organism")
 selection = select(cands, stats)
 print({method: str(key) for method, key in selection.choices.items()})
 direction = selection.direction("max_auc", cands)
-print(direction.site, direction.layer, direction.pos, round(direction.norm, 2))
+print(direction)  # where it was read, its norm and provenance
 
 # %%
 from workbench.directions import projection_table
 
 # every validation prompt's projection on r̂ at the direction's site and position, per layer
 projections = projection_table({"harmful": harmful_val, "harmless": harmless_val}, direction)
-projection_histograms(projections, model="organism")
+projection_histograms(projections, layer=direction.layer, model="organism")  # opens at its own layer
 
 # %% [markdown]
 # ## The steering plane: b1 = chosen candidate, b2 = first principal component of all candidates

@@ -27,7 +27,7 @@ analysis = Analysis(model)  # cached stages: activations, candidates, selection,
 direction, plane = analysis.direction(), analysis.plane()
 ctx = RunContext(max_new_tokens=TOKENS, refusal_ids=tuple(analysis.refusal_ids))  # how the experiments run
 test = {kind: data.load_split(kind, "test")[:N] for kind in ("harmful", "harmless")}
-print("direction:", direction.site, direction.layer, direction.pos, "| plane b1:", plane.b1_key)
+print(direction, plane, sep="\n")
 
 # %% [markdown]
 # ## 1 · Ablation location: residual only, attention only, MLP only, everywhere
@@ -71,7 +71,7 @@ fg.angle_sweep_polar(sweep, model="organism")
 
 # %%
 val = {"harmful": analysis.activations["harmful_val"], "harmless": analysis.activations["harmless_val"]}
-fg.projection_histograms(projection_table(val, direction), model="organism")
+fg.projection_histograms(projection_table(val, direction), layer=direction.layer, model="organism")
 
 # %% [markdown]
 # ## 7 · How many blocks does ablation need?

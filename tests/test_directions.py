@@ -363,3 +363,21 @@ def test_direction_save_load(tmp_path, data):
     assert Direction.load(tmp_path / "refusal", d_model=D).layer == 6
     with pytest.raises(ValueError, match="direction has d_model=32 but the model has d_model=896"):
         Direction.load(path, d_model=896)
+
+
+def test_reprs_say_what_they_are_not_the_tensors(data):
+    (harmful, _), _, cands, stats = data
+    direction = cands.direction(CandidateKey(SIGNAL, 5, -1), method="max_auc", model="organism")
+    text = repr(direction)
+    assert text.startswith(f"Direction({SIGNAL} L5 pos -1, norm={direction.norm:.4g}, d_model={D}, ")
+    assert "method=max_auc" in text and "model=organism" in text and f"prompt_hash={cands.prompt_hash}" in text
+    assert repr(Direction(torch.ones(4))) == "Direction(not from a candidate, norm=2, d_model=4)"
+    assert f"Candidates({len(cands)} raw, sites ['{SIGNAL}', '{NULL}'], layers 0–7, positions [-3, -2, -1]" in repr(
+        cands
+    )
+    assert repr(cands.subset(layers=[1, 3])).count("layers [1, 3]") == 1  # not a run: listed
+    assert repr(harmful).startswith(f"Activations(128 prompts, sites ['{SIGNAL}', '{NULL}'], layers 0–7, ")
+    selection = select(cands, stats)
+    assert f"max_auc={selection.choices['max_auc']}" in repr(selection)
+    for value in (direction, cands, harmful, selection):
+        assert "tensor(" not in repr(value) and len(repr(value)) < 300, repr(value)

@@ -93,7 +93,11 @@ def test_location_comparison(locations):
     ]
     assert "smollm2" in fig.layout.title.text and "attention output only" in fig.layout.title.text
     assert fig.data[0].name == "harmful" and fig.data[0].marker.color == F.SPLIT_COLORS["harmful"]
-    assert "kl" in fig.layout.yaxis2.title.text.lower() and "nats" in fig.layout.yaxis2.title.text
+    assert fig.layout.yaxis2.title.text == "mean KL on harmless prompts (nats)"
+    kl = fig.data[-1]  # measured on harmless prompts only: its own neutral colour, named in the legend
+    assert kl.xaxis == "x2" and kl.name == "KL on harmless prompts" and kl.showlegend is not False
+    assert kl.marker.color == F.style.NEUTRAL and kl.marker.color not in F.SPLIT_COLORS.values()
+    assert "harmless prompts only" in fig.layout.annotations[1].text
     fig = F.location_comparison(summary.drop(columns="empty_rate").query("condition != 'mlp'"), per_prompt)
     assert [t.type for t in fig.data] == ["bar", "bar", "bar", "box"]
     assert len(fig.data[0].x) == 5 and "mlp" not in list(fig.data[0].x)
@@ -126,6 +130,7 @@ def test_selection_heatmaps():
     assert heat[0].z.shape == (2, 4)
     marks = [t for t in fig.data if t.type == "scatter"]
     assert len(marks) == 3 and list(marks[0].text) == ["max_auc", "arditi"]
+    assert marks[0].cliponaxis is False  # a top-row label is not cut off
     assert len(fig.layout.annotations) == 3 and "resid_pre" in fig.layout.title.text
     assert len(F.selection_heatmaps(table, site="resid_post", stats=("auc",)).data) == 1
     with pytest.raises(ValueError, match="sites"):
@@ -134,6 +139,47 @@ def test_selection_heatmaps():
         F.selection_heatmaps(table, stats=("norm",))
     with pytest.raises(ValueError, match="pos"):
         F.selection_heatmaps(table.drop(columns="pos"))
+
+
+def test_selection_heatmaps_show_the_kl_threshold_and_who_passes():
+    ks = keys(n_layers=5)
+    kl = np.array([0.02, 0.09, 0.1, 0.2, 0.3, 1.0, 5.0, 12.0, 0.0, 0.15])  # 0.1 passes: kl ≤ kl_max
+    table = pd.DataFrame(
+        {
+            "layer": [k.layer for k in ks],
+            "pos": [k.pos for k in ks],
+            "bypass": rng.normal(size=len(ks)),
+            "kl": kl,
+            "arditi_pass": [False, True, True] + [False] * 7,
+        }
+    )
+    fig = F.selection_heatmaps(table, stats=("bypass", "kl"), kl_fallback=0.25)
+    heat = next(t for t in fig.data if t.type == "heatmap" and t.name == "kl")
+    # log colour diverging at the threshold: two decades either side, 0.1 in the middle, marked
+    assert heat.zmid == pytest.approx(-1) and (heat.zmin, heat.zmax) == pytest.approx((-3, 1))
+    assert heat.colorscale[0][1] != heat.colorscale[-1][1]
+    ticks = dict(zip(np.round(heat.colorbar.tickvals, 6), heat.colorbar.ticktext))
+    assert "0.1 ◀" in ticks[-1.0] and "≤ 0.1 passes" in heat.colorbar.title.text
+    assert np.nanmax(heat.z) == pytest.approx(1) and np.nanmin(heat.z) == pytest.approx(-3)  # clipped, not lost
+    assert np.nanmax(np.asarray(heat.customdata, float)) == 12.0  # the hover keeps the true KL
+    dots = {t.name: sorted(zip(t.x, t.y)) for t in fig.data if t.type == "scatter"}
+    passing = sorted((k.layer, k.pos) for k, v in zip(ks, kl) if v <= 0.1)
+    assert dots["kl ≤ 0.1"] == passing and len(passing) == 4
+    assert dots["kl ≤ 0.25 (the fallback's threshold)"] == sorted(
+        (k.layer, k.pos) for k, v in zip(ks, kl) if 0.1 < v <= 0.25
+    )
+    assert dots["passes every filter of Arditi's"] == [(ks[1].layer, ks[1].pos), (ks[2].layer, ks[2].pos)]
+    titles = [a.text for a in fig.layout.annotations]
+    assert "• passes every filter (2)" in titles[0] and "• ≤ 0.1 passes the KL filter, ○ ≤ 0.25" in titles[1]
+    plain = F.selection_heatmaps(table, stats=("kl",), kl_max=None)  # no threshold: the linear scale
+    assert plain.data[0].zmid is None and np.nanmax(plain.data[0].z) == 12.0 and len(plain.data) == 1
+
+
+def test_label_map_keeps_its_radial_labels_off_the_bars():
+    sweep = pd.DataFrame({"split": "harmful", "angle": np.arange(0, 360, 15.0), **shares(24)})
+    fig = F.label_map_polar(sweep)
+    assert fig.layout.polar.radialaxis.showticklabels is False and fig.layout.polar.barmode == "stack"
+    assert "100 %" in fig.layout.title.text
 
 
 def test_cosine_matrix_figure():
@@ -187,6 +233,15 @@ def test_angle_sweep_polar():
     assert fig.data[2].line.dash == "dot"
     assert list(fig.layout.polar.radialaxis.range) == [0, 1] and fig.layout.polar2.barmode == "stack"
     assert fig.data[4].name == "refusal" and "adaptive" in fig.layout.title.text
+    # the radial tick labels ride a spoke between two angle labels (every 45°), none at the centre
+    rates, bars = fig.layout.polar.radialaxis, fig.layout.polar2.radialaxis
+    assert (
+        fig.layout.polar.angularaxis.dtick == 45
+        and rates.angle % 45 not in (0, 45)
+        and rates.showticklabels is not False
+    )
+    assert rates.tickangle == rates.angle and 0 not in rates.tickvals
+    assert bars.showticklabels is False and "100 %" in fig.layout.annotations[1].text  # labels would sit on bars
     minimal = F.angle_sweep_polar(summary[["split", "angle", "refusal_rate"]])
     assert len(minimal.data) == 2
     with pytest.raises(ValueError, match="angle"):
@@ -207,6 +262,14 @@ def test_projection_histograms():
     visible = [t.visible for t in fig.data]
     assert sum(visible) == 4 and fig.layout.sliders[0].active == 3  # layer 3 separates most
     assert "layer 3" in fig.layout.title.text
+    # given the direction's own layer, that frame is shown first (and in a static export), not the best
+    fig = F.projection_histograms(proj, layer=1)
+    assert fig.layout.sliders[0].active == 1 and fig.layout.sliders[0].steps[1].label == "1"
+    assert [t.visible for t in fig.data] == [j // 4 == 1 for j in range(16)]
+    assert "layer 1" in fig.layout.title.text and "own layer" in fig.layout.title.text
+    assert "own layer" not in fig.layout.sliders[0].steps[3].args[1]["title"]["text"]
+    with pytest.raises(ValueError, match="layer 7"):
+        F.projection_histograms(proj, layer=7)
     fig = F.projection_histograms(proj.drop(columns="prompt"))
     assert len(fig.data) == 8 and all(t.type == "histogram" for t in fig.data)
     with pytest.raises(ValueError, match="projection"):
@@ -232,10 +295,16 @@ def test_layer_subset_figure():
         }
     )
     fig = F.layer_subset_figure(summary, model="m")
-    assert sorted(t.name for t in fig.data) == ["first", "last", "sparse", "window"]
-    first = next(t for t in fig.data if t.name == "first")
-    assert list(first.x) == [2, 4, 8] and "layers 0–1" in first.hovertext[0]
-    sparse = next(t for t in fig.data if t.name == "sparse")
+    assert sorted(t.legendgroup for t in fig.data) == ["first", "last", "sparse", "window"]
+    first = next(t for t in fig.data if t.legendgroup == "first")
+    assert list(first.x) == [2, 4, 8] and "layers 0–1" in first.hovertext[0] and first.name == "first k blocks"
+    # what "window" means is said in the legend, the subtitle and on its points
+    window = next(t for t in fig.data if t.legendgroup == "window")
+    assert window.name == "window: the middle k blocks" and list(window.text) == ["10–20"]
+    assert "window = the k contiguous blocks in the middle" in fig.layout.title.text
+    assert "10–20 (k = 11)" in fig.layout.title.text
+    assert "window" not in F.layer_subset_figure(summary[summary.subset != "window:10-20"]).layout.title.text
+    sparse = next(t for t in fig.data if t.legendgroup == "sparse")
     assert "not contiguous" in sparse.hovertext[0]
     with pytest.raises(ValueError, match="n_blocks"):
         F.layer_subset_figure(summary.drop(columns="n_blocks"))

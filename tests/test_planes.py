@@ -244,3 +244,18 @@ def test_raw_and_unit_planes_differ_when_norms_grow_with_depth():
     assert raw.pc1_explained_variance != pytest.approx(unit.pc1_explained_variance, abs=1e-2)
     with pytest.raises(ValueError, match="candidate_norm must be 'raw'"):
         build_plane(cands, b1_key(cands), candidate_norm="scaled")
+
+
+def test_repr_names_the_axes_not_the_basis():
+    cands = arc_candidates()
+    key = b1_key(cands)
+    plane = build_plane(cands, key, model="organism")
+    text = repr(plane)
+    assert text.startswith(f"Plane(pc1, b1={key}, b2=PC1 of {len(cands)} candidates at resid_mid, resid_post ⟂ b1, ")
+    assert f"PC1 explains {plane.pc1_explained_variance:.0%}, {plane.angle_pc1_b1_deg:.1f}° from b1" in text
+    assert f"d_model={D}" in text and "model=organism" in text and "prompt_hash=hash" in text
+    unit = repr(build_plane(cands, key, candidate_norm="unit"))
+    assert f"b2=PC1 of {len(cands)} candidates at resid_mid, resid_post (rescaled to unit length) ⟂ b1" in unit
+    two = repr(build_plane(cands, key, variant="last_two_pcs"))
+    assert two.startswith("Plane(last_two_pcs, b1, b2=the last two PCs of ") and "from the given b1" in two
+    assert "tensor(" not in text + two and max(len(text), len(two)) < 300

@@ -33,6 +33,12 @@ from .sites import SITES, check_hook_names, check_layers, check_site, hook_name
 __all__ = ["Activations", "cache_activations", "post_instruction_positions"]
 
 
+def int_span(values: Sequence[int]) -> str:
+    """``"a–b"`` for a run of consecutive integers, else the sorted list (for reprs)."""
+    v = sorted(set(values))
+    return f"{v[0]}–{v[-1]}" if len(v) > 1 and v == list(range(v[0], v[-1] + 1)) else str(v)
+
+
 @dataclass(frozen=True)
 class Activations:
     """Activations of ``prompts`` at a few sites, layers and end-relative positions.
@@ -48,6 +54,13 @@ class Activations:
     positions: list[int]
     tokens: list[str]
     prompts: list[str] = field(repr=False)
+
+    def __repr__(self) -> str:
+        # the shape of what was cached, not the tensors
+        return (
+            f"Activations({self.n_prompts} prompts, sites {self.sites}, layers {int_span(self.layers)}, positions "
+            f"{self.positions}, tokens {self.tokens}, d_model={self.d_model if self.acts else None})"
+        )
 
     @property
     def sites(self) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .activations import Activations
+from .activations import Activations, int_span
 from .artifacts import library_versions, load_tensors, save_tensors, sha256_text
 from .sites import SITES
 
@@ -86,6 +86,18 @@ class Direction:
     @property
     def d_model(self) -> int:
         return self.vector.shape[0]
+
+    def __repr__(self) -> str:
+        # what it is and where it came from, not the d_model numbers of its vector
+        parts = (("", self.site), ("L", self.layer), ("pos ", self.pos))
+        where = " ".join(f"{p}{v}" for p, v in parts if v is not None) or "not from a candidate"
+        facts = [where, f"norm={self.norm:.4g}", f"d_model={self.d_model}"]
+        facts += [
+            f"{f}={getattr(self, f)}"
+            for f in ("method", "model", "prompt_hash", "seed")
+            if getattr(self, f) is not None
+        ]
+        return f"Direction({', '.join(facts)})"
 
     def where(self) -> tuple[str, int, int]:
         """``(site, layer, pos)`` of the candidate this direction was taken from."""
@@ -224,6 +236,13 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __repr__(self) -> str:
+        return (
+            f"Candidates({len(self)} {self.kind}, sites {list(dict.fromkeys(k.site for k in self.keys))}, "
+            f"layers {int_span([k.layer for k in self.keys])}, positions {sorted({k.pos for k in self.keys})}, "
+            f"d_model={self.d_model}, prompt_hash={self.prompt_hash})"
+        )
 
     @property
     def d_model(self) -> int:

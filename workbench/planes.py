@@ -77,6 +77,24 @@ class Plane:
     def d_model(self) -> int:
         return self.basis.shape[1]
 
+    def __repr__(self) -> str:
+        # what the two axes are and how well PC1 is determined, not the 2 × d_model basis
+        r = self.report
+        used = f"{r['n_candidates_used']} " if "n_candidates_used" in r else ""
+        sites = f" at {', '.join(r['candidate_sites'])}" if r.get("candidate_sites") else ""
+        rescaled = " (rescaled to unit length)" if r.get("candidate_norm") == "unit" else ""
+        of = f"{used}candidates{sites}{rescaled}"
+        if self.variant == "last_two_pcs":
+            axes = [f"b1, b2=the last two PCs of {of} carrying variance"]
+            pc = f"b1's PC explains {self.pc1_explained_variance:.0%}, {self.angle_pc1_b1_deg:.1f}° from the given b1"
+        else:
+            fitted = "the per-sample candidates" if self.variant == "per_sample" else of
+            axes = [f"b1={self.b1_key}", f"b2=PC1 of {fitted} ⟂ b1"]
+            pc = f"PC1 explains {self.pc1_explained_variance:.0%}, {self.angle_pc1_b1_deg:.1f}° from b1"
+        facts = [self.variant, *axes, pc, f"d_model={self.d_model}"]
+        facts += [f"{f}={getattr(self, f)}" for f in ("model", "prompt_hash") if getattr(self, f) is not None]
+        return f"Plane({', '.join(facts)})"
+
     def coords(self, x: Float[Tensor, "... d_model"]) -> tuple[Float[Tensor, ...], Float[Tensor, ...]]:
         """In-plane polar coordinates of ``x``: (angle in degrees in [0, 360), radius in x's units).
 

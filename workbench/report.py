@@ -19,6 +19,7 @@ from .directions import Direction, cosine_matrix, projection_table
 from .labels import ALL_LABELS
 from .pipeline import Analysis
 from .planes import Plane
+from .selection import KL_FALLBACK
 from .steering_math import special_cases
 
 __all__ = ["MainTables", "main_figures", "key_numbers", "write_index", "SPECIAL_CASE_ALPHAS"]
@@ -51,8 +52,15 @@ def _analysis_figures(analysis: Analysis, direction: Direction, plane: Plane, mo
     projections = projection_table({"harmful": acts["harmful_val"], "harmless": acts["harmless_val"]}, direction)
     return {
         "02_selection_heatmaps": (
-            fg.selection_heatmaps(selection.table, choices=selection.choices, model=model),
-            "layer × position maps of bypass, induce, KL, AUC and norm of every resid_pre candidate",
+            fg.selection_heatmaps(
+                selection.table,
+                choices=selection.choices,
+                kl_max=analysis.config.kl_max,
+                kl_fallback=max(analysis.config.kl_max, KL_FALLBACK) if selection.notes.get("fallback") else None,
+                model=model,
+            ),
+            "layer × position maps of bypass, induce, KL (log scale at the filter threshold, passing "
+            "candidates dotted), AUC and norm of every resid_pre candidate",
         ),
         "03_cosine_matrix": (
             fg.cosine_matrix_figure(cosine_matrix(last), last.keys, model=model),
@@ -63,8 +71,8 @@ def _analysis_figures(analysis: Analysis, direction: Direction, plane: Plane, mo
             "every candidate's angle and radius in the steering plane, coloured by depth",
         ),
         "06_projection_histograms": (
-            fg.projection_histograms(projections, model=model),
-            "harmful vs harmless projections on the chosen direction, per layer (slider)",
+            fg.projection_histograms(projections, layer=direction.layer, model=model),
+            "harmful vs harmless projections on the chosen direction, per layer (slider; shown at its own layer)",
         ),
         "08_special_cases": (
             fg.special_cases_figure(special_cases(resid, direction.vector, SPECIAL_CASE_ALPHAS), model=model),
@@ -80,7 +88,7 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
     figs: Figures = {
         "01_location_comparison": (
             fg.location_comparison(locations, tables.location_prompts, model=model),
-            "refusal rate (harmful, harmless) and KL for ablation at each location, and addition",
+            "refusal rate (harmful, harmless) and KL on harmless prompts for ablation at each location, and addition",
         ),
         "05_angle_sweep": (
             fg.angle_sweep_polar(sweep, baseline=baseline, model=model),

@@ -341,6 +341,12 @@ class Selection:
     mean_direction: Float[Tensor, " d_model"]
     notes: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # the choices and the fallback, not the table and the mean direction's d_model numbers
+        chosen = ", ".join(f"{m}={k}" for m, k in self.choices.items())
+        fallback = f", fallback: {self.notes['fallback_level']}" if self.notes.get("fallback_level") else ""
+        return f"Selection({len(self.table)} candidates scored; {chosen}{fallback})"
+
     def direction(self, method: str, cands: Candidates, *, model: str | None = None) -> Direction:
         """The direction chosen by ``method`` (candidate vector unchanged; the mean is unit)."""
         if method not in self.choices:

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _fig, _label_bars, _require, _splits, _title
+from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _bar_polar, _fig, _label_bars, _require, _splits, _title
 
 
 def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
@@ -29,11 +29,7 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
         horizontal_spacing=0.12,
         vertical_spacing=0.1,
     )
-    polar = {
-        "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
-        "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90},
-        "barmode": "stack",
-    }
+    polar = _bar_polar()
     for i, split in enumerate(splits):
         rows = summary[summary["split"] == split].sort_values("angle")
 
@@ -50,7 +46,8 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
         title=_title(
             "The angle map: response labels at each steering angle",
             model,
-            "0° = b1 (refusal direction), counter-clockwise toward b2; bar = share of the set's prompts",
+            "0° = b1 (refusal direction), counter-clockwise toward b2; bar = share of the set's prompts, "
+            "the labels stacking to 100 % at each angle",
         ),
     )
     return fig

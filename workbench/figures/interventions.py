@@ -12,8 +12,8 @@ from plotly.subplots import make_subplots
 
 from .style import (
     _OTHER,
-    CONDITION_COLORS,
     CONDITION_ORDER,
+    NEUTRAL,
     SPLIT_COLORS,
     TEMPLATE,
     _color,
@@ -35,9 +35,10 @@ def location_comparison(
     Left: grouped bars of ``refusal_rate`` per condition (none / resid / attn / mlp / all /
     addition, present ones in that order, unknown ones after), one bar per split, with
     ``empty_rate`` as ✕ markers when present. Right: mean first-token ``kl`` per condition on the
-    harmless split (the first split if there is none). Needs ``summary`` columns split, condition,
-    refusal_rate, kl (from :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split,
-    condition, prompt, response, kl) adds example responses to the bar hover and per-prompt KL points.
+    harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
+    ``summary`` columns split, condition, refusal_rate, kl (from
+    :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
+    response, kl) adds example responses to the bar hover and per-prompt KL points.
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
@@ -45,17 +46,17 @@ def location_comparison(
     names = [condition_name(c) for c in order]
     if per_prompt is not None:
         _require(per_prompt, ["split", "condition", "prompt", "response", "kl"], "per_prompt")
+    kl_split = "harmless" if "harmless" in set(summary["split"]) else _splits(summary)[0]
     fig = make_subplots(
         rows=1,
         cols=2,
         column_widths=[0.62, 0.38],
         horizontal_spacing=0.1,
-        subplot_titles=("refusal rate", "first-token KL vs unsteered"),
+        subplot_titles=("refusal rate", f"first-token KL vs unsteered, {kl_split} prompts only"),
     )
     fig.update_layout(template=TEMPLATE, barmode="group", scattermode="group")
     for i, split in enumerate(_splits(summary)):
         _add_refusal_bars(fig, summary, per_prompt, split, i, order, names)
-    kl_split = "harmless" if "harmless" in set(summary["split"]) else _splits(summary)[0]
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=names)
     return fig.update_layout(
@@ -135,9 +136,9 @@ def _add_kl(
         go.Bar(
             x=names,
             y=kl,
-            name=f"mean KL ({kl_split})",
-            showlegend=False,
-            marker_color=[_color(CONDITION_COLORS, c, j) for j, c in enumerate(order)],
+            name=f"KL on {kl_split} prompts",
+            legendgroup="kl",
+            marker_color=NEUTRAL,
             hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
         ),
         1,
@@ -170,16 +171,38 @@ def _family(name: str) -> str:
     return name.split(":", 1)[0] if ":" in name else (re.match(r"[A-Za-z]+", name) or [name])[0]
 
 
+# the legend's words for the families of workbench.interventions.layer_subsets
+_FAMILY_NAMES = {
+    "first": "first k blocks",
+    "last": "last k blocks",
+    "window": "window: the middle k blocks",
+    "all": "all blocks",
+}
+
+
+def _window_note(df: pd.DataFrame) -> str | None:
+    """The subtitle that says what ``window`` is, from its rows: the k blocks centred in the stack."""
+    rows = df[df["family"] == "window"]
+    if rows.empty:
+        return None
+    spans = ", ".join(
+        f"{a}–{b} (k = {n})" for a, b, n in zip(rows["first_layer"], rows["last_layer"], rows["n_blocks"])
+    )
+    return f"window = the k contiguous blocks in the middle of the stack, from block ⌊(n_layers − k)/2⌋: blocks {spans}"
+
+
 def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
     """Refusal rate vs the number of blocks the direction is ablated in, one line per subset family
-    (the name before ':', e.g. ``first:4`` → first, ``window:10-20`` → window). Needs columns
-    subset, n_blocks, first_layer, last_layer, refusal_rate (:func:`~workbench.experiments.layer_subset_sweep`)."""
+    (the name before ':', e.g. ``first:4`` → first, ``window:10-20`` → window; the trace's
+    ``legendgroup``), named in words in the legend; the subtitle spells out each window's blocks and
+    the window points carry their span. Needs columns subset, n_blocks, first_layer, last_layer,
+    refusal_rate (:func:`~workbench.experiments.layer_subset_sweep`)."""
     cols = ["subset", "n_blocks", "first_layer", "last_layer", "refusal_rate"]
     _require(summary, cols, "summary", "use layer_subset_sweep()")
     df = summary.assign(family=summary["subset"].map(_family)).sort_values(["n_blocks", "first_layer"])
     fig = _fig(
-        title=_title("Refusal after ablating the direction in a subset of blocks", model),
-        xaxis={"title": {"text": "number of intervened blocks"}},
+        title=_title("Refusal after ablating the direction in a subset of blocks", model, _window_note(df)),
+        xaxis={"title": {"text": "number of intervened blocks (k)"}},
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
     )
     for i, (family, rows) in enumerate(df.groupby("family", sort=False)):
@@ -187,16 +210,20 @@ def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> g
             f"layers {a}–{b}" + ("" if b - a + 1 == n else f" ({n} blocks, not contiguous)")
             for a, b, n in zip(rows["first_layer"], rows["last_layer"], rows["n_blocks"])
         ]
+        window = family == "window"
         fig.add_trace(
             go.Scatter(
                 x=rows["n_blocks"],
                 y=rows["refusal_rate"],
-                mode="lines+markers",
-                name=family,
+                mode="lines+markers+text" if window else "lines+markers",
+                name=_FAMILY_NAMES.get(str(family), str(family)),
+                legendgroup=family,
                 line={"color": _OTHER[i % len(_OTHER)]},
-                text=rows["subset"],
+                text=[f"{a}–{b}" for a, b in zip(rows["first_layer"], rows["last_layer"])] if window else None,
+                textposition="top center",
+                customdata=rows["subset"],
                 hovertext=span,
-                hovertemplate="%{text}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>",
+                hovertemplate="%{customdata}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>",
             )
         )
     return fig

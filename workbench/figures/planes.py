@@ -12,9 +12,11 @@ from plotly.subplots import make_subplots
 
 from .style import (
     _OTHER,
+    RATE_POLAR,
     SITE_SYMBOLS,
     SPLIT_COLORS,
     TEMPLATE,
+    _bar_polar,
     _color,
     _fig,
     _label_bars,
@@ -93,13 +95,12 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
         cols=2,
         specs=[[{"type": "polar"}, {"type": "polar"}]],
         horizontal_spacing=0.15,
-        subplot_titles=("(a) refusal rate by steering angle", f"(b) response labels ({share_split})"),
+        subplot_titles=(
+            "(a) refusal rate by steering angle",
+            f"(b) response labels ({share_split}; each bar stacks to 100 %)",
+        ),
     )
-    polar = {
-        "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
-        "radialaxis": {"range": [0, 1], "tickformat": ".0%", "angle": 90, "tickangle": 90},
-    }
-    fig.update_layout(template=TEMPLATE, polar=polar, polar2={**polar, "barmode": "stack"}, height=650)
+    fig.update_layout(template=TEMPLATE, polar=RATE_POLAR, polar2=_bar_polar(), height=650)
     _add_refusal_curves(fig, summary, baseline)
     _add_label_shares(fig, summary[summary["split"] == share_split].sort_values("angle"))
     return fig.update_layout(

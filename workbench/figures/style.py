@@ -31,6 +31,8 @@ LABEL_COLORS = {
     "empty": "#bdc3c7",
     "degenerate": "#566573",
 }
+# A measure of other prompts than the bars beside it (KL on harmless prompts) in no split's colour
+NEUTRAL = "#7f8c8d"
 _OTHER = ("#16a085", "#d35400", "#2c3e50", "#7d3c98", "#a93226", "#1abc9c")
 SITE_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star")
 PNG_SIZE = {"width": 1100, "height": 650, "scale": 2}
@@ -79,6 +81,21 @@ def use_notebook_renderer() -> str:
     pio.renderers.default = STATIC_RENDERER if static else NOTEBOOK_RENDERER
     return pio.renderers.default
 
+
+# Polar panels of a rate (0–100 %), 0° = b1 east, counter-clockwise. The radial tick labels ride the
+# spoke half-way between the 0° and 45° angle labels, so neither covers the other, and the centre
+# (0 %) is left unlabelled, where the curves meet.
+RATE_POLAR = {
+    "angularaxis": {"rotation": 0, "direction": "counterclockwise", "dtick": 45},
+    "radialaxis": {
+        "range": [0, 1],
+        "tickformat": ".0%",
+        "tickvals": [0.25, 0.5, 0.75, 1.0],
+        "angle": 22.5,
+        "tickangle": 22.5,
+        "tickfont": {"size": 10, "color": "#566573"},
+    },
+}
 
 STAT_TITLES = {
     "bypass": "bypass: refusal log-odds on harmful, candidate ablated (nats, lower = better)",
@@ -134,6 +151,13 @@ def _np(x) -> np.ndarray:
 def _splits(df: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(df["split"]))
     return [s for s in SPLIT_COLORS if s in present] + [s for s in present if s not in SPLIT_COLORS]
+
+
+def _bar_polar() -> dict:
+    """:data:`RATE_POLAR` for stacked polar bars of label shares: no radial tick labels (they would
+    sit on a bar, unreadable; each bar stacks to 100 %, which the titles say), the bars stacked."""
+    radial = {**RATE_POLAR["radialaxis"], "showticklabels": False, "showline": False}
+    return {**RATE_POLAR, "radialaxis": radial, "barmode": "stack"}
 
 
 def _label_bars(rows: pd.DataFrame, per_label) -> list[go.Barpolar]:
