@@ -1,7 +1,7 @@
 """The main job: every analysis, intervention experiment and figure for one model, as resumable stages.
 
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
-interrupted run resumes): model → activations → selection (refusal tokens, Arditi scores) → plane →
+interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
 location comparison → layer subsets → angle sweep → figures (HTML + PNG) and ``figures/README.md``.
 A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
 path: activations, selection without Arditi's scores, plane and the analysis figures; the run's
