@@ -158,13 +158,9 @@ class Analysis:
         harmful, harmless = self.activations["harmful_train"], self.activations["harmless_train"]
         if self.config.filter_prompts and self.arditi_skipped is None:
             kept = self.prompt_filter["direction_train"]
-            for kind, sign in (("harmful", ">"), ("harmless", "<")):
+            for kind in ("harmful", "harmless"):
                 if not kept[kind]:
-                    raise ValueError(
-                        f"the prompt filter kept no {kind} direction_train prompt (refusal log-odds {sign} 0 with "
-                        f"refusal tokens {list(self.refusal_tokens.strings)}); set "
-                        '"analysis": {"filter_prompts": false} in --config, or pass other --refusal-tokens'
-                    )
+                    self._filter_kept_nothing(kind, "direction_train")
             harmful, harmless = harmful.select_prompts(kept["harmful"]), harmless.select_prompts(kept["harmless"])
         return diff_in_means(harmful, harmless, kind="raw")
 
@@ -262,7 +258,18 @@ class Analysis:
         prompts = self.prompts.get(kind, "validation")[: self.config.arditi_prompts]
         if not self.config.filter_prompts:
             return prompts
-        return [prompts[i] for i in self.prompt_filter["validation"][kind]]
+        kept = [prompts[i] for i in self.prompt_filter["validation"][kind]]
+        if not kept:
+            self._filter_kept_nothing(kind, "validation")
+        return kept
+
+    def _filter_kept_nothing(self, kind: str, split: str) -> None:
+        sign = ">" if kind == "harmful" else "<"
+        raise ValueError(
+            f"the prompt filter kept no {kind} {split} prompt (refusal log-odds {sign} 0 with refusal tokens "
+            f'{list(self.refusal_tokens.strings)}); set "analysis": {{"filter_prompts": false}} in --config, '
+            "or pass other --refusal-tokens"
+        )
 
     @cached_property
     def arditi_candidates(self) -> Candidates:

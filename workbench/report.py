@@ -132,8 +132,8 @@ def skipped_parts(analysis: Analysis) -> dict:
         return {}
     return {
         "arditi": why,
-        "experiments": "the location comparison, layer subsets, angle sweep, rotation variants and behaviours "
-        "score refusal with the refusal tokens: not run",
+        "experiments": "not run: the location comparison, layer subsets, angle sweep and rotation variants (each "
+        "scores refusal with the refusal tokens) and, with them, the behaviours table",
         "figures": {
             **dict.fromkeys(EXPERIMENT_FIGURES, "not drawn: its experiment was not run"),
             "02_selection_heatmaps": "drawn without the bypass, induce and KL panels: no Arditi scores",
@@ -252,7 +252,7 @@ def _skipped_lines(skipped: dict) -> list[str]:
     if not skipped:
         return []
     lines = ["", f"**Skipped: Arditi's prompt filter and scores ({skipped['arditi']}).**", ""]
-    lines.append(f"Also skipped: {skipped['experiments']}. Figures:")
+    lines.append(f"Experiments {skipped['experiments']}. Figures:")
     return lines + [f"- {name}: {why}" for name, why in skipped["figures"].items()]
 
 
