@@ -230,3 +230,14 @@ def test_bad_refusal_tokens_for_this_model_are_one_line_and_exit_2(
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     if "filter" in message:
         assert '"analysis": {"filter_prompts": false}' in lines[0]
+
+
+def test_an_arditi_b1_falls_back_to_the_generation_free_choice_when_nothing_is_refused(folder, cache, tmp_path, capsys):
+    config = _config(tmp_path, {"analysis": {"plane_b1_method": "arditi"}})
+    argv = ["plane", "--model", folder, "--config", config, "--json", *PROMPTS]
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, err
+    run_dir = Path(out["run_dir"]) if out else Path()
+    assert (run_dir / "plane-max_sim-pc1.safetensors").exists() and not list(run_dir.glob("plane-arditi*"))
+    manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert "plane" in manifest and "arditi_scores" not in manifest  # recorded as the default plane

@@ -92,7 +92,7 @@ class Analysis:
             "selection": [],  # below: its method needs the refusal tokens
         }
         if stage == "plane":
-            return [self._plane_path(self.config.plane_b1_method, "pc1", None)]
+            return [self._plane_path(self._generation_free(self.config.plane_b1_method), "pc1", None)]
         if stage == "selection":
             return [self.dir / f"direction-{self.direction_method}.safetensors"]
         if stage not in files:
@@ -226,8 +226,7 @@ class Analysis:
     def direction_method(self) -> str:
         """The config's ``direction_method``, or :data:`GENERATION_FREE` when that is ``"arditi"``
         and Arditi's stages are skipped (:attr:`arditi_skipped`)."""
-        method = self.config.direction_method
-        return GENERATION_FREE if method == "arditi" and self.arditi_skipped else method
+        return self._generation_free(self.config.direction_method)
 
     @cached_property
     def prompt_filter(self) -> dict:
@@ -363,24 +362,27 @@ class Analysis:
         ``plane_candidates``).
         """
         b1_method = b1_method or self.config.plane_b1_method
-        if b1_method == "arditi" and self.arditi_skipped:
-            b1_method = GENERATION_FREE
         norm = candidate_norm or self.config.plane_candidates
-        path = self._plane_path(b1_method, variant, layer_range)
-        if norm != self.config.plane_candidates:
-            path = path.with_name(f"{path.stem}-{norm}{path.suffix}")
         default = (b1_method, variant, layer_range, norm) == (
             self.config.plane_b1_method,
             "pc1",
             None,
             self.config.plane_candidates,
         )
+        b1_method = self._generation_free(b1_method)
+        path = self._plane_path(b1_method, variant, layer_range)
+        if norm != self.config.plane_candidates:
+            path = path.with_name(f"{path.stem}-{norm}{path.suffix}")
         return self.stages.run(
             "plane" if default else path.stem,
             [path],
             lambda: self._build_plane(path, b1_method, variant, layer_range, norm),
             lambda: Plane.load(path, d_model=self.model.cfg.d_model),
         )
+
+    def _generation_free(self, method: str) -> str:
+        """``method``, or :data:`GENERATION_FREE` for ``"arditi"`` when Arditi's stages are skipped."""
+        return GENERATION_FREE if method == "arditi" and self.arditi_skipped else method
 
     def plane_report(self, plane: Plane) -> dict:
         """:func:`workbench.planes.plane_report` plus the protocol the plane follows."""
