@@ -121,6 +121,13 @@ CASES = [
     (["plane", "--layers", "a-b"], None, "must be a range LO-HI"),
     (["plane", "--b1", "nope"], None, "--b1 'nope' is not a selection method; choose one of max_sim"),
     (["plane", "--variant", "pc3"], None, "--variant 'pc3' is not a plane variant; choose one of pc1"),
+    # refusal tokens: the option and the config key
+    (["run", "--refusal-tokens", ""], None, "--refusal-tokens '' has an empty item; pass comma-separated ids"),
+    (["select", "--refusal-tokens", "I,,Sorry"], None, "--refusal-tokens 'I,,Sorry' has an empty item"),
+    (["select"], {"analysis": {"refusal_tokens": [-1]}}, "AnalysisConfig.refusal_tokens holds [-1]: each must be"),
+    (["select"], {"analysis": {"refusal_tokens": [" "]}}, "AnalysisConfig.refusal_tokens holds [' ']"),
+    (["select"], {"analysis": {"refusal_tokens": "I"}}, 'refusal_tokens in "analysis" of {config} must be a list'),
+    (["select"], {"analysis": {"refusal_tokens": [1.5]}}, "must be int or str, got 1.5"),
 ]
 
 

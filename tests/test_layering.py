@@ -28,7 +28,7 @@ FLOORS: list[tuple[str, ...]] = [
     ),  # models
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
-    ("planes", "interventions", "intervention", "selection"),  # analysis
+    ("planes", "interventions", "intervention", "selection", "refusal_tokens"),  # analysis
     ("experiments", "pipeline"),  # experiments
     (
         "figures",

@@ -103,7 +103,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
     assert summary["refusal_by_location"]["harmful/all"] <= 0.3
     manifest = json.loads(Path(summary["manifest"]).read_text())
     stages = manifest["stages"]
-    # the selection stage runs its own (refusal tokens, prompt filter, Arditi scores) first; the
+    # the selection stage runs its own (prompt filter, Arditi scores) first; the
     # rotation variants build the unit-candidate plane inside their stage
     assert list(stages) == [
         "model",
@@ -120,9 +120,11 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "figures",
     ]
+    # the refusal tokens decide whether Arditi's stages run (and so the direction's method): a stage of their own
     assert list(summary["timings_s"]) == [
         "model",
         "activations",
+        "refusal_tokens",
         "selection",
         "plane",
         "locations",

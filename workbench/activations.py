@@ -93,7 +93,10 @@ class Activations:
         """The same activations for the prompts at ``rows`` only (e.g. those a filter kept)."""
         rows = list(rows)
         if not rows:
-            raise ValueError("no prompts selected; a filter that keeps nothing leaves no activations to average")
+            raise ValueError(
+                "no prompts selected; a filter that keeps nothing leaves no activations to average (the prompt "
+                'filter: set "analysis": {"filter_prompts": false} in --config, or pass other --refusal-tokens)'
+            )
         if min(rows) < 0 or max(rows) >= self.n_prompts:
             raise ValueError(f"prompt rows must be in 0..{self.n_prompts - 1}; got {min(rows)}..{max(rows)}")
         index = torch.tensor(rows)

@@ -66,7 +66,7 @@ def cmd_run(args) -> dict:
     from .run import run_main
 
     config, analysis_config = args.configs
-    return run_main(
+    summary = run_main(
         args.model,
         device=args.device,
         dtype=args.dtype,
@@ -75,6 +75,12 @@ def cmd_run(args) -> dict:
         prompts=args.prompt_splits,
         figures_dir=args.figures,
     )
+    if summary["skipped"]:
+        print(
+            f"workbench run: note: skipped Arditi's stages and the experiments: {summary['skipped']['arditi']}",
+            file=sys.stderr,
+        )
+    return summary
 
 
 def cmd_models(args) -> dict:
@@ -216,6 +222,11 @@ def _validate(args) -> None:
         check_model_spec(args.model)
         return
     args.configs = load_configs(args.config, args.model)
+    if args.refusal_tokens is not None:  # the option overrides the config's "analysis"."refusal_tokens"
+        from .refusal_tokens import parse_refusal_tokens
+
+        tokens = parse_refusal_tokens(args.refusal_tokens)
+        args.configs = (args.configs[0], replace(args.configs[1], refusal_tokens=tokens))
     from .selection import METHODS
 
     for field in ("direction_method", "plane_b1_method"):  # config.py sits below selection: checked here
@@ -319,6 +330,15 @@ def _model_args(p) -> None:
         "64:32:54 into direction_train/validation/test; needs --harmless too",
     )
     p.add_argument("--harmless", default=None, help="your harmless prompts, same formats")
+    p.add_argument(
+        "--refusal-tokens",
+        default=None,
+        metavar="TOKENS",
+        help='the first response tokens Arditi\'s refusal score counts: ids (40,1383) or strings (I,Sorry,"As an"), '
+        "comma-separated; a string stands for the first token the model's tokenizer makes of it (no leading space). "
+        'Overrides the config\'s "analysis": {"refusal_tokens"} and discovery from the model\'s own responses '
+        "(default); its own run folder",
+    )
     p.add_argument(
         "--config",
         default=None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "BENCH_FULL_CPU",
     "load_configs",
     "from_dict",
+    "LATE_ANALYSIS_FIELDS",
     "PROTOCOLS",
     "protocol_of",
 ]
@@ -84,6 +86,15 @@ def _check_positions(config: Any, name: str) -> None:
         )
 
 
+def _check_refusal_tokens(values: tuple[int | str, ...]) -> None:
+    bad = [v for v in values if (isinstance(v, int) and v < 0) or (isinstance(v, str) and not v.strip())]
+    if bad:
+        raise ValueError(
+            f"AnalysisConfig.refusal_tokens holds {bad!r}: each must be a token id ≥ 0 (e.g. 40) or a "
+            'non-blank string (e.g. "I", "As an")'
+        )
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """What the analysis computes. The defaults are the two studies' protocols as published
@@ -99,6 +110,10 @@ class AnalysisConfig:
     ``plane_positions``; b1 is the ``plane_b1_method`` choice among them and b2 is PC1 of the
     candidates as computed (``plane_candidates="raw"``, the study) or rescaled to unit length
     (``"unit"``).
+
+    ``refusal_tokens``: the first tokens Arditi's refusal score counts (ids, or strings that stand
+    for the first token the model's tokenizer makes of them); ``()`` discovers them from the
+    model's own responses (:mod:`workbench.refusal_tokens`).
     """
 
     sites: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")  # cached (statistics cover all)
@@ -115,9 +130,11 @@ class AnalysisConfig:
     plane_positions: tuple[int, ...] = (-1,)
     plane_candidates: str = "raw"  # PCA on the candidates as computed ("raw") or rescaled to unit length
     batch_size: int = 64
+    refusal_tokens: tuple[int | str, ...] = ()  # () = discovered from the model's responses
 
     def __post_init__(self) -> None:
         _check_fields(self, {"arditi_layer_stride": 1, "arditi_prompts": 1, "kl_max": 0, "batch_size": 1})
+        _check_refusal_tokens(self.refusal_tokens)
         _check_choices(self, {"arditi_fallback": ("none", "balance", "bypass"), "plane_candidates": ("raw", "unit")})
         _check_sites(self, ("sites", "arditi_site", "plane_sites"))
         _check_positions(self, "arditi_positions")
@@ -188,8 +205,9 @@ class RunContext:
         """``refusal_ids``, or an error naming ``what`` needs them and where they come from."""
         if not self.refusal_ids:
             raise ValueError(
-                f"{what} scores refusal from the first token: pass ctx=RunContext(refusal_ids=...) "
-                "(e.g. Analysis(model).refusal_ids, or RunConfig().context(analysis.refusal_ids))"
+                f"{what} scores refusal from the first token, and no refusal tokens are known: pass "
+                '--refusal-tokens (or "analysis": {"refusal_tokens": [...]} in the config); in Python '
+                "ctx=RunContext(refusal_ids=...), e.g. RunConfig().context(analysis.refusal_ids)"
             )
         return self.refusal_ids
 
@@ -333,8 +351,15 @@ def _check_value(cls: type, name: str, hint: Any, value: Any, where: str | None 
     if origin is tuple:
         (item, _) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise bad(f"a list of {item.__name__}")
+            raise bad(f"a list of {_type_name(item)}")
         return tuple(_check_value(cls, name, item, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_value(cls, name, option, value, where)
+            except ValueError:
+                continue
+        raise bad(_type_name(hint))
     if hint is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -350,6 +375,11 @@ def _check_value(cls: type, name: str, hint: Any, value: Any, where: str | None 
     if hint is str and not isinstance(value, str):
         raise bad("a string")
     return value
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join(o.__name__ for o in options)
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "the config") -> T:
@@ -381,6 +411,8 @@ MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # RunConfig fields added after runs were cached: they enter the run's folder hash only when set.
 LATE_RUN_FIELDS: dict[str, Any] = {"sweep_sets": ("harmful", "harmless"), "behaviours": False}
+# AnalysisConfig fields added after runs were cached: they enter the run folder's hash only when set.
+LATE_ANALYSIS_FIELDS: dict[str, Any] = {"refusal_tokens": ()}
 
 
 def load_configs(path: str | Path | None, model: str | None = None) -> tuple[RunConfig, AnalysisConfig]:

@@ -19,13 +19,18 @@ import pandas as pd
 from . import data
 from .activations import Activations, cache_activations
 from .artifacts import Manifest, atomic_write_text, cache_dir, library_versions, load_tensors, save_tensors, sha256_text
-from .config import AnalysisConfig, protocol_of
+from .config import LATE_ANALYSIS_FIELDS, AnalysisConfig, protocol_of
 from .directions import CandidateKey, Candidates, Direction, diff_in_means, per_sample_candidates
 from .planes import Plane, build_plane, plane_report
-from .selection import Selection, arditi_scores, candidate_stats, filter_prompts, model_refusal_tokens, select
+from .refusal_tokens import FIX, RefusalTokens, discover_refusal_tokens, resolve_refusal_tokens, with_separation
+from .selection import Selection, arditi_scores, candidate_stats, filter_prompts, select
 from .stages import Stages
 
-__all__ = ["AnalysisConfig", "Analysis", "model_key"]
+__all__ = ["AnalysisConfig", "Analysis", "model_key", "GENERATION_FREE"]
+
+# The direction's method when the config asks for Arditi's but the model refuses nothing: the
+# angular-steering study's b1 rule (the candidate most similar to the others), which needs no generation.
+GENERATION_FREE = "max_sim"
 
 SETS = {
     "harmful_train": ("harmful", "direction_train"),
@@ -84,10 +89,12 @@ class Analysis:
             "refusal_tokens": ["refusal_tokens.json"],
             "prompt_filter": ["prompt_filter.json"],
             "arditi_scores": ["arditi_scores.csv"],
-            "selection": [f"direction-{self.config.direction_method}.safetensors"],
+            "selection": [],  # below: its method needs the refusal tokens
         }
         if stage == "plane":
-            return [self._plane_path(self.config.plane_b1_method, "pc1", None)]
+            return [self._plane_path(self._generation_free(self.config.plane_b1_method), "pc1", None)]
+        if stage == "selection":
+            return [self.dir / f"direction-{self.direction_method}.safetensors"]
         if stage not in files:
             raise ValueError(f"unknown stage {stage!r}; choose {', '.join([*files, 'plane'])}")
         return [self.dir / name for name in files[stage]]
@@ -149,8 +156,11 @@ class Analysis:
         """Arditi's raw difference-in-means for every (site, layer, pos), on direction_train (only the
         prompts the filter kept, when ``filter_prompts``)."""
         harmful, harmless = self.activations["harmful_train"], self.activations["harmless_train"]
-        if self.config.filter_prompts:
+        if self.config.filter_prompts and self.arditi_skipped is None:
             kept = self.prompt_filter["direction_train"]
+            for kind in ("harmful", "harmless"):
+                if not kept[kind]:
+                    self._filter_kept_nothing(kind, "direction_train")
             harmful, harmless = harmful.select_prompts(kept["harmful"]), harmless.select_prompts(kept["harmless"])
         return diff_in_means(harmful, harmless, kind="raw")
 
@@ -171,16 +181,52 @@ class Analysis:
 
     # ------------------------------------------------------------------ stage 2: selection
     @cached_property
-    def refusal_ids(self) -> list[int]:
-        """The first tokens of the model's own refusals of the direction_train harmful prompts."""
+    def refusal_tokens(self) -> RefusalTokens:
+        """The first tokens Arditi's refusal score counts: the config's ``refusal_tokens``
+        (``source="config"``), else discovered from the model's greedy responses to the
+        direction_train prompts (:func:`~workbench.refusal_tokens.discover_refusal_tokens`); no ids
+        when the model refuses nothing. Saved, with how they were chosen, in ``refusal_tokens.json``."""
         path = self.stage_files("refusal_tokens")[0]
 
-        def compute() -> list[int]:
-            ids = model_refusal_tokens(self.model, self.prompts.get("harmful", "direction_train"))
-            atomic_write_text(path, json.dumps({"ids": ids, "tokens": self.model.tokenizer.convert_ids_to_tokens(ids)}))
-            return ids
+        def compute() -> RefusalTokens:
+            train = [self.prompts.get(kind, "direction_train") for kind in ("harmful", "harmless")]
+            if self.config.refusal_tokens:
+                found = resolve_refusal_tokens(self.model.tokenizer, self.config.refusal_tokens, self.model.cfg.d_vocab)
+                found = with_separation(self.model, found, *train, batch_size=self.config.batch_size)
+            else:
+                found = discover_refusal_tokens(self.model, *train, batch_size=self.config.batch_size)
+            atomic_write_text(path, json.dumps(found.to_json(), indent=1, ensure_ascii=False))
+            return found
 
-        return self.stages.run("refusal_tokens", [path], compute, lambda: json.loads(path.read_text())["ids"])
+        def load() -> RefusalTokens:
+            return RefusalTokens.from_json(json.loads(path.read_text()))
+
+        return self.stages.run("refusal_tokens", [path], compute, load)
+
+    @property
+    def refusal_ids(self) -> list[int]:
+        """The ids of :attr:`refusal_tokens`; an error naming the fix when the model refuses nothing."""
+        if self.arditi_skipped:
+            raise ValueError(self.arditi_skipped)
+        return list(self.refusal_tokens.ids)
+
+    @property
+    def arditi_skipped(self) -> str | None:
+        """Why Arditi's stages (prompt filter, scores) and every refusal-scored experiment are
+        skipped, or None when they run: no refusal tokens were given and none were found."""
+        if self.refusal_tokens.ids:
+            return None
+        n = len(self.prompts.get("harmful", "direction_train"))
+        return (
+            f"the model refused none of the {n} direction_train harmful prompts and no first token separates its "
+            f"responses to harmful and harmless ones; pass {FIX}"
+        )
+
+    @property
+    def direction_method(self) -> str:
+        """The config's ``direction_method``, or :data:`GENERATION_FREE` when that is ``"arditi"``
+        and Arditi's stages are skipped (:attr:`arditi_skipped`)."""
+        return self._generation_free(self.config.direction_method)
 
     @cached_property
     def prompt_filter(self) -> dict:
@@ -211,7 +257,18 @@ class Analysis:
         prompts = self.prompts.get(kind, "validation")[: self.config.arditi_prompts]
         if not self.config.filter_prompts:
             return prompts
-        return [prompts[i] for i in self.prompt_filter["validation"][kind]]
+        kept = [prompts[i] for i in self.prompt_filter["validation"][kind]]
+        if not kept:
+            self._filter_kept_nothing(kind, "validation")
+        return kept
+
+    def _filter_kept_nothing(self, kind: str, split: str) -> None:
+        sign = ">" if kind == "harmful" else "<"
+        raise ValueError(
+            f"the prompt filter kept no {kind} {split} prompt (refusal log-odds {sign} 0 with refusal tokens "
+            f'{list(self.refusal_tokens.strings)}); set "analysis": {{"filter_prompts": false}} in --config, '
+            "or pass other --refusal-tokens"
+        )
 
     @cached_property
     def arditi_candidates(self) -> Candidates:
@@ -245,10 +302,11 @@ class Analysis:
 
     @cached_property
     def selection(self) -> Selection:
+        """Every method's choice; Arditi's only when its stages run (see :attr:`arditi_skipped`)."""
         return select(
             self.candidates,
             self.stats,
-            arditi=self.arditi,
+            arditi=None if self.arditi_skipped else self.arditi,
             n_layers=self.model.cfg.n_layers,
             kl_max=self.config.kl_max,
             fallback=self.config.arditi_fallback,
@@ -256,21 +314,26 @@ class Analysis:
 
     def selection_report(self) -> dict:
         """How the direction was selected: protocol, positions scored, prompt-filter counts, the
-        fallback used (None when a candidate passed Arditi's filters)."""
-        cfg, notes = self.config, self.selection.notes
+        fallback used (None when a candidate passed Arditi's filters), the refusal tokens and how
+        they were chosen, and ``skipped`` (``{"arditi": why}`` when Arditi's stages did not run)."""
+        cfg, notes, skipped = self.config, self.selection.notes, self.arditi_skipped
+        scored = [] if skipped else self.arditi_candidates.keys
         return {
             "protocol": protocol_of("arditi", cfg),
-            "positions_scored": sorted({k.pos for k in self.arditi_candidates.keys}),
-            "layers_scored": sorted({k.layer for k in self.arditi_candidates.keys}),
-            "filtered": self.prompt_filter["counts"] if cfg.filter_prompts else None,
+            "positions_scored": sorted({k.pos for k in scored}),
+            "layers_scored": sorted({k.layer for k in scored}),
+            "filtered": self.prompt_filter["counts"] if cfg.filter_prompts and not skipped else None,
             "n_passed": notes.get("n_passed"),
             "layer_cutoff": notes.get("layer_cutoff"),
             "fallback": notes.get("fallback"),
+            "method": self.direction_method,
+            "refusal_tokens": self.refusal_tokens.to_json(),
+            "skipped": {"arditi": skipped} if skipped else {},
         }
 
     def direction(self, method: str | None = None) -> Direction:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
-        method = method or self.config.direction_method
+        method = method or self.direction_method
         path = self.dir / f"direction-{method}.safetensors"
 
         def compute() -> Direction:
@@ -278,7 +341,7 @@ class Analysis:
             direction.save(path)
             return direction
 
-        name = "selection" if method == self.config.direction_method else f"selection-{method}"
+        name = "selection" if method == self.direction_method else f"selection-{method}"
         return self.stages.run(name, [path], compute, lambda: Direction.load(path, d_model=self.model.cfg.d_model))
 
     # ------------------------------------------------------------------ stage 3: plane
@@ -300,21 +363,26 @@ class Analysis:
         """
         b1_method = b1_method or self.config.plane_b1_method
         norm = candidate_norm or self.config.plane_candidates
-        path = self._plane_path(b1_method, variant, layer_range)
-        if norm != self.config.plane_candidates:
-            path = path.with_name(f"{path.stem}-{norm}{path.suffix}")
         default = (b1_method, variant, layer_range, norm) == (
             self.config.plane_b1_method,
             "pc1",
             None,
             self.config.plane_candidates,
         )
+        b1_method = self._generation_free(b1_method)
+        path = self._plane_path(b1_method, variant, layer_range)
+        if norm != self.config.plane_candidates:
+            path = path.with_name(f"{path.stem}-{norm}{path.suffix}")
         return self.stages.run(
             "plane" if default else path.stem,
             [path],
             lambda: self._build_plane(path, b1_method, variant, layer_range, norm),
             lambda: Plane.load(path, d_model=self.model.cfg.d_model),
         )
+
+    def _generation_free(self, method: str) -> str:
+        """``method``, or :data:`GENERATION_FREE` for ``"arditi"`` when Arditi's stages are skipped."""
+        return GENERATION_FREE if method == "arditi" and self.arditi_skipped else method
 
     def plane_report(self, plane: Plane) -> dict:
         """:func:`workbench.planes.plane_report` plus the protocol the plane follows."""
@@ -353,4 +421,6 @@ class Analysis:
 
 
 def _jsonable(config: AnalysisConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
+    """The config as its run folder is keyed (late fields only when set, so older keys stay)."""
+    values = json.loads(json.dumps(asdict(config)))
+    return {k: v for k, v in values.items() if not (k in LATE_ANALYSIS_FIELDS and v == list(LATE_ANALYSIS_FIELDS[k]))}

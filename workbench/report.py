@@ -22,9 +22,11 @@ from .planes import Plane
 from .selection import KL_FALLBACK
 from .steering_math import special_cases
 
-__all__ = ["MainTables", "main_figures", "key_numbers", "write_index", "SPECIAL_CASE_ALPHAS"]
+__all__ = ["MainTables", "main_figures", "key_numbers", "skipped_parts", "write_index", "SPECIAL_CASE_ALPHAS"]
 
 SPECIAL_CASE_ALPHAS = [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]
+# the figures of the refusal-scored experiments, not drawn when a model refuses nothing
+EXPERIMENT_FIGURES = ("01_location_comparison", "05_angle_sweep", "07_layer_subsets", "09_rotation_variants")
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,34 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
     return figs
 
 
-def main_figures(analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables, *, model: str) -> Figures:
+def main_figures(
+    analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables | None, *, model: str
+) -> Figures:
     """``{file stem: (figure, what it shows)}`` for every figure of the main job, in file order; the
     angle map of every swept prompt set when more than harmful/harmless were swept, and the
-    unsteered behaviour per category when the tables have ``behaviours``."""
-    figs = {**_analysis_figures(analysis, direction, plane, model), **_experiment_figures(tables, model)}
+    unsteered behaviour per category when the tables have ``behaviours``. Without ``tables`` (a
+    model that refuses nothing: :func:`skipped_parts`) only the analysis figures."""
+    figs = _analysis_figures(analysis, direction, plane, model)
+    if tables is not None:
+        figs.update(_experiment_figures(tables, model))
     return dict(sorted(figs.items()))
+
+
+def skipped_parts(analysis: Analysis) -> dict:
+    """What a run skips when the model refuses nothing and no refusal tokens were given: ``{"arditi":
+    why, "experiments": which, "figures": {figure: why}}``; empty when nothing is skipped."""
+    why = analysis.arditi_skipped
+    if why is None:
+        return {}
+    return {
+        "arditi": why,
+        "experiments": "not run: the location comparison, layer subsets, angle sweep and rotation variants (each "
+        "scores refusal with the refusal tokens) and, with them, the behaviours table",
+        "figures": {
+            **dict.fromkeys(EXPERIMENT_FIGURES, "not drawn: its experiment was not run"),
+            "02_selection_heatmaps": "drawn without the bypass, induce and KL panels: no Arditi scores",
+        },
+    }
 
 
 def _labels_by_angle(sweep: pd.DataFrame) -> dict:
@@ -142,22 +166,37 @@ def _labels_by_angle(sweep: pd.DataFrame) -> dict:
     }
 
 
-def key_numbers(
-    analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables, rotation: dict | None = None
-) -> dict:
-    """The run's key numbers: the direction, each method's choice, the plane, refusal rates."""
-    selection, locations, sweep = analysis.selection, tables.locations, tables.sweep
+def _refusal_numbers(tables: MainTables | None) -> dict:
+    """Refusal rates by location and the harmful refusal by angle (none without ``tables``)."""
+    if tables is None:
+        return {"refusal_by_location": {}, "harmful_refusal_by_angle": {}}
+    locations, sweep = tables.locations, tables.sweep
     loc = {
         f"{s}/{c}": round(float(v), 3)
         for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)
     }
     harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
     return {
+        "refusal_by_location": loc,
+        **_labels_by_angle(sweep),
+        "harmful_refusal_by_angle": dict(
+            zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
+        ),
+    }
+
+
+def key_numbers(
+    analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables | None, rotation: dict | None = None
+) -> dict:
+    """The run's key numbers: the direction, each method's choice, the plane, refusal rates, and
+    what was skipped (:func:`skipped_parts`; ``tables`` is None then)."""
+    selection = analysis.selection
+    return {
         "direction": {
             "site": direction.site,
             "layer": direction.layer,
             "pos": direction.pos,
-            "method": analysis.config.direction_method,
+            "method": analysis.direction_method,
             "notes": selection.notes.get("arditi", ""),
         },
         "selection": analysis.selection_report(),
@@ -171,11 +210,8 @@ def key_numbers(
             "angle_pc1_b1_deg": round(plane.angle_pc1_b1_deg, 1),
         },
         "rotation": rotation or {},
-        "refusal_by_location": loc,
-        **_labels_by_angle(sweep),
-        "harmful_refusal_by_angle": dict(
-            zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
-        ),
+        **_refusal_numbers(tables),
+        "skipped": skipped_parts(analysis),
     }
 
 
@@ -192,15 +228,40 @@ def _protocol_lines(summary: dict) -> list[str]:
         if filtered
         else "off"
     )
+    how = (
+        f"`{sel['protocol']}` (positions scored {sel['positions_scored']}, "
+        f"{sel['n_passed']} candidate(s) passed the filters; prompts kept by the refusal-score filter: {kept})"
+        if not sel.get("skipped")
+        else f"generation-free, `{sel.get('method')}` (Arditi's stages skipped, below)"
+    )
     lines = [
-        f"Protocols: direction selection `{sel['protocol']}` (positions scored {sel['positions_scored']}, "
-        f"{sel['n_passed']} candidate(s) passed the filters; prompts kept by the refusal-score filter: {kept}); "
+        f"Protocols: direction selection {how}; "
         f"plane `{p['protocol']}` (candidates at {', '.join(p['candidate_sites'] or [])}, {p['candidate_norm']}); "
         f"rotation {rot.get('site', '?')}, adaptive {rot.get('adaptive', '?')}.",
     ]
     if sel.get("fallback"):
         lines += ["", f"**Selection fallback: {sel['fallback']}.**"]
-    return lines
+    return lines + _refusal_token_lines(sel.get("refusal_tokens"))
+
+
+def _refusal_token_lines(tokens: dict | None) -> list[str]:
+    """Which refusal tokens Arditi's score counts, where they came from and how well they separate."""
+    if not tokens:
+        return []
+    chosen = ", ".join(f"`{t!r}` (id {i})" for t, i in zip(tokens["strings"], tokens["ids"]))
+    auc = tokens.get("separation", {}).get("auc")
+    said = f"Refusal tokens ({tokens['source']}): {chosen}" if chosen else "Refusal tokens: none found"
+    stat = f"; AUC of their refusal log-odds, harmful vs harmless direction_train prompts: {auc}" if auc else ""
+    return ["", f"{said}; {tokens['how']}{stat}."]
+
+
+def _skipped_lines(skipped: dict) -> list[str]:
+    """The stages, experiments and figures a run skipped, and why (loudly)."""
+    if not skipped:
+        return []
+    lines = ["", f"**Skipped: Arditi's prompt filter and scores ({skipped['arditi']}).**", ""]
+    lines.append(f"Experiments {skipped['experiments']}. Figures:")
+    return lines + [f"- {name}: {why}" for name, why in skipped["figures"].items()]
 
 
 def _share_table(rows: dict[str, dict], first: str) -> list[str]:
@@ -243,6 +304,7 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
         f"variance, {p['angle_pc1_b1_deg']}° from b1.",
         "",
         *_protocol_lines(summary),
+        *_skipped_lines(summary.get("skipped", {})),
         "",
         "| figure | what it shows |",
         "|---|---|",
@@ -250,12 +312,11 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
     for key, (_, what) in figs.items():
         files = " · ".join(f"[{f.suffix[1:]}]({f.name})" for f in written[key])
         lines.append(f"| {key} ({files}) | {what} |")
-    lines += ["", "Key numbers (refusal rate, greedy, test split):", ""]
-    lines += [f"- {k}: {v}" for k, v in summary["refusal_by_location"].items()]
-    lines += [
-        "",
-        "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in summary["harmful_refusal_by_angle"].items()),
-    ]
+    if summary["refusal_by_location"]:
+        lines += ["", "Key numbers (refusal rate, greedy, test split):", ""]
+        lines += [f"- {k}: {v}" for k, v in summary["refusal_by_location"].items()]
+        by_angle = summary["harmful_refusal_by_angle"]
+        lines += ["", "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in by_angle.items())]
     lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,8 +1,11 @@
 """The main job: every analysis, intervention experiment and figure for one model, as resumable stages.
 
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
-interrupted run resumes): model → activations → selection (refusal tokens, Arditi scores) → plane →
+interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
 location comparison → layer subsets → angle sweep → figures (HTML + PNG) and ``figures/README.md``.
+A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
+path: activations, selection without Arditi's scores, plane and the analysis figures; the run's
+``skipped`` says what was left out and why.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class _MainJob:
         self.analysis, self.model, self.stages = analysis, analysis.model, stages
         self.folder, self.config = folder, config
         self.direction, self.plane = analysis.direction(), analysis.plane()
-        self.ctx = config.context(analysis.refusal_ids, progress=progress)
+        self.ctx = config.context(analysis.refusal_tokens.ids, progress=progress)
         self.test = {kind: analysis.prompts.get(kind, "test") for kind in ("harmful", "harmless")}
         self.angles = [a * config.angle_step for a in range(int(round(360 / config.angle_step)))]
         available = {**data.graded_test_sets(), **self.test}  # the analysis's own harmful / harmless test splits win
@@ -168,12 +171,15 @@ class _MainJob:
 
         return self.tables("behaviours", ["category"], compute)[0]
 
-    def experiments(self) -> MainTables:
+    def experiments(self) -> MainTables | None:
+        """Every experiment's tables; None when they cannot score refusal (``analysis.arditi_skipped``)."""
+        if self.analysis.arditi_skipped:
+            return None
         locations, location_prompts = self.locations()
         subsets, sweep = self.subsets(), self.sweep()
         return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
 
-    def summary(self, spec: str, tables: MainTables, t0: float) -> dict:
+    def summary(self, spec: str, tables: MainTables | None, t0: float) -> dict:
         rotation = {"site": self.config.rotation_site, "adaptive": self.config.adaptive}
         summary = {
             "model": spec,
@@ -185,7 +191,7 @@ class _MainJob:
             "prompts": self.analysis.prompts.source,
             "versions": library_versions(),
         }
-        if tables.behaviours is not None:
+        if tables is not None and tables.behaviours is not None:
             summary["behaviours"] = tables.behaviours.set_index("category").to_dict("index")
         return summary
 

@@ -134,7 +134,10 @@ def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int =
     responses = generate(model, harmful, max_new_tokens=max_new_tokens)
     refusals = [r for r in responses if is_refusal(r)]
     if not refusals:
-        raise ValueError("the model refused none of the prompts; pass refusal token ids explicitly")
+        raise ValueError(
+            "the model refused none of the prompts; pass refusal tokens explicitly: --refusal-tokens, "
+            '"analysis": {"refusal_tokens": [...]} in --config, or workbench.refusal_tokens.discover_refusal_tokens'
+        )
     return refusal_token_ids(model.tokenizer, refusals)
 
 

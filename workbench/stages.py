@@ -7,7 +7,7 @@ compute function writes the files atomically (:mod:`workbench.artifacts`), the f
 the stage done last. Either way the stage's wall time, whether it was reused and the sha256 of its
 files are recorded: in :attr:`Stages.seconds` and, once one is attached, in the run's
 :class:`~workbench.artifacts.Manifest`. Stages may run inside stages (the selection stage runs the
-refusal-token and Arditi-score stages); each is recorded under its own name, and
+prompt-filter and Arditi-score stages); each is recorded under its own name, and
 :meth:`Stages.top_level` gives the times that add up.
 """
 
