@@ -210,7 +210,7 @@ def _main(argv, capsys) -> tuple[int, dict | None, str]:
     code = cli.main(argv)
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if code == 0 and lines else None), err
+    return code, (json.loads(lines[-1]) if code == 0 and "--json" in argv else None), err
 
 
 @pytest.mark.slow
