@@ -208,18 +208,25 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 def test_a_non_fp32_dtype_says_it_recomputes_and_names_its_output(tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("Write a poem.\n")
-    args = cli.build_parser().parse_args(["generate", "--prompts", str(prompts), "--intervention", "rotate:90"])
-    cli._validate(args)
-    assert args.out_path.name == "p.organism-float32.rotate_90.jsonl" and capsys.readouterr().err == ""
-    args = cli.build_parser().parse_args(
-        ["generate", "--prompts", str(prompts), "--dtype", "float16", "--intervention", "add:1.5@3"]
-    )
-    cli._validate(args)
-    assert args.out_path.name == "p.organism-float16.add_1.5@3.jsonl"  # never the float32 run's file
-    for spelling in ("rotate:90:adaptive", "rotate:90:b1"):  # one value, one file
-        args = cli.build_parser().parse_args(["generate", "--prompts", str(prompts), "--intervention", spelling])
+    from workbench.intervention import parse
+    from workbench.provenance import default_output
+
+    def name(
+        argv: list[str],
+    ) -> str:  # the default output name, given the direction and plane (tests/test_provenance.py)
+        args = cli.build_parser().parse_args(["generate", "--prompts", str(prompts), *argv])
         cli._validate(args)
-        assert args.out_path.name == "p.organism-float32.rotate_90_b1.jsonl"
+        assert args.out_path is None  # named once the direction and the plane are known
+        return default_output(
+            args.prompts, args.model, args.dtype_name, {"intervention": str(parse(args.intervention))}
+        ).name
+
+    assert name(["--intervention", "rotate:90"]) == "p.organism-float32.rotate_90.jsonl"
+    assert capsys.readouterr().err == ""
+    # never the float32 run's file
+    assert name(["--dtype", "float16", "--intervention", "add:1.5@3"]) == "p.organism-float16.add_1.5@3.jsonl"
+    for spelling in ("rotate:90:adaptive", "rotate:90:b1"):  # one value, one file
+        assert name(["--intervention", spelling]) == "p.organism-float32.rotate_90_b1.jsonl"
     assert "note: --dtype float16 gets its own run folder" in capsys.readouterr().err
 
 

@@ -147,7 +147,7 @@ def test_bad_intervention_spec_is_a_clear_error():
     from workbench.cli import _steered
 
     with pytest.raises(ValueError, match="bad intervention 'ablate:everywhere'"):
-        _steered("ablate:everywhere", None, None, None)
+        _steered("ablate:everywhere", None, None, None, 8)
 
 
 @pytest.mark.slow

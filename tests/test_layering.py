@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
     ("planes", "interventions", "intervention", "selection", "refusal_tokens"),  # analysis
-    ("experiments", "pipeline"),  # experiments
+    ("experiments", "pipeline", "provenance"),  # experiments
     (
         "figures",
         "figures.style",

@@ -74,12 +74,14 @@ def cmd_run(args) -> dict:
         analysis_config=analysis_config,
         prompts=args.prompt_splits,
         figures_dir=args.figures,
+        config_file=args.config,
     )
     if summary["skipped"]:
         print(
             f"workbench run: note: skipped Arditi's stages and the experiments: {summary['skipped']['arditi']}",
             file=sys.stderr,
         )
+    _warn(summary["warnings"])
     return summary
 
 
@@ -97,6 +99,13 @@ def _prompt_splits(args):
     if (args.harmful is None) != (args.harmless is None):
         raise ValueError("pass both --harmful and --harmless (or neither, for the shipped prompt sets)")
     return PromptSplits.from_files(args.harmful, args.harmless) if args.harmful else None
+
+
+def _warn(lines: list[str]) -> list[str]:
+    """Print each small-sample warning on stderr; return them for the ``warnings`` field."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+    return lines
 
 
 def _analysis(args):
@@ -138,6 +147,7 @@ def cmd_select(args) -> dict:
         "notes": {k: str(v) for k, v in selection.notes.items()},
         "n_candidates": len(table),
         "run_dir": str(analysis.dir),
+        "warnings": _warn(analysis.sample_warnings()),
     }
 
 
@@ -150,40 +160,53 @@ def cmd_plane(args) -> dict:
     return {
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in report.items()},
         "run_dir": str(analysis.dir),
+        "warnings": _warn(analysis.sample_warnings()),
     }
 
 
 _BIG_ALPHA = 20.0  # |alpha| beyond this is far past the refusal direction's own size: expect gibberish
 
 
-def _steered(spec: str, model, analysis, run_config):
-    """``(model, hooks, params)`` for an intervention spec (:mod:`workbench.intervention`): the
-    direction and the plane are computed (or loaded) only when the kind reads them; a rotation
+def _steered(spec: str, model, analysis, run_config, max_new_tokens: int):
+    """``(model, hooks, params, provenance)`` for an intervention spec (:mod:`workbench.intervention`):
+    the direction and the plane are computed (or loaded) only when the kind reads them; a rotation
     without a site rotates at the config's ``rotation_site``."""
     from .intervention import Rotation, parse
+    from .provenance import generation_provenance
 
     value = parse(spec)
     if isinstance(value, Rotation) and value.site is None:
         value = replace(value, site=run_config.rotation_site)
     direction = analysis.direction() if "direction" in value.needs else None
     plane = analysis.plane() if "plane" in value.needs else None
+    record = generation_provenance(
+        analysis, str(value), direction=direction, plane=plane, max_new_tokens=max_new_tokens
+    )
     model = value.edit(model, direction, plane)
-    return model, value.hooks(model, direction, plane), value.params(direction)
+    return model, value.hooks(model, direction, plane), value.params(direction), record
 
 
 def cmd_generate(args) -> dict:
     from .artifacts import atomic_write_text
+    from .data import sample_warnings
     from .experiments import score_responses
     from .generation import generate
     from .labels import label_counts
+    from .provenance import check_overwrite, default_output
 
-    prompts, out = args.prompt_list, args.out_path
+    prompts = args.prompt_list
     model, analysis = _analysis(args)
-    model, hooks, params = _steered(args.intervention, model, analysis, args.configs[0])
+    model, hooks, params, record = _steered(args.intervention, model, analysis, args.configs[0], args.max_new_tokens)
+    out = args.out_path or default_output(args.prompts, args.model, args.dtype_name, record)
+    check_overwrite(out, record, overwrite=args.overwrite)  # before minutes of generation, not after
+    used = record["direction"] is not None or record["plane"] is not None  # else the analysis played no part
+    rate = sample_warnings([("rate", "prompts behind refusal_rate", len(prompts))])
+    notes = _warn([*(analysis.sample_warnings() if used else []), *rate])
     responses = generate(
         model, prompts, hooks=hooks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True
     )
     table = score_responses(prompts, responses)  # prompt, response, refused, empty, label
+    table["provenance"] = [record] * len(table)  # per row: pandas.read_json(lines=True) still reads the file
     atomic_write_text(out, table.to_json(orient="records", lines=True, force_ascii=False))
     shares = {k: v for k, v in label_counts(list(table["label"])).items() if v > 0}
     return {
@@ -195,6 +218,8 @@ def cmd_generate(args) -> dict:
         "label_rates": shares,
         "labels": shares,  # the name before label_rates, kept as an alias
         "output": str(out),
+        "provenance": record,
+        "warnings": notes,
     }
 
 
@@ -239,7 +264,9 @@ def _validate(args) -> None:
     check_writable_dir(cache_root(), f"the cache folder (${CACHE_ENV} or ~/.cache/refusal-workbench)")
     if args.command == "run":
         if args.figures is None:  # the default model's figures at the top, other embedded models' below
-            args.figures = "figures" if args.model == "organism" else f"figures/{Path(args.model).name}"
+            from .config import default_figures_dir
+
+            args.figures = default_figures_dir(args.model)
         check_writable_dir(args.figures, "--figures")
     if args.command == "plane":
         _check_plane_args(args)
@@ -278,8 +305,6 @@ def _check_plane_args(args) -> None:
 
 
 def _check_generate_args(args, dtype: str) -> None:
-    import re
-    from pathlib import Path
 
     from .artifacts import check_writable_dir
     from .data import read_prompts
@@ -297,15 +322,14 @@ def _check_generate_args(args, dtype: str) -> None:
             file=sys.stderr,
         )
     args.prompt_list = read_prompts(args.prompts)
-    if args.out:
-        out = Path(args.out)
-    else:  # model, dtype and intervention (its canonical spec: one name per value) in the name
-        tag = re.sub(r"[^A-Za-z0-9.@-]+", "_", f"{Path(args.model).name}-{dtype}.{value}").strip("_")
-        out = Path(args.prompts).with_suffix(f".{tag}.jsonl")
-    if out.is_dir():
+    # the default name (workbench.provenance.default_output) needs the direction's and the plane's
+    # identity, known once the analysis is loaded; here only its folder is checked
+    out = Path(args.out) if args.out else Path(args.prompts).with_suffix(".jsonl")
+    if args.out and out.is_dir():
         raise ValueError(f"--out {out} is a folder; pass a file name, e.g. {out / 'responses.jsonl'}")
     check_writable_dir(out.parent, "--out's folder" if args.out else "the prompts' folder (for the output)")
-    args.out_path = out
+    args.out_path = out if args.out else None
+    args.dtype_name = dtype
 
 
 def _model_args(p) -> None:
@@ -406,7 +430,14 @@ def _generate_parser(sub) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="JSONL output (default: next to the prompts, named by model, dtype and intervention)",
+        help="JSONL output (default: next to the prompts, named by model, dtype, intervention and the "
+        "direction's / plane's site, layer, position and analysis run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output written by a different run (by default that is refused; the same "
+        "run's output is replaced)",
     )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)

@@ -35,6 +35,7 @@ __all__ = [
     "BENCH_FULL",
     "BENCH_FULL_CPU",
     "load_configs",
+    "default_figures_dir",
     "from_dict",
     "LATE_ANALYSIS_FIELDS",
     "PROTOCOLS",
@@ -413,6 +414,12 @@ MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 LATE_RUN_FIELDS: dict[str, Any] = {"sweep_sets": ("harmful", "harmless"), "behaviours": False}
 # AnalysisConfig fields added after runs were cached: they enter the run folder's hash only when set.
 LATE_ANALYSIS_FIELDS: dict[str, Any] = {"refusal_tokens": ()}
+
+
+def default_figures_dir(model: str) -> str:
+    """Where ``workbench run`` writes a model's figures without ``--figures``: the default model's at
+    the top (``figures``), every other model's below it (``figures/NAME``)."""
+    return "figures" if model == "organism" else f"figures/{Path(model).name}"
 
 
 def load_configs(path: str | Path | None, model: str | None = None) -> tuple[RunConfig, AnalysisConfig]:

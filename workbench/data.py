@@ -28,10 +28,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,53 @@ ANALYSIS_SPLITS: tuple[str, ...] = ("direction_train", "validation", "test")
 MIN_PER_SPLIT = 4  # fewer prompts make a difference in means, a selection or a rate meaningless
 
 
+def wilson_half_width(n: int, p: float = 0.5, z: float = 1.96) -> float:
+    """Half the width of the Wilson 95 % interval of a rate ``p`` measured on ``n`` prompts."""
+    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+
+
+@dataclass(frozen=True)
+class SampleMinimum:
+    """The fewest prompts per class a number is reported from without a warning, and why."""
+
+    n: int
+    use: str  # what the prompts are used for
+    interval: Callable[[int], str]  # the interval n prompts give: the reason for the minimum
+
+
+# Below these, `--json` outputs carry a warning (issue 29: 12 + 12 own prompts gave 3 validation prompts
+# per class, AUC 1.0, Cohen's d 16.7, and rates from 4 test prompts, unwarned).
+SAMPLE_MINIMUMS: dict[str, SampleMinimum] = {
+    # the mean of each class, per coordinate: 95 % interval ±1.96 σ/√n of the prompts' own spread σ
+    "train": SampleMinimum(
+        32, "difference in means", lambda n: f"each class mean ±{1.96 / math.sqrt(n):.2f} σ per coordinate"
+    ),
+    # AUC's 95 % interval (Hanley-McNeil, AUC 0.5, n per class): ±0.20 at 16, ±0.50 at 3
+    "selection": SampleMinimum(
+        16,
+        "direction selection (AUC, Cohen's d, Arditi's scores)",
+        lambda n: f"an AUC's 95 % interval is ±{1.96 * math.sqrt((2 * n + 1) / (12 * n * n)):.2f}",
+    ),
+    # a refusal rate: Wilson 95 % half-width at p = 0.5 is 17 points at 30, 35 at 4
+    "rate": SampleMinimum(
+        30,
+        "a refusal rate",
+        lambda n: f"its Wilson 95 % interval is ±{100 * wilson_half_width(n):.0f} points at a rate of 50 %",
+    ),
+}
+
+
+def sample_warnings(counts: Iterable[tuple[str, str, int]]) -> list[str]:
+    """One line per ``(minimum, what was counted, n)`` below its :data:`SAMPLE_MINIMUMS` entry."""
+    out = []
+    for name, what, n in counts:
+        low = SAMPLE_MINIMUMS[name]
+        if n < low.n:
+            detail = low.interval(n) if n > 0 else "no prompts at all"
+            out.append(f"{what}: n = {n} < {low.n} for {low.use}; {detail}; use more prompts")
+    return out
+
+
 @dataclass(frozen=True)
 class PromptSplits:
     """The harmful and harmless prompts of one analysis, cut into ``direction_train`` (candidates),
@@ -117,6 +165,9 @@ class PromptSplits:
     sets: Mapping[tuple[str, str], tuple[str, ...]]
     source: str = "shipped"
     seed: int | None = None  # the shuffle seed of from_files (shipped splits: SPLIT_SEEDS)
+    # from_files: {"harmful": {"path": as given, "sha256": of the bytes read}, "harmless": ...}, for
+    # manifests and the figure index's command; not part of key(), which the prompts themselves define
+    files: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def shipped(cls) -> PromptSplits:
@@ -127,9 +178,10 @@ class PromptSplits:
         cls, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str], *, seed: int = 0
     ) -> PromptSplits:
         """Read two prompt files (any :func:`read_prompts` format) and split each one."""
-        sets = {}
+        sets, files = {}, {}
         for kind, path in (("harmful", harmful), ("harmless", harmless)):
             prompts = read_prompts(path)
+            files[kind] = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
             need = MIN_PER_SPLIT * len(ANALYSIS_SPLITS)
             if len(prompts) < need:
                 raise ValueError(
@@ -141,7 +193,8 @@ class PromptSplits:
             cuts = [round(len(prompts) * sum(sizes[: i + 1]) / sum(sizes)) for i in range(len(sizes))]
             for split, start, stop in zip(ANALYSIS_SPLITS, [0] + cuts[:-1], cuts):
                 sets[(kind, split)] = tuple(prompts[start:stop])
-        return cls(sets, source=f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}", seed=seed)
+        source = f"files:{Path(harmful).name},{Path(harmless).name};seed={seed}"
+        return cls(sets, source=source, seed=seed, files=files)
 
     def get(self, kind: str, split: str) -> list[str]:
         if (kind, split) not in self.sets:

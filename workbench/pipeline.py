@@ -331,6 +331,38 @@ class Analysis:
             "skipped": {"arditi": skipped} if skipped else {},
         }
 
+    def _kept(self, split: str, kind: str) -> int | None:
+        """Prompts of ``split``/``kind`` the prompt filter kept, when it is on and already computed
+        or saved (never computed here), else None."""
+        if not self.config.filter_prompts:
+            return None
+        path = self.stage_files("prompt_filter")[0]
+        if "prompt_filter" not in self.__dict__ and not path.exists():
+            return None
+        return int(self.prompt_filter["counts"][split][kind]["kept"])
+
+    def sample_counts(self) -> list[tuple[str, str, int]]:
+        """``(minimum, what, n)`` per class for the prompts the direction and the plane are chosen
+        from (direction_train, validation), for :func:`workbench.data.sample_warnings`."""
+        out = []
+        for kind in ("harmful", "harmless"):
+            kept = self._kept("direction_train", kind)
+            n = len(self.prompts.get(kind, "direction_train")) if kept is None else kept
+            what = "" if kept is None else " kept by the prompt filter"
+            out.append(("train", f"direction_train {kind} prompts{what}", n))
+            n_val = len(self.prompts.get(kind, "validation"))
+            out.append(("selection", f"validation {kind} prompts", n_val))
+            kept = self._kept("validation", kind)  # Arditi's scores: the first arditi_prompts, filtered
+            n = min(n_val, self.config.arditi_prompts) if kept is None else kept
+            if n != n_val:
+                out.append(("selection", f"validation {kind} prompts scored by Arditi's selection", n))
+        return out
+
+    def sample_warnings(self) -> list[str]:
+        """A warning per split the direction and plane are chosen from that is below its minimum
+        (:data:`workbench.data.SAMPLE_MINIMUMS`)."""
+        return data.sample_warnings(self.sample_counts())
+
     def direction(self, method: str | None = None) -> Direction:
         """The chosen direction (raw, in activation units) of ``method`` (default: the config's)."""
         method = method or self.direction_method

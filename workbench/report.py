@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import plotly.graph_objects as go
 
 from . import figures as fg
 from .artifacts import atomic_write_text
+from .config import default_figures_dir
 from .directions import Direction, cosine_matrix, projection_table
 from .labels import ALL_LABELS
 from .pipeline import Analysis
@@ -22,7 +25,15 @@ from .planes import Plane
 from .selection import KL_FALLBACK
 from .steering_math import special_cases
 
-__all__ = ["MainTables", "main_figures", "key_numbers", "skipped_parts", "write_index", "SPECIAL_CASE_ALPHAS"]
+__all__ = [
+    "MainTables",
+    "main_figures",
+    "key_numbers",
+    "skipped_parts",
+    "write_index",
+    "run_command",
+    "SPECIAL_CASE_ALPHAS",
+]
 
 SPECIAL_CASE_ALPHAS = [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]
 # the figures of the refusal-scored experiments, not drawn when a model refuses nothing
@@ -286,8 +297,48 @@ def _behaviour_lines(summary: dict) -> list[str]:
     return lines
 
 
-def _command(model: str) -> str:
-    return "workbench run" if model == "organism" else f"workbench run --model {model}"
+def run_command(
+    model: str,
+    *,
+    harmful: str | None = None,
+    harmless: str | None = None,
+    config: str | None = None,
+    figures: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> str:
+    """The ``workbench run`` command line of a run, with only the options it was given (``figures``
+    only when not the model's default folder)."""
+    words = ["workbench", "run"] + ([] if model == "organism" else ["--model", model])
+    options = {"--harmful": harmful, "--harmless": harmless, "--config": config, "--dtype": dtype, "--device": device}
+    if figures is not None and Path(figures) != Path(default_figures_dir(model)):
+        options["--figures"] = figures
+    words += [w for flag, value in options.items() if value is not None for w in (flag, str(value))]
+    return shlex.join(words)
+
+
+def _input_lines(summary: dict) -> list[str]:
+    """The prompt files and the config file the run read (path, sha256; the config's content), and
+    any small-sample warnings."""
+    inputs = summary.get("inputs") or {}
+    lines = []
+    for kind, f in (inputs.get("prompt_files") or {}).items():
+        lines.append(f"- {kind} prompts: `{f['path']}` (sha256 `{f['sha256']}`)")
+    if not inputs.get("prompt_files"):
+        lines.append("- prompts: the shipped splits (`workbench/prompts/`)")
+    if config := inputs.get("config_file"):
+        lines.append(f"- config: `{config['path']}` (sha256 `{config['sha256']}`): `{json.dumps(config['content'])}`")
+    else:
+        lines.append("- config: the defaults (no `--config`)")
+    if summary.get("warnings"):
+        lines += ["", '**Small samples** (see the top-level README, "Your own prompts"):', ""]
+        lines += [f"- {w}" for w in summary["warnings"]]
+    return ["", *lines]
+
+
+def _regenerate(summary: dict) -> str:
+    command = (summary.get("inputs") or {}).get("command")
+    return command or run_command(summary["model"])
 
 
 def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summary: dict) -> Path:
@@ -296,8 +347,9 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
     lines = [
         f"# Figures for `{summary['model']}`",
         "",
-        f"Regenerate with `{_command(summary['model'])}` (see the top-level README). Each figure is an "
+        f"Regenerate with `{_regenerate(summary)}` (see the top-level README). Each figure is an "
         "interactive HTML file; PNGs are written when a Chromium is available.",
+        *_input_lines(summary),
         "",
         f"Direction: `{d['site']}` layer {d['layer']}, position {d['pos']} ({d['method']}). "
         f"Plane: b1 = `{p['b1']}`, PC1 explains {p['pc1_explained_variance']:.0%} of the candidates' "

@@ -29,7 +29,7 @@ from .interventions import layer_subsets
 from .models import load_model
 from .organism import RECIPES, organism_dir
 from .pipeline import Analysis
-from .report import MainTables, key_numbers, main_figures, write_index
+from .report import MainTables, key_numbers, main_figures, run_command, write_index
 from .stages import Stages, load_tables, save_tables, table_files
 
 __all__ = ["RunConfig", "load_configs", "run_main"]
@@ -51,8 +51,29 @@ def _model_source(model) -> dict:
     }
 
 
-def _manifest(folder: Path, analysis: Analysis, config: RunConfig) -> Manifest:
-    """The run's manifest: what produced it (model, configs, versions, seeds, prompt hashes)."""
+def _inputs(spec, device, dtype, prompts, config_file, figures_dir) -> dict:
+    """What the run was given, as given: the prompt files and the config file (path, sha256 and, for
+    the config, its content), and the ``workbench run`` command that repeats the run."""
+    config = None
+    if config_file is not None:
+        text = Path(config_file).read_text(encoding="utf-8")
+        config = {"path": str(config_file), "sha256": sha256_text(text), "content": json.loads(text)}
+    files = {kind: dict(f) for kind, f in prompts.files.items()} if prompts is not None else {}
+    command = run_command(
+        spec,
+        harmful=files.get("harmful", {}).get("path"),
+        harmless=files.get("harmless", {}).get("path"),
+        config=None if config_file is None else str(config_file),
+        figures=str(figures_dir),
+        dtype=dtype,
+        device=device,
+    )
+    return {"prompt_files": files or None, "config_file": config, "command": command}
+
+
+def _manifest(folder: Path, analysis: Analysis, config: RunConfig, inputs: dict) -> Manifest:
+    """The run's manifest: what produced it (model, configs, versions, seeds, prompt hashes, the
+    prompt and config files and the command)."""
     model, prompts = analysis.model, analysis.prompts
     shipped = prompts.source == "shipped"
     return Manifest(
@@ -67,6 +88,7 @@ def _manifest(folder: Path, analysis: Analysis, config: RunConfig) -> Manifest:
         prompts={"source": prompts.source, "sets": prompts.fingerprints()},
         seeds={"torch": config.seed, "splits": data.SPLIT_SEEDS if shipped else prompts.seed},
         versions=library_versions(),
+        inputs=inputs,
     )
 
 
@@ -179,6 +201,19 @@ class _MainJob:
         subsets, sweep = self.subsets(), self.sweep()
         return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
 
+    def sample_warnings(self) -> list[str]:
+        """The analysis's small splits, and the test prompts behind each reported refusal rate."""
+        counts = [
+            ("rate", f"test {kind} prompts per location (n_eval)", min(len(p), self.config.n_eval))
+            for kind, p in self.test.items()
+        ]
+        counts += [
+            ("rate", f"{kind} prompts per steering angle (n_sweep)", len(p)) for kind, p in self.sweep_prompts.items()
+        ]
+        harmful = min(len(self.test["harmful"]), self.config.n_sweep)
+        counts.append(("rate", "harmful prompts per layer subset (n_sweep)", harmful))
+        return self.analysis.sample_warnings() + data.sample_warnings(counts)
+
     def summary(self, spec: str, tables: MainTables | None, t0: float) -> dict:
         rotation = {"site": self.config.rotation_site, "adaptive": self.config.adaptive}
         summary = {
@@ -190,13 +225,14 @@ class _MainJob:
             "manifest": str(self.stages.manifest.path if self.stages.manifest else None),
             "prompts": self.analysis.prompts.source,
             "versions": library_versions(),
+            "warnings": self.sample_warnings(),
         }
         if tables is not None and tables.behaviours is not None:
             summary["behaviours"] = tables.behaviours.set_index("category").to_dict("index")
         return summary
 
 
-def _start(spec, device, dtype, config, analysis_config, prompts, progress) -> tuple[Analysis, Stages, Path]:
+def _start(spec, device, dtype, config, analysis_config, prompts, progress, inputs) -> tuple[Analysis, Stages, Path]:
     """Load the model, open the analysis and the experiments folder of this run config, time the load."""
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -206,7 +242,7 @@ def _start(spec, device, dtype, config, analysis_config, prompts, progress) -> t
     folder = analysis.dir / "experiments" / sha256_text(json.dumps(_config_fields(config), sort_keys=True))[:8]
     folder.mkdir(parents=True, exist_ok=True)  # a changed RunConfig never reuses stale tables
     atomic_write_text(folder / "config.json", json.dumps(asdict(config), indent=2))
-    stages.manifest = _manifest(folder, analysis, config)
+    stages.manifest = _manifest(folder, analysis, config, inputs)
     stages.record("model", time.perf_counter() - t0)
     return analysis, stages, folder
 
@@ -221,6 +257,7 @@ def run_main(
     prompts: data.PromptSplits | None = None,
     figures_dir: str | Path = "figures",
     progress: bool = True,
+    config_file: str | Path | None = None,
 ) -> dict:
     """Run everything for ``spec`` and write the figures; returns the key numbers.
 
@@ -228,10 +265,13 @@ def run_main(
     distinct one gets its own run folder.
 
     ``prompts``: your own harmful/harmless sets (``data.PromptSplits.from_files``); default the
-    shipped splits. Every stage is recorded in ``<run dir>/experiments/<config>/manifest.json``.
+    shipped splits. ``config_file``: the file ``config`` and ``analysis_config`` were read from, if
+    any. Every stage is recorded in ``<run dir>/experiments/<config>/manifest.json``, with the prompt
+    and config files and the command that repeats the run (``inputs``, also in the summary).
     """
     t0 = time.perf_counter()
-    analysis, stages, folder = _start(spec, device, dtype, config, analysis_config, prompts, progress)
+    inputs = _inputs(spec, device, dtype, prompts, config_file, figures_dir)
+    analysis, stages, folder = _start(spec, device, dtype, config, analysis_config, prompts, progress, inputs)
     analysis.activations  # noqa: B018  its own stage, timed apart from the selection that needs it
     job = _MainJob(analysis, stages, folder, config, progress)
     tables = job.experiments()
@@ -242,7 +282,7 @@ def run_main(
     pngs = [f for paths in written.values() for f in paths if f.suffix == ".png"]
     stages.record("figures", time.perf_counter() - t_fig, pngs)
 
-    summary = job.summary(spec, tables, t0)
+    summary = {**job.summary(spec, tables, t0), "inputs": inputs}
     write_index(Path(figures_dir), figs, written, summary)
     for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
         atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))
