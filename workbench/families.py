@@ -8,6 +8,8 @@ loader copies into TL's ``cfg.original_architecture``):
 * where its norms sit (``norm``: ``pre``, ``sandwich`` or ``post``);
 * whether the fast paths may engage (``fast_paths``: on the tested allow-list, a tiny model of it in
   ``tests/test_families.py``) and why the fast attention never runs on it (``attention_excluded``);
+* the parameters that write into the residual stream, in its Hugging Face names and layout
+  (``residual_writers``: what weight orthogonalization edits when an intervention is exported);
 * its GGUF side: llama.cpp's architecture name (``gguf``), the key transformers' GGUF reader files
   it under where that differs (``gguf_reader``), and whether a GGUF of it is verified here
   (``gguf_verified``) or refused, and why (``gguf_refused``).
@@ -35,10 +37,15 @@ __all__ = [
     "gguf_verified",
     "gguf_renames",
     "hf_activation",
+    "Writer",
+    "residual_writers",
 ]
 
 NormPlacement = Literal["pre", "sandwich", "post"]
 CfgBuilder = Callable[[Any, str], dict]  # (Hugging Face config, architecture) -> TL config dict
+# (Hugging Face parameter name with "*" for the layer index, the axis that is d_model). A ``.bias``
+# entry is optional (written where the checkpoint has it); every other entry must exist.
+Writer = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Family:
     gguf_reader: str | None = None  # transformers' GGUF reader key, where it differs from ``gguf``
     gguf_verified: bool = False  # a GGUF loads with logits equal to the source (tests/test_gguf_families.py)
     gguf_refused: str | None = None  # why a GGUF of it is refused before any weight is read
+    residual_writers: tuple[Writer, ...] = ()  # what writes the residual stream (export's weight edit)
 
 
 # --------------------------------------------------------------------------- config helpers
@@ -205,6 +213,28 @@ def _gemma3_cfg(c, arch: str) -> dict:
     return _with_sliding_layers(c, cfg)
 
 
+# --------------------------------------------------------------------------- residual writers
+# The matrices (and biases) whose outputs are added to the residual stream: the token embedding
+# (GPT-2: and the learned positions), each attention output projection, each MLP output projection.
+# nn.Linear stores [out, in], so d_model is axis 0; embeddings [vocab, d_model] and GPT-2's Conv1D
+# [in, out] have it last; Mixtral's fused experts are [experts, d_model, d_ff] (transformers 5).
+
+
+def _writers(embed: str, layers: str, attn_out: str, mlp_out: str, axis: int = 0) -> tuple[Writer, ...]:
+    per_layer = [
+        (f"{layers}.*.{m}.{p}", axis if p == "weight" else 0) for m in (attn_out, mlp_out) for p in ("weight", "bias")
+    ]
+    return ((f"{embed}.weight", -1), *per_layer)
+
+
+_LLAMA_WRITERS = _writers("model.embed_tokens", "model.layers", "self_attn.o_proj", "mlp.down_proj")
+_MIXTRAL_WRITERS = (*_LLAMA_WRITERS[:3], ("model.layers.*.mlp.experts.down_proj", 1))
+_GPT2_WRITERS = (
+    ("transformer.wpe.weight", -1),
+    *_writers("transformer.wte", "transformer.h", "attn.c_proj", "mlp.c_proj", axis=-1),
+)
+_NEOX_WRITERS = _writers("gpt_neox.embed_in", "gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h")
+
 # --------------------------------------------------------------------------- the registry
 
 _NO_GGUF_READER = "transformers has no GGUF reader for it"
@@ -214,9 +244,18 @@ _OLMO_QK_NORM = (
 )
 
 _RECORDS = (
-    Family("LlamaForCausalLM", "Llama", fast_paths=True, gguf="llama", gguf_verified=True),
+    Family(
+        "LlamaForCausalLM", "Llama", fast_paths=True, gguf="llama", gguf_verified=True, residual_writers=_LLAMA_WRITERS
+    ),
     # llama.cpp writes Mistral as "llama": it loads from a GGUF as Llama, its sliding window lost
-    Family("MistralForCausalLM", "Mistral", fast_paths=True, gguf="llama", gguf_verified=True),
+    Family(
+        "MistralForCausalLM",
+        "Mistral",
+        fast_paths=True,
+        gguf="llama",
+        gguf_verified=True,
+        residual_writers=_LLAMA_WRITERS,
+    ),
     Family(
         "MixtralForCausalLM",
         "Mixtral",
@@ -224,11 +263,26 @@ _RECORDS = (
         gguf="llama",
         gguf_refused="a llama GGUF with llama.expert_count: transformers would read it as a dense Llama, "
         "its experts dropped",
+        residual_writers=_MIXTRAL_WRITERS,
     ),
-    Family("Qwen2ForCausalLM", "Qwen2", fast_paths=True, gguf="qwen2", gguf_verified=True),
-    Family("Qwen3ForCausalLM", "Qwen3", fast_paths=True, gguf="qwen3", gguf_verified=True),
-    Family("Phi3ForCausalLM", "Phi-3", fast_paths=True, gguf="phi3", gguf_verified=True),
-    Family("GemmaForCausalLM", "Gemma", tl_cfg=_gemma_cfg, fast_paths=True, gguf="gemma", gguf_refused=_NO_GGUF_READER),
+    Family(
+        "Qwen2ForCausalLM", "Qwen2", fast_paths=True, gguf="qwen2", gguf_verified=True, residual_writers=_LLAMA_WRITERS
+    ),
+    Family(
+        "Qwen3ForCausalLM", "Qwen3", fast_paths=True, gguf="qwen3", gguf_verified=True, residual_writers=_LLAMA_WRITERS
+    ),
+    Family(
+        "Phi3ForCausalLM", "Phi-3", fast_paths=True, gguf="phi3", gguf_verified=True, residual_writers=_LLAMA_WRITERS
+    ),
+    Family(
+        "GemmaForCausalLM",
+        "Gemma",
+        tl_cfg=_gemma_cfg,
+        fast_paths=True,
+        gguf="gemma",
+        gguf_refused=_NO_GGUF_READER,
+        residual_writers=_LLAMA_WRITERS,
+    ),
     Family(
         "Gemma2ForCausalLM",
         "Gemma-2",
@@ -237,6 +291,7 @@ _RECORDS = (
         fast_paths=True,
         gguf="gemma2",
         gguf_verified=True,
+        residual_writers=_LLAMA_WRITERS,
     ),
     Family(
         "Gemma3ForCausalLM",
@@ -246,6 +301,7 @@ _RECORDS = (
         fast_paths=True,
         gguf="gemma3",
         gguf_verified=True,
+        residual_writers=_LLAMA_WRITERS,
     ),
     Family(
         "Olmo2ForCausalLM",
@@ -256,6 +312,7 @@ _RECORDS = (
         attention_excluded=_OLMO_QK_NORM,
         gguf="olmo2",
         gguf_refused=_NO_GGUF_READER,
+        residual_writers=_LLAMA_WRITERS,
     ),
     Family(
         "Olmo3ForCausalLM",
@@ -265,10 +322,26 @@ _RECORDS = (
         attention_excluded=_OLMO_QK_NORM,
         gguf="olmo3",
         gguf_refused=_NO_GGUF_READER,
+        residual_writers=_LLAMA_WRITERS,
     ),
     Family("OlmoeForCausalLM", "OLMoE", attention_excluded=_OLMO_QK_NORM),  # not in the tested matrix
-    Family("GPT2LMHeadModel", "GPT-2", tl_cfg=_gpt2_cfg, fast_paths=True, gguf="gpt2", gguf_verified=True),
-    Family("GPTNeoXForCausalLM", "GPT-NeoX", fast_paths=True, gguf="gptneox", gguf_refused=_NO_GGUF_READER),
+    Family(
+        "GPT2LMHeadModel",
+        "GPT-2",
+        tl_cfg=_gpt2_cfg,
+        fast_paths=True,
+        gguf="gpt2",
+        gguf_verified=True,
+        residual_writers=_GPT2_WRITERS,
+    ),
+    Family(
+        "GPTNeoXForCausalLM",
+        "GPT-NeoX",
+        fast_paths=True,
+        gguf="gptneox",
+        gguf_refused=_NO_GGUF_READER,
+        residual_writers=_NEOX_WRITERS,
+    ),
     # known only for their GGUF names, which transformers' reader files under another key
     Family("Qwen2MoeForCausalLM", "Qwen2-MoE", gguf="qwen2moe", gguf_reader="qwen2_moe"),
     Family("Qwen3MoeForCausalLM", "Qwen3-MoE", gguf="qwen3moe", gguf_reader="qwen3_moe"),
@@ -320,3 +393,9 @@ def gguf_verified() -> tuple[str, ...]:
 def gguf_renames() -> dict[str, str]:
     """llama.cpp architecture names that transformers' GGUF reader keys under another name."""
     return {f.gguf: f.gguf_reader for f in FAMILIES.values() if f.gguf and f.gguf_reader}
+
+
+def residual_writers(architecture: str | None) -> tuple[Writer, ...]:
+    """The residual writers of ``architecture`` in its Hugging Face names (empty: not known)."""
+    record = family(architecture)
+    return record.residual_writers if record is not None else ()
