@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
     ("planes", "interventions", "intervention", "selection", "refusal_tokens"),  # analysis
-    ("experiments", "pipeline", "provenance"),  # experiments
+    ("experiments", "pipeline", "provenance", "export"),  # experiments; export: edited models leave the workbench
     (
         "figures",
         "figures.style",
@@ -49,7 +49,7 @@ FLOORS: list[tuple[str, ...]] = [
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 # the command line imports per subcommand, and the intervention registry loads its hook factories (torch,
 # TransformerLens: seconds) on first use, so `--help` and bad arguments answer at once
-LAZY_OK = {"cli", "intervention"}
+LAZY_OK = {"cli", "intervention", "export"}  # export: workbench.gguf_export loads for the GGUF formats only
 
 
 def _module_name(path: Path) -> str:

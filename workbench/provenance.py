@@ -21,7 +21,7 @@ from .directions import Direction
 from .pipeline import Analysis, model_key
 from .planes import Plane
 
-__all__ = ["generation_provenance", "default_output", "check_overwrite"]
+__all__ = ["generation_provenance", "direction_provenance", "default_output", "check_overwrite"]
 
 
 def _origin(analysis: Analysis) -> dict:
@@ -44,6 +44,12 @@ def _direction_record(direction: Direction, analysis: Analysis) -> dict:
         "train_prompt_hash": direction.prompt_hash,  # the direction_train prompts its means came from
         **_origin(analysis),
     }
+
+
+def direction_provenance(direction: Direction, analysis: Analysis) -> dict:
+    """Where ``direction`` came from (site, layer, position, method, train prompts' hash, the analysis
+    run, its prompt sets and config hash), JSON-ready: what ``workbench export``'s manifest records."""
+    return json.loads(json.dumps(_direction_record(direction, analysis)))
 
 
 def _plane_record(plane: Plane, analysis: Analysis) -> dict:
