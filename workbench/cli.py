@@ -223,6 +223,46 @@ def cmd_generate(args) -> dict:
     }
 
 
+def cmd_export(args) -> dict:
+    """The edited model as a Hugging Face folder, LoRA adapter, GGUF file or control vector (workbench.export)."""
+    from .export import export
+    from .intervention import parse
+    from .provenance import direction_provenance
+
+    t0 = time.perf_counter()
+    model, analysis = _analysis(args)
+    direction = analysis.direction()
+    manifest = export(
+        model,
+        direction,
+        parse(args.intervention),
+        args.format,
+        args.out,
+        force=args.force,
+        gguf_type=args.gguf_type or "f32",
+        provenance=direction_provenance(direction, analysis),
+    )
+    return {**manifest, "out": str(Path(args.out).expanduser()), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _check_export_args(args) -> None:
+    """Format, intervention, GGUF type, output path and (for a local folder) family, before any load."""
+    from .artifacts import check_writable_dir
+    from .export import GGUF_TYPES, check_folder_family, check_intervention, check_out
+    from .intervention import parse
+
+    check_intervention(parse(args.intervention), args.format)
+    if args.gguf_type is not None and args.format != "gguf":
+        raise ValueError(f"--gguf-type applies to --format gguf only; drop it for --format {args.format}")
+    if args.gguf_type is not None and args.gguf_type not in GGUF_TYPES:
+        raise ValueError(f"--gguf-type {args.gguf_type!r} is not a GGUF type; choose one of {', '.join(GGUF_TYPES)}")
+    out = Path(args.out).expanduser()
+    check_out(out, args.format)
+    check_writable_dir(out.parent, "--out's folder")
+    if Path(args.model).expanduser().is_dir():
+        check_folder_family(Path(args.model).expanduser(), args.format, force=args.force)
+
+
 def _validate(args) -> None:
     """Check every argument, file and output path before a model loads or any work starts; each
     problem is one ValueError naming the argument or file and the fix. Parsed values are kept on
@@ -272,6 +312,8 @@ def _validate(args) -> None:
         _check_plane_args(args)
     if args.command == "generate":
         _check_generate_args(args, dtype)
+    if args.command == "export":
+        _check_export_args(args)
     check_model_spec(args.model)
     if args.dtype is not None and dtype != "float32":  # a silent recompute of minutes looks like a hang
         print(
@@ -444,6 +486,29 @@ def _generate_parser(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="the edited model as a Hugging Face folder, LoRA adapter, GGUF or control vector")
+    _model_args(p)
+    p.add_argument(
+        "--intervention",
+        default="orthogonalize",
+        help="hf, lora, gguf: orthogonalize (default) or ablate:all, directional ablation everywhere as a weight "
+        "edit; control-vector: add[:ALPHA][@LAYERS]",
+    )
+    p.add_argument("--format", required=True, help="hf, lora, gguf or control-vector")
+    p.add_argument(
+        "--out", required=True, help="a new folder (hf, lora) or file (gguf, control-vector); never overwritten"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="export a family where weight orthogonalization is not exact (sandwich / post norms); the manifest "
+        "says how far it is from hook ablation",
+    )
+    p.add_argument("--gguf-type", default=None, help="f32 (default), f16, bf16 or q8_0 (--format gguf)")
+    p.set_defaults(func=cmd_export)
+
+
 def _models_parser(sub) -> None:
     p = sub.add_parser("models", help="a model's family, which fast paths engage, which interventions are exact")
     p.add_argument(
@@ -465,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     _organism_parser(sub)
     _analysis_parsers(sub)
     _generate_parser(sub)
+    _export_parser(sub)
     _models_parser(sub)
     return parser
 
