@@ -101,6 +101,29 @@ CASES = [
     (["generate", "--prompts", "{a_file}"], None, "unsupported prompt file"),
     ([*GEN, "--out", "{tmp}"], None, "is a folder; pass a file name"),
     ([*GEN, "--out", "{a_file}/out.jsonl"], None, "a_file is a file"),
+    # export: format, what it carries, output
+    (
+        ["export", "--format", "onnx", "--out", "{tmp}/o"],
+        None,
+        "--format 'onnx' is not an export format; choose one of",
+    ),
+    (["export", "--format", "hf", "--intervention", "rotate:90", "--out", "{tmp}/o"], None, "carries only directional"),
+    (["export", "--format", "lora", "--intervention", "ablate:all@3", "--out", "{tmp}/o"], None, "(orthogonalize, or"),
+    (["export", "--format", "gguf", "--intervention", "add:2", "--out", "{tmp}/o.gguf"], None, "as --format control-v"),
+    (["export", "--format", "control-vector", "--out", "{tmp}/cv.gguf"], None, "carries only activation addition"),
+    (["export", "--format", "hf", "--out", "{a_file}"], None, "--out {a_file} exists; export never overwrites"),
+    (["export", "--format", "gguf", "--out", "{tmp}/not_json"], None, "--out {tmp}/not_json.json exists"),
+    (["export", "--format", "hf", "--out", "{a_file}/o"], None, "--out's folder {a_file} is a file"),
+    (
+        ["export", "--format", "lora", "--gguf-type", "q8_0", "--out", "{tmp}/o"],
+        None,
+        "--gguf-type applies to --format gguf",
+    ),
+    (
+        ["export", "--format", "gguf", "--gguf-type", "q4", "--out", "{tmp}/o.gguf"],
+        None,
+        "--gguf-type 'q4' is not a GGUF",
+    ),
     # own prompt sets
     (["run", "--harmful", HARMFUL], None, "pass both --harmful and --harmless"),
     (["select", "--harmful", "{bad_utf8}", "--harmless", HARMLESS], None, "latin1.txt is not UTF-8 text"),
