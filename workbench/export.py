@@ -51,6 +51,7 @@ __all__ = [
     "FORMATS",
     "GGUF_TYPES",
     "MANIFEST",
+    "is_weight_edit",
     "check_intervention",
     "check_out",
     "check_family",
@@ -63,7 +64,6 @@ __all__ = [
 FORMATS = ("hf", "lora", "gguf", "control-vector")
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what workbench.gguf_export writes
 MANIFEST = "workbench-export.json"
-TOL = 1e-4  # fp32 logits: an exact family's export vs hook ablation
 _BUG_TOL = 1e-3  # beyond this an exact family's export is refused as wrong, never written
 _WEIGHT_FORMATS = ("hf", "lora", "gguf")
 _PROBE = (2, 12)  # probe batch: 2 rows of 12 random token ids (seed 0)
