@@ -252,6 +252,63 @@ def test_without_the_gguf_module_gguf_formats_say_so(root, tmp_path):
         assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture
+def fake_gguf(monkeypatch):
+    """A stand-in for workbench.gguf_export with its signatures, recording each call: the dispatch
+    is tested whether or not this build has the module."""
+    import sys
+    import types
+
+    import workbench
+
+    calls: dict = {}
+    fake = types.ModuleType("workbench.gguf_export")
+
+    def write_model_gguf(folder, out, *, outtype="f32"):
+        calls["gguf"] = (sorted(p.name for p in Path(folder).iterdir()), outtype)
+        Path(out).write_bytes(b"GG")
+        if outtype == "f16":  # a converter failing half-way through its file
+            raise OSError("converter failed")
+        Path(out).write_bytes(b"GGUF")
+
+    def write_control_vector(vectors, out, *, model_hint):
+        calls["cv"] = (vectors, model_hint)
+        Path(out).write_bytes(b"GGUF")
+
+    fake.write_model_gguf = write_model_gguf  # type: ignore[attr-defined]
+    fake.write_control_vector = write_control_vector  # type: ignore[attr-defined]
+    fake.control_vector_layers = lambda layers, n_layers: [layer + 1 for layer in layers]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "workbench.gguf_export", fake)
+    monkeypatch.setattr(workbench, "gguf_export", fake, raising=False)
+    return calls
+
+
+def test_gguf_dispatch_converts_the_hf_export_and_leaves_one_file_and_its_manifest(root, tmp_path, fake_gguf):
+    _, model, direction = _source("llama", root)
+    manifest = _export(model, direction, "gguf", tmp_path / "m.gguf", gguf_type="q8_0")
+    files, outtype = fake_gguf["gguf"]
+    assert outtype == "q8_0" and {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf.json"]  # the hf folder is gone
+    assert json.loads((tmp_path / "m.gguf.json").read_text()) == manifest and manifest["gguf_type"] == "q8_0"
+    assert manifest["exact"] and manifest["max_abs_logit_diff_vs_hook_ablation"] <= TOL
+    with pytest.raises(OSError, match="converter failed"):
+        _export(model, direction, "gguf", tmp_path / "n.gguf", gguf_type="f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf.json"]
+
+
+def test_control_vector_dispatch_writes_alpha_r_at_llama_cpp_layers(root, tmp_path, fake_gguf):
+    _, model, direction = _source("llama", root)
+    manifest = _export(model, direction, "control-vector", tmp_path / "cv.gguf", value=parse("add:2.5@0,1"))
+    vectors, hint = fake_gguf["cv"]
+    assert hint == "llama" and sorted(vectors) == [1, 2]  # the stand-in maps layer L to L + 1
+    for vector in vectors.values():
+        assert torch.equal(vector, 2.5 * direction.vector)
+    assert manifest["llama_cpp_layers"] == {0: 1, 1: 2} and manifest["layers"] == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv.gguf", "cv.gguf.json"]
+    _export(model, direction, "control-vector", tmp_path / "own.gguf", value=parse("add:-1"))  # its own layer
+    assert sorted(fake_gguf["cv"][0]) == [direction.layer + 1]
+
+
 def test_gguf_export_loads_back_equal_to_hook_ablation(root, tmp_path, tokens):
     pytest.importorskip("workbench.gguf_export")
     _, model, direction = _source("llama", root)
