@@ -125,6 +125,7 @@ def test_lora_is_rank_one_per_matrix_with_alpha_equal_to_r(root, tmp_path):
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert config["r"] == 1 and config["lora_alpha"] == 1
     weights = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    assert all("lora_" in k for k in weights)  # only the factors: no copy of the embedding rides along
     unit = direction.vector / direction.vector.norm()
     bs = [w for k, w in weights.items() if "lora_B" in k or "lora_embedding_B" in k]
     assert len(bs) == manifest["edited_parameters"] == 1 + 2 * model.cfg.n_layers  # embedding, o_proj, down_proj

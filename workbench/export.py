@@ -309,7 +309,7 @@ def _write_lora(model, direction: Direction, tmp: Path, caveats: list[str]) -> d
     peft_model = get_peft_model(hf, config).eval()
     _set_rank_one(peft_model, writers, unit_vector(direction, model.cfg.d_model))
     gap = _checked_gap(model, direction, lambda t: peft_model(input_ids=t).logits, caveats)
-    peft_model.save_pretrained(str(tmp))
+    peft_model.save_pretrained(str(tmp), save_embedding_layers=False)  # the LoRA factors only, not E itself
     return {"edited_parameters": len(writers), "rank": 1, "dtype": "float32", "gap": gap}
 
 
