@@ -43,7 +43,14 @@ from torch import Tensor
 from . import families
 from .artifacts import atomic_write_with
 
-__all__ = ["GGUF_TYPES", "write_model_gguf", "write_control_vector", "control_vector_layers"]
+__all__ = [
+    "GGUF_TYPES",
+    "write_model_gguf",
+    "add_hparams",
+    "add_tensors",
+    "write_control_vector",
+    "control_vector_layers",
+]
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32  # Q8_0 quantises rows in blocks of 32 values
@@ -112,9 +119,9 @@ def write_model_gguf(folder: Path, out: Path, *, outtype: str = "f32") -> None:
         writer.add_file_type(_FILE_TYPES[outtype])
         if outtype == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _add_hparams(writer, hf.config, arch)
+        add_hparams(writer, hf.config, arch)
         _add_tokenizer(writer, tokenizer, arch, _vocab_size(hf.config))
-        _add_tensors(writer, hf, arch, outtype)
+        add_tensors(writer, hf, arch, outtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -140,8 +147,9 @@ def _vocab_size(cfg) -> int:
 # --------------------------------------------------------------------------- hyper-parameters
 
 
-def _add_hparams(writer, cfg, arch: str) -> None:
-    """The ``<arch>.*`` keys llama.cpp reads (and transformers' GGUF reader maps back)."""
+def add_hparams(writer, cfg, arch: str) -> None:
+    """Add to the ``gguf.GGUFWriter`` the ``<arch>.*`` keys llama.cpp's converter writes for the HF
+    config ``cfg`` (and transformers' GGUF reader maps back)."""
     if arch == "gpt2":
         writer.add_context_length(cfg.n_positions)
         writer.add_block_count(cfg.n_layer)
@@ -157,7 +165,10 @@ def _add_hparams(writer, cfg, arch: str) -> None:
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if getattr(cfg, "rms_norm_eps", None) is not None:
+        writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    else:  # GPT-NeoX
+        writer.add_layer_norm_eps(cfg.layer_norm_eps)
     writer.add_rope_freq_base(float(families.rope(cfg)["rope_theta"]))
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
@@ -168,6 +179,9 @@ def _add_hparams(writer, cfg, arch: str) -> None:
                      ("final_logit_softcapping", "add_final_logit_softcapping")):  # fmt: skip
         if getattr(cfg, key, None) is not None:
             getattr(writer, add)(float(getattr(cfg, key)))
+    if getattr(cfg, "num_local_experts", None):  # (a file of this is refused by the loader: no writer path uses it)
+        writer.add_expert_count(cfg.num_local_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
     writer.add_vocab_size(_vocab_size(cfg))
 
 
@@ -325,7 +339,10 @@ def _encode(w: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
     return w.astype(np.float16), None  # f16, and Q8_0's fallback for rows that do not split into blocks
 
 
-def _add_tensors(writer, hf, arch: str, outtype: str) -> None:
+def add_tensors(writer, hf, arch: str, outtype: str = "f32", *, skip_unnamed: bool = False) -> None:
+    """Add the HF model ``hf``'s weights to the ``gguf.GGUFWriter`` under llama.cpp's names and in
+    its layouts, in ``outtype``; a weight with no GGUF name raises, unless ``skip_unnamed`` (for
+    test files of families the loader refuses anyway)."""
     import gguf
 
     cfg = hf.config
@@ -339,7 +356,7 @@ def _add_tensors(writer, hf, arch: str, outtype: str) -> None:
             continue  # llama.cpp writes no output.weight for tied embeddings
         name = name_map.get_name(stem)
         if name is None:
-            if stem.endswith(("rotary_emb", "attn.bias", "masked_bias")):
+            if skip_unnamed or stem.endswith(("rotary_emb", "attn.bias", "masked_bias")):
                 continue  # buffers, not weights
             raise ValueError(f"{arch}: no GGUF tensor name for {hf_name}; this checkpoint cannot be written")
         w = _layout(name, suffix, tensor.detach().float().numpy().copy(), arch, cfg)
