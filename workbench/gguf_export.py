@@ -115,6 +115,7 @@ def write_model_gguf(folder: Path, out: Path, *, outtype: str = "f32") -> None:
 
     def write(tmp: str) -> None:
         writer = gguf.GGUFWriter(tmp, arch)
+        writer.add_type("model")
         writer.add_name(folder.name)
         writer.add_file_type(_FILE_TYPES[outtype])
         if outtype == "q8_0":
@@ -224,9 +225,10 @@ def _pre_tokenizer(spec: dict) -> str:
     return "default"
 
 
-def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
+def _tokens(tokenizer, vocab_size: int, *, spm: bool) -> tuple[list[str], list[int]]:
     """The vocabulary by id, padded to the model's ``vocab_size`` with unused ``[PAD<i>]`` tokens, and
-    llama.cpp's token types (added special → control, added plain → user-defined, ``<0xNN>`` → byte)."""
+    llama.cpp's token types (added special → control, added plain → user-defined, ``<0xNN>`` → byte;
+    in a sentencepiece-style vocabulary the unknown token → unknown, as its converter does)."""
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     size = max(vocab_size, max(by_id) + 1)
     added = {i: t.special for i, t in tokenizer.added_tokens_decoder.items()}
@@ -242,7 +244,7 @@ def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
         else:
             tokens.append(token)
             types.append(_BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", token) else _NORMAL)
-    if tokenizer.unk_token_id is not None and types[tokenizer.unk_token_id] != _UNUSED:
+    if spm and tokenizer.unk_token_id is not None and types[tokenizer.unk_token_id] != _UNUSED:
         types[tokenizer.unk_token_id] = _UNKNOWN
     return tokens, types
 
@@ -260,13 +262,15 @@ def _add_tokenizer(writer, tokenizer, arch: str, vocab_size: int) -> None:
     kind = spec["model"]["type"]
     if kind != "BPE":
         raise ValueError(f"tokenizer model {kind!r} is not written to GGUF here (BPE only); export format hf")
-    tokens, types = _tokens(tokenizer, vocab_size)
+    byte_level = _byte_level(spec)
+    tokens, types = _tokens(tokenizer, vocab_size, spm=not byte_level)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    if _byte_level(spec):
+    if byte_level:
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(_pre_tokenizer(spec))
         writer.add_token_merges(_merges(spec))
+        writer.add_add_space_prefix('"add_prefix_space": true' in json.dumps(spec.get("pre_tokenizer")))
     else:
         writer.add_tokenizer_model("llama")
         writer.add_token_scores(_spm_scores(spec, tokens))
