@@ -35,6 +35,7 @@ TOL = 1e-4  # f32: GGUF-loaded logits vs the folder's
 # the share of positions whose argmax must agree (measured ≥ 0.97)
 TYPE_TOL = {"f16": 3e-3, "bf16": 2e-2, "q8_0": 6e-2}
 ARGMAX_AGREE = 0.9
+LLAMA_CPP_TOL = 1e-3  # f32 logits, llama.cpp vs PyTorch (measured: see the README)
 SPM = ("gemma2", "gemma3", "phi3")  # families whose tokenizers are sentencepiece-style
 
 
@@ -294,3 +295,67 @@ def test_smollm2_gguf_equals_llama_cpps_own_conversion(tmp_path):
         assert ours.get_field(key).contents() == ref.get_field(key).contents(), key
     assert ours.get_field("tokenizer.ggml.pre").contents() == "gpt-2"
     assert ref.get_field("tokenizer.ggml.pre").contents() == "smollm"
+
+
+# --------------------------------------------------------------------------- real llama.cpp
+
+
+def _llama_cpp():
+    return pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python builds llama.cpp)"
+    )
+
+
+def deep_llama_folder(folder: Path, n_layers: int = 4):
+    """A tiny random Llama of ``n_layers`` (enough for a control vector at layers ≥ 2) as an HF folder."""
+    from test_families import _configs, _randomize
+
+    config, cls = _configs()["llama"]
+    config.num_hidden_layers = n_layers
+    config.architectures = [cls.__name__]
+    torch.manual_seed(7)
+    hf = cls(config).eval()
+    _randomize(hf, "llama")
+    hf.save_pretrained(folder)
+    tok = hf_tokenizer(byte_level=True)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return hf, tok
+
+
+def llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_real_llama_cpp_runs_the_export_and_the_control_vector(tmp_path):
+    """llama.cpp itself: our f32 GGUF's logits equal the folder's, its tokenizer cuts text as the
+    folder's does, and our control vector, applied through ``llama_set_adapter_cvec`` with the buffer
+    llama.cpp's loader builds, equals the workbench's addition at resid_pre of layers 2 and 3."""
+    import ctypes
+
+    llama_cpp = _llama_cpp()
+    hf, tok = deep_llama_folder(tmp_path / "hf")
+    write_model_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    llm = llama_cpp.Llama(str(tmp_path / "tiny.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    text = "hello world abc"
+    assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text, add_special_tokens=False)
+    ids = torch.randint(3, V, (11,), generator=torch.Generator().manual_seed(2)).tolist()
+    gap = np.abs(llama_cpp_logits(llm, ids) - hf(input_ids=torch.tensor([ids])).logits[0].numpy()).max()
+    assert gap <= LLAMA_CPP_TOL, f"llama.cpp vs the folder: {gap:.1e}"
+
+    model = _load_tl(tmp_path / "hf")
+    r, alpha, layers = torch.randn(64, generator=torch.Generator().manual_seed(3)), 4.0, [2, 3]
+    hooks = addition_hooks(r, alpha=alpha, layers=layers, model=model)
+    expected = model.run_with_hooks(torch.tensor([ids]), fwd_hooks=hooks)[0].numpy()
+    mapping = control_vector_layers(layers, 4)
+    write_control_vector({k: alpha * r for k in mapping.values()}, tmp_path / "cv.gguf", model_hint="llama")
+    buf = read_like_llama_cpp(tmp_path / "cv.gguf", 4)[1:].reshape(-1).copy()  # the loader's buffer: from layer 1
+    ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    assert llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, buf.size, 64, 1, 4) == 0
+    steered = llama_cpp_logits(llm, ids)
+    assert np.abs(steered - expected).max() <= LLAMA_CPP_TOL
+    assert np.abs(steered - model(torch.tensor([ids]))[0].numpy()).max() > 1e-2, "the vector must act"
