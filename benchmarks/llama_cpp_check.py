@@ -20,7 +20,7 @@ Needs ``llama_cpp`` importable (``pip install llama-cpp-python`` builds llama.cp
 last stdout line is one JSON object.
 
     .venv/bin/python benchmarks/llama_cpp_check.py [--model organism] [--types f32,q8_0] [--prompts 4]
-        [--tokens 32] [--alpha 1.0] [--threads 2] [--json]
+        [--tokens 32] [--alpha 1.0] [--threads 2] [--kv f32|f16] [--json]
 """
 
 from __future__ import annotations
@@ -113,8 +113,11 @@ def compare(wb: list, cpp: list, tokenizer) -> dict:
     }
 
 
-def open_llama(llama_cpp, path: Path, threads: int):
-    return llama_cpp.Llama(str(path), n_ctx=1024, logits_all=True, verbose=False, n_threads=threads, n_batch=512)
+def open_llama(llama_cpp, path: Path, args):
+    kv = {"f32": 0, "f16": 1}[args.kv]  # GGML_TYPE_F32 / F16 for the KV cache (llama.cpp's default: f16)
+    return llama_cpp.Llama(
+        str(path), n_ctx=1024, logits_all=True, verbose=False, n_threads=args.threads, type_k=kv, type_v=kv
+    )
 
 
 def check_types(args, llama_cpp, folder: Path, tmp: Path, model, prompts: list[list[int]], texts: list[str]) -> dict:
@@ -126,7 +129,7 @@ def check_types(args, llama_cpp, folder: Path, tmp: Path, model, prompts: list[l
         start = time.perf_counter()
         write_model_gguf(folder, path, outtype=outtype)
         written = time.perf_counter() - start
-        llm = open_llama(llama_cpp, path, args.threads)
+        llm = open_llama(llama_cpp, path, args)
         if "tokenize_equal" not in result:
             same = [llm.tokenize(t.encode(), add_bos=False, special=True) == ids for t, ids in zip(texts, prompts)]
             result["tokenize_equal"] = f"{sum(same)}/{len(same)}"
@@ -156,7 +159,7 @@ def check_control_vector(args, llama_cpp, folder: Path, tmp: Path, model, prompt
     model_path = tmp / "model-f32.gguf"
     if not model_path.exists():
         write_model_gguf(folder, model_path)
-    llm = open_llama(llama_cpp, model_path, args.threads)
+    llm = open_llama(llama_cpp, model_path, args)
     buf = control_vector_buffer(path, n_layers)
     ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, buf.size, model.cfg.d_model, 1, n_layers)
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kv", choices=("f32", "f16"), default="f32", help="llama.cpp's KV cache type")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.types = args.types.split(",")
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = encode(model.tokenizer, texts)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        result = {"model": args.model, "llama_cpp": llama_cpp.__version__, "prompts": len(prompts)}
+        result = {"model": args.model, "llama_cpp": llama_cpp.__version__, "kv": args.kv, "prompts": len(prompts)}
         result.update(check_types(args, llama_cpp, folder, tmp, model, prompts, texts))
         result["control_vector"] = check_control_vector(args, llama_cpp, folder, tmp, model, prompts[args.prompts :])
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
