@@ -15,6 +15,7 @@ equals the workbench's addition at ``resid_pre`` of layer k + 1.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,11 @@ def test_unverified_family_and_bad_type_are_refused(tmp_path):
         write_model_gguf(tmp_path / "neox", tmp_path / "x.gguf")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         write_model_gguf(tmp_path, tmp_path / "x.gguf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"rope scaling \['llama3'\] is not written to GGUF.*format hf"):
+        write_model_gguf(tmp_path / "hf", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp")), "nothing half-written"
 
 
