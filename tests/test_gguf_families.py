@@ -3,10 +3,11 @@
 (fp32 tensors), and a short generation runs. Families transformers cannot read from GGUF are
 refused by name, before any weight is read.
 
-``write_gguf`` writes what llama.cpp's ``convert_hf_to_gguf.py`` would: its metadata keys, its
-tensor names (from ``gguf.get_tensor_name_map``, the table transformers inverts) and its tensor
-layouts (Llama-type q/k rows interleaved for its rotary, Gemma norm gains stored as ``1 + w``,
-GPT-2's Conv1D weights as ``out × in``), each undone by transformers' loader. A GGUF states less
+``write_gguf`` writes what llama.cpp's ``convert_hf_to_gguf.py`` would, with the export's own writer
+(``workbench.gguf_export``): its metadata keys, its tensor names (from ``gguf.get_tensor_name_map``,
+the table transformers inverts) and its tensor layouts (Llama-type q/k rows interleaved for its
+rotary, Gemma norm gains stored as ``1 + w``, GPT-2's Conv1D weights as ``out × in``), each undone by
+transformers' loader; the vocabulary is a small synthetic one. A GGUF states less
 than a ``config.json``; where transformers' reader drops a field, the family's GGUF twin below
 (``GGUF_TWIN``) sets it to the value transformers assumes, so the comparison is exact; those are
 the limits of GGUF loading itself (see the README).
@@ -14,17 +15,16 @@ the limits of GGUF loading itself (see the README).
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from test_families import FAMILIES, V, _configs, _randomize
 
-from workbench import families
+from workbench import families, gguf_export
 from workbench.generation import generate
+from workbench.gguf_export import add_hparams, add_tensors
 from workbench.models import check_model_spec, load_model
 
 TOL = 1e-4  # fp32 logits, GGUF-loaded TL vs the source HF model
@@ -86,52 +86,17 @@ def _vocab(byte_level: bool) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's q/k row order for its rotary (``LlamaModel.permute``), which transformers'
-    ``LlamaTensorProcessor._reverse_permute_weights`` undoes."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def write_gguf(hf, family: str, path: Path, *, arch: str | None = None) -> Path:
-    """Write the HF model ``hf`` of ``family`` as an fp32 GGUF at ``path``, as llama.cpp would."""
+    """Write the HF model ``hf`` of ``family`` as an fp32 GGUF at ``path``, as llama.cpp would: the
+    hyper-parameters and tensors by ``workbench.gguf_export`` (the export's own writer), the
+    vocabulary the small one above."""
     import gguf
 
     arch = arch or GGUF_ARCH.get(family) or UNREADABLE[family]
-    cfg = hf.config
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"tiny {family}")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    if family == "gpt2":
-        writer.add_context_length(cfg.n_positions)
-        writer.add_block_count(cfg.n_layer)
-        writer.add_embedding_length(cfg.n_embd)
-        writer.add_feed_forward_length(cfg.n_inner or 4 * cfg.n_embd)
-        writer.add_head_count(cfg.n_head)
-        writer.add_layer_norm_eps(cfg.layer_norm_epsilon)
-    else:
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        writer.add_context_length(cfg.max_position_embeddings)
-        writer.add_block_count(cfg.num_hidden_layers)
-        writer.add_embedding_length(cfg.hidden_size)
-        writer.add_feed_forward_length(cfg.intermediate_size)
-        writer.add_head_count(cfg.num_attention_heads)
-        writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-        if hasattr(cfg, "rms_norm_eps"):
-            writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        else:  # GPT-NeoX
-            writer.add_layer_norm_eps(cfg.layer_norm_eps)
-        rope = cfg.rope_parameters
-        rope = rope.get("full_attention", rope)  # Gemma-3: the global layers' base (the local one is fixed)
-        writer.add_rope_freq_base(float(rope["rope_theta"]))
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-        if getattr(cfg, "sliding_window", None):
-            writer.add_sliding_window(cfg.sliding_window)
-        if getattr(cfg, "num_local_experts", None):
-            writer.add_expert_count(cfg.num_local_experts)
-            writer.add_expert_used_count(cfg.num_experts_per_tok)
-    writer.add_vocab_size(V)
+    add_hparams(writer, hf.config, arch)
 
     byte_level = arch not in ("gemma", "gemma2", "gemma3", "phi3")  # the tokenizers those families ship
     tokens, merges = _vocab(byte_level)
@@ -150,28 +115,8 @@ def write_gguf(hf, family: str, path: Path, *, arch: str | None = None) -> Path:
     known = [k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch]
     assert known or family in UNREADABLE, f"gguf has no architecture {arch!r}"
     if known:  # (OLMo-3's is unknown to this gguf: its file is metadata only; it is refused on that)
-        name_map = gguf.get_tensor_name_map(known[0], cfg.num_hidden_layers)
-        tied = cfg.tie_word_embeddings
-        for hf_name, tensor in hf.state_dict().items():
-            stem, suffix = hf_name.rsplit(".", 1)
-            if tied and stem == "lm_head":
-                continue  # llama.cpp writes no output.weight for tied embeddings
-            name = name_map.get_name(stem)
-            if name is None:  # only an unreadable family's file may miss a tensor: it is refused anyway
-                assert family in UNREADABLE, f"{family}: no GGUF name for {hf_name}"
-                continue
-            w = tensor.detach().float().numpy().copy()
-            if arch == "llama" and name.endswith(("attn_q", "attn_k")):
-                w = _llama_cpp_permute(w, cfg.num_attention_heads if name.endswith("q") else cfg.num_key_value_heads)
-            if arch in ("gemma2", "gemma3") and name.endswith("norm"):
-                w = w + 1.0  # llama.cpp stores Gemma's (1 + w) gains
-            if (
-                arch == "gpt2"
-                and name.endswith(("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
-                and suffix == "weight"
-            ):
-                w = w.T.copy()  # Conv1D (in × out) to llama.cpp's out × in
-            writer.add_tensor(f"{name}.{suffix}", w)
+        # only an unreadable family's file may miss a tensor: it is refused anyway
+        add_tensors(writer, hf, arch, "f32", skip_unnamed=family in UNREADABLE)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -216,7 +161,7 @@ def test_gguf_loads_and_logits_equal_hf(family, tmp_path, tokens):
 @torch.inference_mode()
 def test_llama_gguf_without_the_q_k_permutation_differs(tmp_path, tokens, monkeypatch):
     """The control: the test above would see a q/k row order the loader failed to undo."""
-    monkeypatch.setattr(sys.modules[__name__], "_llama_cpp_permute", lambda w, n_head: w)
+    monkeypatch.setattr(gguf_export, "_llama_cpp_permute", lambda w, n_head: w)
     hf = build_twin("llama")
     model = _load(write_gguf(hf, "llama", tmp_path / "unpermuted.gguf"))
     assert (model(tokens) - hf(input_ids=tokens).logits).abs().max().item() > 1e-3  # vs ~1e-7 permuted

@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
         "fastpath.unembed",
         "fastpath.gguf",
         "hub",
+        "gguf_export",
         "organism",
         "models",
         "chat",

@@ -25,6 +25,7 @@ __all__ = [
     "check_writable_dir",
     "atomic_write_text",
     "atomic_write_bytes",
+    "atomic_write_with",
     "save_tensors",
     "load_tensors",
     "library_versions",
@@ -85,6 +86,12 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """Atomically create ``path`` with ``write(tmp)``, which fills a temporary file beside it (for
+    writers that take a file name, e.g. ``gguf.GGUFWriter``); see ``_atomic``."""
+    _atomic(Path(path), write)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
