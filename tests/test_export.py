@@ -312,7 +312,14 @@ def test_control_vector_dispatch_writes_alpha_r_at_llama_cpp_layers(root, tmp_pa
 
 def test_gguf_export_loads_back_equal_to_hook_ablation(root, tmp_path, tokens):
     pytest.importorskip("workbench.gguf_export")
-    _, model, direction = _source("llama", root)
+    from test_gguf_export import hf_folder  # GGUF carries BPE tokenizers only: the matrix's WordLevel one is refused
+
+    hf_folder("llama", tmp_path / "src")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(str(tmp_path / "src"), device="cpu", dtype="float32")
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(7))
+    direction = Direction(vector, site="resid_pre", layer=1, pos=-1, method="test")
     manifest = _export(model, direction, "gguf", tmp_path / "m.gguf", gguf_type="f32")
     assert json.loads((tmp_path / "m.gguf.json").read_text()) == manifest and manifest["gguf_type"] == "f32"
     with warnings.catch_warnings():
@@ -325,9 +332,16 @@ def test_gguf_export_loads_back_equal_to_hook_ablation(root, tmp_path, tokens):
 def test_control_vector_holds_alpha_times_the_direction(root, tmp_path):
     pytest.importorskip("workbench.gguf_export")
     gguf = pytest.importorskip("gguf")
-    _, model, direction = _source("llama", root)
-    manifest = _export(model, direction, "control-vector", tmp_path / "cv.gguf", value=parse("add:2.5@1"))
-    assert manifest["alpha"] == 2.5 and manifest["layers"] == [1]
+    from test_gguf_export import deep_llama_folder  # llama.cpp steers from layer 2 on: 4 layers, not 2
+
+    deep_llama_folder(tmp_path / "src", n_layers=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(str(tmp_path / "src"), device="cpu", dtype="float32")
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(7))
+    direction = Direction(vector, site="resid_pre", layer=2, pos=-1, method="test")
+    manifest = _export(model, direction, "control-vector", tmp_path / "cv.gguf", value=parse("add:2.5@2"))
+    assert manifest["alpha"] == 2.5 and manifest["layers"] == [2] and manifest["llama_cpp_layers"] == {2: 1}
     reader = gguf.GGUFReader(str(tmp_path / "cv.gguf"))
     tensors = {t.name: torch.tensor(t.data.copy()).float().reshape(-1) for t in reader.tensors}
     (layer,) = manifest["llama_cpp_layers"].values()

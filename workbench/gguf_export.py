@@ -387,7 +387,7 @@ def control_vector_layers(workbench_layers: Sequence[int], n_layers: int) -> dic
             raise ValueError(
                 f"layer {layer}: llama.cpp's control vectors cannot add at resid_pre of layer {resolved} "
                 f"(its first slot, direction.1, is the output of block 1 = resid_pre of layer 2); "
-                f"use a layer in 2 … {n_layers - 1}"
+                + (f"use a layer in 2 … {n_layers - 1}" if n_layers > 2 else "this model has no such layer")
             )
         mapping[resolved] = resolved - 1
     return mapping
