@@ -393,7 +393,7 @@ def _model_args(p) -> None:
         "--harmful",
         default=None,
         help="your harmful prompts (txt/csv/json/jsonl), split "
-        "64:32:54 into direction_train/validation/test; needs --harmless too",
+        "in the proportions 64:32:54 into direction_train/validation/test; needs --harmless too",
     )
     p.add_argument("--harmless", default=None, help="your harmless prompts, same formats")
     p.add_argument(

@@ -12,6 +12,7 @@ and ``degenerate`` (gibberish or loops). :func:`heuristic_label` documents every
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "heuristic_label",
     "label_counts",
     "label_agreement",
+    "wilson_interval",
 ]
 
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -279,9 +281,9 @@ def label_counts(labels: Sequence[str]) -> dict[str, float]:
 def label_agreement(hand: Sequence[str], predicted: Sequence[str]) -> dict:
     """How well predicted labels match hand labels (both from :data:`ALL_LABELS`, aligned).
 
-    Returns ``{"n", "accuracy", "confusion": {hand label: {predicted label: count}}, "per_label":
-    {label: {"precision", "recall", "support"}}}``; precision is ``None`` for a label never
-    predicted, recall ``None`` for one never hand-assigned.
+    Returns ``{"n", "accuracy", "accuracy_ci95": [low, high] (:func:`wilson_interval`), "confusion":
+    {hand label: {predicted label: count}}, "per_label": {label: {"precision", "recall", "support"}}}``;
+    precision is ``None`` for a label never predicted, recall ``None`` for one never hand-assigned.
     """
     if len(hand) != len(predicted) or not hand:
         raise ValueError(f"need equally many hand and predicted labels, got {len(hand)} and {len(predicted)}")
@@ -298,5 +300,23 @@ def label_agreement(hand: Sequence[str], predicted: Sequence[str]) -> dict:
             "recall": round(hit / true, 3) if true else None,
             "support": true,
         }
-    accuracy = sum(pairs[lab, lab] for lab in ALL_LABELS) / len(hand)
-    return {"n": len(hand), "accuracy": round(accuracy, 3), "confusion": confusion, "per_label": per_label}
+    agree = sum(pairs[lab, lab] for lab in ALL_LABELS)
+    low, high = wilson_interval(agree, len(hand))
+    return {
+        "n": len(hand),
+        "accuracy": round(agree / len(hand), 3),
+        "accuracy_ci95": [round(low, 3), round(high, 3)],
+        "confusion": confusion,
+        "per_label": per_label,
+    }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n`` (95 % by default): unlike the normal
+    approximation it stays inside [0, 1] and is not of zero width at 0 or n successes."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
