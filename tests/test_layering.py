@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Floors, bottom to top (README, "Layout"). A module may import from its own floor (without cycles)
 # and from any floor below it; never from a floor above.
 FLOORS: list[tuple[str, ...]] = [
-    ("workbench", "sites", "artifacts", "fingerprints", "config", "data", "stages", "families"),  # vocabulary, plumbing
+    # vocabulary, plumbing
+    ("workbench", "sites", "artifacts", "fingerprints", "config", "data", "stages", "families", "stats"),
     (
         "fastpath",
         "fastpath.attention",
