@@ -29,8 +29,8 @@ FLOORS: list[tuple[str, ...]] = [
     ),  # models
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
-    ("planes", "interventions", "intervention", "selection", "refusal_tokens"),  # analysis
-    ("experiments", "pipeline", "provenance"),  # experiments
+    ("planes", "interventions", "intervention", "selection", "refusal_tokens", "controls"),  # analysis
+    ("experiments", "pipeline", "provenance", "damage"),  # experiments
     (
         "figures",
         "figures.style",
