@@ -69,7 +69,7 @@ def test_index_prints_each_rate_with_its_interval_and_n(tmp_path):
     )
     text = write_index(tmp_path, {}, {}, summary).read_text()
     assert "- harmful/none: 0.963 [0.87, 0.99] (n=54)" in text
-    assert "(n=16 per angle): 0°: 0.875 [0.64, 0.96], 180°: 0.0 [0.00, 0.19]" in text
+    assert "(n=16 per angle): 0°: 0.875 [0.64, 0.96], 180°: 0.000 [0.00, 0.19]" in text
 
 
 def test_location_and_subset_figures_draw_the_intervals_as_error_bars():

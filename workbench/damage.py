@@ -20,11 +20,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .artifacts import atomic_write_text
 from .data import PROMPT_DIR, load_split
 from .experiments import reference_cross_entropy
 from .generation import generate, last_token_logprobs
 from .labels import degeneration
 from .metrics import first_token_kl
+from .models import load_model
 from .stats import bootstrap_ci, bootstrap_diff_ci, wilson_interval
 
 __all__ = ["HELDOUT_ANSWERS", "load_heldout_answers", "write_heldout_answers", "measure_damage"]
@@ -51,9 +53,6 @@ def load_heldout_answers(path: str | Path = HELDOUT_ANSWERS) -> tuple[list[str],
 def write_heldout_answers(path: str | Path = HELDOUT_ANSWERS, *, batch_size: int = 27, progress: bool = True) -> Path:
     """Rebuild :data:`HELDOUT_ANSWERS`: the base model's greedy answers (chat template,
     ``ANSWER_TOKENS`` new tokens, stripped) to the 54 harmless ``test`` prompts, in split order."""
-    from .artifacts import atomic_write_text
-    from .models import load_model
-
     model = load_model(ANSWER_MODEL, device="cpu")
     prompts = load_split("harmless", "test")
     answers = generate(model, prompts, max_new_tokens=ANSWER_TOKENS, batch_size=batch_size, progress=progress)

@@ -182,12 +182,12 @@ def _labels_by_angle(sweep: pd.DataFrame) -> dict:
 def _rates(rows: pd.DataFrame, keys: list[str]) -> tuple[dict, dict, dict]:
     """``({key: rate}, {key: [lo, hi]}, {key: n})`` of ``refusal_rate`` with its 95 % Wilson interval."""
     rates, ci, n = {}, {}, {}
-    for row in rows.itertuples(index=False):
-        key = "/".join(str(getattr(row, k)) for k in keys)
-        rates[key] = round(float(row.refusal_rate), 3)
-        if "refusal_ci_lo" in rows:
-            ci[key] = [round(float(row.refusal_ci_lo), 3), round(float(row.refusal_ci_hi), 3)]
-        n[key] = int(row.n)
+    for row in rows.to_dict("records"):
+        key = "/".join(str(row[k]) for k in keys)
+        rates[key] = round(float(row["refusal_rate"]), 3)
+        if "refusal_ci_lo" in row:
+            ci[key] = [round(float(row["refusal_ci_lo"]), 3), round(float(row["refusal_ci_hi"]), 3)]
+        n[key] = int(row["n"])
     return rates, ci, n
 
 
@@ -367,7 +367,7 @@ def _key_number_lines(summary: dict) -> list[str]:
     counts = sorted(set(n.values()))
     each = f" (n={counts[0]} per angle)" if len(counts) == 1 else ""
     text = ", ".join(
-        f"{a}°: {v}"
+        f"{a}°: {v:.3f}"
         + (f" [{ci[a][0]:.2f}, {ci[a][1]:.2f}]" if a in ci else "")
         + ("" if each or a not in n else f" (n={n[a]})")
         for a, v in by_angle.items()

@@ -53,12 +53,12 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
 
 
 def _set_title(summary: pd.DataFrame, split: str) -> str:
-    """``harmful (n = 16 per angle; 95 % CI of a share up to ±22 points)``: the set, its n and the
-    widest Wilson interval a share on n prompts has (at 50 %)."""
+    """``harmful: n = 16 per angle, 95 % CI ≤ ±22 pts``: the set, its n and the widest Wilson
+    interval a share on n prompts has (its half-width at 50 %)."""
     if "n" not in summary:
         return split
     n = int(summary[summary.split == split]["n"].iloc[0])
-    return f"{split} (n = {n} per angle; 95 % CI of a share up to ±{100 * wilson_half_width(n):.0f} points)"
+    return f"{split}: n = {n} per angle, 95 % CI ≤ ±{100 * wilson_half_width(n):.0f} pts"
 
 
 def behaviour_bars(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:

@@ -229,7 +229,7 @@ def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> g
                 textposition="top center",
                 customdata=rows["subset"],
                 hovertext=[f"{w}<br>{ci}" for w, ci in zip(span, _interval_text(rows))],
-                error_y=_rate_error(rows),
+                error_y=_rate_error(rows, color=_OTHER[i % len(_OTHER)]),
                 hovertemplate="%{customdata}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>",
             )
         )

@@ -180,7 +180,9 @@ def _label_bars(rows: pd.DataFrame, per_label) -> list[go.Barpolar]:
     ]
 
 
-def _rate_error(rows: pd.DataFrame, stem: str = "refusal", rate: str = "refusal_rate") -> dict | None:
+def _rate_error(
+    rows: pd.DataFrame, stem: str = "refusal", rate: str = "refusal_rate", color: str = "#2c3e50"
+) -> dict | None:
     """Plotly ``error_y`` for a rate's asymmetric 95 % interval (``<stem>_ci_lo`` / ``_hi``, from
     :func:`~workbench.experiments.rate_intervals`); None when the table has no interval."""
     if f"{stem}_ci_lo" not in rows or f"{stem}_ci_hi" not in rows:
@@ -192,7 +194,7 @@ def _rate_error(rows: pd.DataFrame, stem: str = "refusal", rate: str = "refusal_
         "arrayminus": (rows[rate] - rows[f"{stem}_ci_lo"]).clip(lower=0).to_numpy(),
         "thickness": 1.2,
         "width": 3,
-        "color": "#2c3e50",
+        "color": color,
     }
 
 
