@@ -186,7 +186,7 @@ def _rates(rows: pd.DataFrame, keys: list[str]) -> tuple[dict, dict, dict]:
         key = "/".join(str(row[k]) for k in keys)
         rates[key] = round(float(row["refusal_rate"]), 3)
         if "refusal_ci_lo" in row:
-            ci[key] = [round(float(row["refusal_ci_lo"]), 3), round(float(row["refusal_ci_hi"]), 3)]
+            ci[key] = [round(float(row["refusal_ci_lo"]), 4), round(float(row["refusal_ci_hi"]), 4)]
         n[key] = int(row["n"])
     return rates, ci, n
 
