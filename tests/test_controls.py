@@ -87,3 +87,28 @@ def test_generate_with_a_control_reports_intervals_and_records_the_control(tmp_p
     row = json.loads(open(out["output"]).readline())
     assert row["provenance"]["controls"] == {"direction": {"kind": "random", "seed": 3}}
     assert "direction-random3" in out["output"]  # never the real direction's file
+
+
+@pytest.mark.slow
+def test_random_direction_ablation_leaves_harmful_refusal_within_the_baseline_interval(tmp_path, capsys):
+    """The issue's check: ablating a random direction (norm-matched, at the real one's site, layer and
+    position) everywhere does not remove the organism's refusal. Measured 2026-12-05 on the 54 held-out
+    harmful prompts, 24 tokens: 0.981 [0.90, 1.00] against 0.963 [0.88, 0.99] unsteered."""
+    import json
+
+    from workbench import data
+    from workbench.cli import main
+
+    prompts = tmp_path / "harmful.txt"
+    prompts.write_text("\n".join(data.load_split("harmful", "test")) + "\n")
+    rates = {}
+    for name, extra in (("none", ["--intervention", "none"]), ("random", ["--intervention", "ablate:all"])):
+        extra += ["--direction", "random:0"] if name == "random" else []
+        out = tmp_path / f"{name}.jsonl"
+        assert (
+            main(["generate", "--prompts", str(prompts), *extra, "--max-new-tokens", "24", "--out", str(out), "--json"])
+            == 0
+        )
+        rates[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lo, hi = rates["none"]["refusal_rate_ci95"]
+    assert lo <= rates["random"]["refusal_rate"] <= hi
