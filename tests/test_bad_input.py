@@ -91,6 +91,24 @@ CASES = [
     ([*GEN, "--intervention", "add:1e999"], None, "alpha must be a finite number"),
     ([*GEN, "--intervention", "add:1@x"], None, "layer 'x' after @ must be a block index"),
     ([*GEN, "--intervention", "ablate:everywhere"], None, "'ablate:everywhere'; ablate takes one location"),
+    # causal controls (workbench.controls)
+    (
+        [*GEN, "--intervention", "ablate:all", "--direction", "foo"],
+        None,
+        "--direction 'foo': unknown control 'foo'; choose random[:SEED] | null[:SEED]",
+    ),
+    (
+        [*GEN, "--intervention", "rotate:90", "--plane", "null"],
+        None,
+        "--plane 'null': unknown control 'null'; choose random[:SEED]",
+    ),
+    ([*GEN, "--intervention", "add:1", "--direction", "random:-1"], None, "SEED '-1' must be a non-negative integer"),
+    ([*GEN, "--intervention", "none", "--direction", "random"], None, "reads neither a direction nor a plane"),
+    (
+        [*GEN, "--intervention", "add:1", "--plane", "random"],
+        None,
+        "reads direction, so the control would change nothing",
+    ),
     # generate's sizes, prompt files and output
     ([*GEN, "--max-new-tokens", "-1"], None, "--max-new-tokens must be a positive integer, got -1"),
     ([*GEN, "--max-new-tokens", "0"], None, "--max-new-tokens must be a positive integer"),

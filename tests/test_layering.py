@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Floors, bottom to top (README, "Layout"). A module may import from its own floor (without cycles)
 # and from any floor below it; never from a floor above.
 FLOORS: list[tuple[str, ...]] = [
-    ("workbench", "sites", "artifacts", "fingerprints", "config", "data", "stages", "families"),  # vocabulary, plumbing
+    # vocabulary, plumbing
+    ("workbench", "sites", "artifacts", "fingerprints", "config", "data", "stages", "families", "stats"),
     (
         "fastpath",
         "fastpath.attention",
@@ -29,8 +30,8 @@ FLOORS: list[tuple[str, ...]] = [
     ),  # models
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
-    ("planes", "interventions", "intervention", "selection", "refusal_tokens"),  # analysis
-    ("experiments", "pipeline", "provenance", "export"),  # experiments; export: edited models leave the workbench
+    ("planes", "interventions", "intervention", "selection", "refusal_tokens", "controls"),  # analysis
+    ("experiments", "pipeline", "provenance", "damage", "export"),  # experiments; export: edited models out
     (
         "figures",
         "figures.style",

@@ -167,23 +167,57 @@ def cmd_plane(args) -> dict:
 _BIG_ALPHA = 20.0  # |alpha| beyond this is far past the refusal direction's own size: expect gibberish
 
 
-def _steered(spec: str, model, analysis, run_config, max_new_tokens: int):
-    """``(model, hooks, params, provenance)`` for an intervention spec (:mod:`workbench.intervention`):
-    the direction and the plane are computed (or loaded) only when the kind reads them; a rotation
-    without a site rotates at the config's ``rotation_site``."""
+def _controlled(analysis, value, controls: dict):
+    """``(direction, plane)`` the intervention reads: the analysis's own, or the causal control
+    (:mod:`workbench.controls`) standing in for it at the same site, layer and position."""
+    from .controls import null_direction, random_direction, random_plane
+
+    direction = analysis.direction() if "direction" in value.needs else None
+    plane = analysis.plane() if "plane" in value.needs else None
+    if (control := controls.get("direction")) is not None and direction is not None:
+        if control.kind == "random":
+            direction = random_direction(direction, control.seed)
+        else:  # null: two random halves of the harmless direction_train prompts
+            harmless = analysis.activations["harmless_train"].get(*direction.where())
+            direction = null_direction(harmless, direction, control.seed)
+    if (control := controls.get("plane")) is not None and plane is not None:
+        plane = random_plane(plane, control.seed)
+    return direction, plane
+
+
+def _resolved(spec: str, run_config):
+    """The intervention value of ``spec``; a rotation without a site rotates at the config's ``rotation_site``."""
     from .intervention import Rotation, parse
-    from .provenance import generation_provenance
 
     value = parse(spec)
     if isinstance(value, Rotation) and value.site is None:
         value = replace(value, site=run_config.rotation_site)
-    direction = analysis.direction() if "direction" in value.needs else None
-    plane = analysis.plane() if "plane" in value.needs else None
+    return value
+
+
+def _steered(spec: str, model, analysis, run_config, max_new_tokens: int, controls: dict | None = None):
+    """``(model, hooks, params, provenance)`` for an intervention spec (:mod:`workbench.intervention`):
+    the direction and the plane are computed (or loaded) only when the kind reads them; a rotation
+    without a site rotates at the config's ``rotation_site``. ``controls``: ``{"direction" |
+    "plane": Control}`` replaces the real direction / plane by a causal control."""
+    from .provenance import generation_provenance
+
+    value = _resolved(spec, run_config)
+    controls = controls or {}
+    direction, plane = _controlled(analysis, value, controls)
     record = generation_provenance(
-        analysis, str(value), direction=direction, plane=plane, max_new_tokens=max_new_tokens
+        analysis,
+        str(value),
+        direction=direction,
+        plane=plane,
+        max_new_tokens=max_new_tokens,
+        controls={what: c.record() for what, c in controls.items()},
     )
     model = value.edit(model, direction, plane)
-    return model, value.hooks(model, direction, plane), value.params(direction), record
+    params = value.params(direction)
+    if direction is not None and "direction" in controls:
+        params["direction_norm"] = round(direction.norm, 4)
+    return model, value.hooks(model, direction, plane), params, record
 
 
 def cmd_generate(args) -> dict:
@@ -193,10 +227,13 @@ def cmd_generate(args) -> dict:
     from .generation import generate
     from .labels import label_counts
     from .provenance import check_overwrite, default_output
+    from .stats import wilson_interval
 
     prompts = args.prompt_list
     model, analysis = _analysis(args)
-    model, hooks, params, record = _steered(args.intervention, model, analysis, args.configs[0], args.max_new_tokens)
+    model, hooks, params, record = _steered(
+        args.intervention, model, analysis, args.configs[0], args.max_new_tokens, args.controls
+    )
     out = args.out_path or default_output(args.prompts, args.model, args.dtype_name, record)
     check_overwrite(out, record, overwrite=args.overwrite)  # before minutes of generation, not after
     used = record["direction"] is not None or record["plane"] is not None  # else the analysis played no part
@@ -209,13 +246,17 @@ def cmd_generate(args) -> dict:
     table["provenance"] = [record] * len(table)  # per row: pandas.read_json(lines=True) still reads the file
     atomic_write_text(out, table.to_json(orient="records", lines=True, force_ascii=False))
     shares = {k: v for k, v in label_counts(list(table["label"])).items() if v > 0}
+    n = len(table)
     return {
         "intervention": args.intervention,
         **params,
-        "n": len(table),
+        **({"controls": record["controls"]} if "controls" in record else {}),
+        "n": n,
         "refusal_rate": float(table["refused"].mean()),
+        "refusal_rate_ci95": list(wilson_interval(int(table["refused"].sum()), n)),
         "empty_rate": float(table["empty"].mean()),
         "label_rates": shares,
+        "label_rates_ci95": {k: list(wilson_interval(round(v * n), n)) for k, v in shares.items()},
         "labels": shares,  # the name before label_rates, kept as an alias
         "output": str(out),
         "provenance": record,
@@ -261,6 +302,47 @@ def _check_export_args(args) -> None:
     check_writable_dir(out.parent, "--out's folder")
     if Path(args.model).expanduser().is_dir():
         check_folder_family(Path(args.model).expanduser(), args.format, force=args.force)
+
+
+def cmd_damage(args) -> dict:
+    """CE loss on held-out harmless answers, first-token KL and the degenerate-output rate of one
+    intervention (:mod:`workbench.damage`)."""
+    from .damage import measure_damage
+
+    model, analysis = _analysis(args)
+    value = _resolved(args.intervention, args.configs[0])
+    direction, plane = _controlled(analysis, value, args.controls)
+    t0 = time.perf_counter()
+    result = measure_damage(
+        model,
+        value,
+        direction,
+        plane,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    controls = {what: c.record() for what, c in args.controls.items()}
+    return {
+        "model": args.model,
+        "intervention": str(value),
+        **({"controls": controls} if controls else {}),
+        **result,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _check_damage_args(args) -> None:
+    from .intervention import parse
+
+    for flag, value in (("--n", args.n), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+    args.controls = _controls(args, parse(args.intervention))
 
 
 def _validate(args) -> None:
@@ -314,6 +396,8 @@ def _validate(args) -> None:
         _check_generate_args(args, dtype)
     if args.command == "export":
         _check_export_args(args)
+    if args.command == "damage":
+        _check_damage_args(args)
     check_model_spec(args.model)
     if args.dtype is not None and dtype != "float32":  # a silent recompute of minutes looks like a hang
         print(
@@ -363,6 +447,7 @@ def _check_generate_args(args, dtype: str) -> None:
             "the refusal direction; expect incoherent text (typical values: 0.5-4)",
             file=sys.stderr,
         )
+    args.controls = _controls(args, value)
     args.prompt_list = read_prompts(args.prompts)
     # the default name (workbench.provenance.default_output) needs the direction's and the plane's
     # identity, known once the analysis is loaded; here only its folder is checked
@@ -372,6 +457,30 @@ def _check_generate_args(args, dtype: str) -> None:
     check_writable_dir(out.parent, "--out's folder" if args.out else "the prompts' folder (for the output)")
     args.out_path = out if args.out else None
     args.dtype_name = dtype
+
+
+def _controls(args, value) -> dict:
+    """``--direction`` / ``--plane`` as ``{"direction" | "plane": Control}``, checked against what the
+    intervention reads (a control of something it does not read would change nothing, silently)."""
+    from .controls import DIRECTION_CONTROLS, PLANE_CONTROLS, parse_control
+
+    controls = {}
+    for what, option, choices in (
+        ("direction", "--direction", DIRECTION_CONTROLS),
+        ("plane", "--plane", PLANE_CONTROLS),
+    ):
+        text = getattr(args, what)
+        if text is None:
+            continue
+        controls[what] = parse_control(text, option, choices)
+        if what not in value.needs:
+            reads = " and ".join(value.needs) or "neither a direction nor a plane"
+            raise ValueError(
+                f"{option} {text}: --intervention {args.intervention} reads {reads}, so the control would change "
+                f"nothing; drop {option}, or pick an intervention that reads the {what} (e.g. "
+                + ("ablate:all or add:1)" if what == "direction" else "rotate:180)")
+            )
+    return controls
 
 
 def _model_args(p) -> None:
@@ -456,6 +565,23 @@ def _analysis_parsers(sub) -> None:
     p.set_defaults(func=cmd_plane)
 
 
+def _control_args(p) -> None:
+    p.add_argument(
+        "--direction",
+        default=None,
+        metavar="random[:SEED]|null[:SEED]",
+        help="a causal control in place of the refusal direction, at its site, layer and position: random = a "
+        "seeded random unit direction scaled to the real one's norm; null = the difference in means of two "
+        "seeded random halves of the harmless direction_train prompts (SEED default 0)",
+    )
+    p.add_argument(
+        "--plane",
+        default=None,
+        metavar="random[:SEED]",
+        help="a causal control in place of the steering plane: a seeded random orthonormal plane (SEED default 0)",
+    )
+
+
 def _generate_parser(sub) -> None:
     from .intervention import spec_help  # the registry of kinds (light: its hook factories load on use)
 
@@ -481,6 +607,7 @@ def _generate_parser(sub) -> None:
         help="replace an existing output written by a different run (by default that is refused; the same "
         "run's output is replaced)",
     )
+    _control_args(p)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_generate)
@@ -509,6 +636,22 @@ def _export_parser(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _damage_parser(sub) -> None:
+    from .intervention import spec_help
+
+    p = sub.add_parser(
+        "damage", help="what an intervention costs on harmless text: CE loss, first-token KL, degenerate outputs"
+    )
+    _model_args(p)
+    p.add_argument("--intervention", required=True, help=f"one of: {spec_help()} (as for generate)")
+    _control_args(p)
+    p.add_argument("--n", type=int, default=54, help="held-out harmless prompts and answers to use (default all 54)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per generation checked for degeneration")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    p.set_defaults(func=cmd_damage)
+
+
 def _models_parser(sub) -> None:
     p = sub.add_parser("models", help="a model's family, which fast paths engage, which interventions are exact")
     p.add_argument(
@@ -531,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_parsers(sub)
     _generate_parser(sub)
     _export_parser(sub)
+    _damage_parser(sub)
     _models_parser(sub)
     return parser
 

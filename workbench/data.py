@@ -37,6 +37,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .stats import wilson_half_width
+
 PROMPT_DIR: Path = Path(__file__).resolve().parent / "prompts"
 
 KINDS: tuple[str, ...] = ("harmful", "harmless", "borderline")
@@ -104,11 +106,6 @@ def load_split(kind: str, split: str) -> list[str]:
 
 ANALYSIS_SPLITS: tuple[str, ...] = ("direction_train", "validation", "test")
 MIN_PER_SPLIT = 4  # fewer prompts make a difference in means, a selection or a rate meaningless
-
-
-def wilson_half_width(n: int, p: float = 0.5, z: float = 1.96) -> float:
-    """Half the width of the Wilson 95 % interval of a rate ``p`` measured on ``n`` prompts."""
-    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
 
 
 @dataclass(frozen=True)

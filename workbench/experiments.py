@@ -23,6 +23,7 @@ from .generation import generate, last_token_logprobs, last_token_scores, repeat
 from .intervention import Ablation, Addition, Intervention, parse
 from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
+from .stats import wilson_interval
 
 __all__ = [
     "CONDITIONS",
@@ -35,6 +36,8 @@ __all__ = [
     "score_responses",
     "behaviour_table",
     "relabel",
+    "rate_intervals",
+    "label_columns",
     "reference_cross_entropy",
 ]
 
@@ -129,7 +132,7 @@ def behaviour_table(
         frames.append(score_responses(prompts, responses).assign(category=category))
     per_prompt = pd.concat(frames, ignore_index=True)
     n = per_prompt.groupby("category", sort=False).size().rename("n").reset_index()
-    return n.merge(_shares(per_prompt, ["category"]), on="category", how="left"), per_prompt
+    return rate_intervals(n.merge(_shares(per_prompt, ["category"]), on="category", how="left")), per_prompt
 
 
 def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -141,12 +144,36 @@ def _summarise(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         kl=("kl", "mean"),
         n=("refused", "size"),
     ).reset_index()
-    return out.merge(_shares(per_prompt, keys), on=keys, how="left")
+    return rate_intervals(out.merge(_shares(per_prompt, keys), on=keys, how="left"))
 
 
 def _shares(per_prompt: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     shares = per_prompt.pivot_table(index=keys, columns="label", values="refused", aggfunc="size", fill_value=0)
     return shares.div(shares.sum(axis=1), axis=0).add_prefix("share_").reset_index()
+
+
+def label_columns(summary: pd.DataFrame) -> list[str]:
+    """The ``share_<label>`` columns of a summary (not their ``_ci_lo`` / ``_ci_hi`` intervals)."""
+    return [c for c in summary.columns if c.startswith("share_") and not c.endswith(("_ci_lo", "_ci_hi"))]
+
+
+def rate_intervals(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with the 95 % Wilson interval of each rate over its row's ``n`` prompts:
+    ``refusal_ci_lo`` / ``refusal_ci_hi`` for ``refusal_rate``, ``empty_ci_lo`` / ``_hi`` for
+    ``empty_rate`` and ``share_<label>_ci_lo`` / ``_hi`` for each label share. The rates are counts
+    over n, so the intervals follow from the summary alone: a cached table gains them on load."""
+    out = summary.copy()
+    rates = {"refusal_rate": "refusal", "empty_rate": "empty", **{c: c for c in label_columns(out)}}
+    for column, stem in rates.items():
+        if column not in out:
+            continue
+        bounds = [
+            wilson_interval(round(float(r) * int(n)), int(n)) if n and r == r else (float("nan"), float("nan"))
+            for r, n in zip(out[column].fillna(0.0), out["n"])
+        ]
+        out[f"{stem}_ci_lo"] = [lo for lo, _ in bounds]
+        out[f"{stem}_ci_hi"] = [hi for _, hi in bounds]
+    return out
 
 
 def relabel(summary: pd.DataFrame, per_prompt: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -157,7 +184,7 @@ def relabel(summary: pd.DataFrame, per_prompt: pd.DataFrame, keys: list[str]) ->
     responses = per_prompt["response"].fillna("").astype(str)  # CSV reads an empty response as NaN
     per_prompt["label"] = [heuristic_label(p, r) for p, r in zip(per_prompt["prompt"], responses)]
     kept = summary.drop(columns=[c for c in summary.columns if c.startswith("share_")])
-    return kept.merge(_shares(per_prompt, keys), on=keys, how="left"), per_prompt
+    return rate_intervals(kept.merge(_shares(per_prompt, keys), on=keys, how="left")), per_prompt
 
 
 def _run_settings(

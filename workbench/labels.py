@@ -12,10 +12,11 @@ and ``degenerate`` (gibberish or loops). :func:`heuristic_label` documents every
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+
+from .stats import wilson_interval  # re-exported: label_agreement reports it
 
 __all__ = [
     "REFUSAL_SUBSTRINGS",
@@ -26,6 +27,7 @@ __all__ = [
     "is_refusal",
     "is_empty",
     "is_degenerate",
+    "degeneration",
     "refusal_rate",
     "heuristic_label",
     "label_counts",
@@ -181,6 +183,45 @@ def is_degenerate(response: str) -> bool:
     return (len(grams) >= 16 and sum(counts[g] >= 4 for g in grams) >= 0.5 * len(grams)) or _short_loop(words)
 
 
+_ANY_CHAR_RUN = re.compile(r"(\S)\1{9,}")  # one visible character 10 times in a row: "!!!!!!!!!!", "aaaaaaaaaa"
+_UNIT_RUN = re.compile(r"(\S.{1,11}?)\1{4,}", re.S)  # a 2-12 character unit 5 times in a row: "hahahahaha"
+
+
+def degeneration(response: str) -> str | None:
+    """Why a generation is broken, or None: the damage check of ``workbench damage`` (stricter on
+    what it flags than :func:`is_degenerate`, which labels responses and missed most degenerate text).
+
+    * ``"character run"``: one visible character ≥ 10 times in a row ("!!!!!!!!!!");
+    * ``"word loop"``: ≥ 6 words and one word is ≥ 40 % of them;
+    * ``"phrase loop"``: ≥ 12 words and the word 3-grams that occur ≥ 3 times cover ≥ 50 % of
+      the word positions (a sentence said over and over);
+    * ``"character run"`` again: a 2-12 character unit ≥ 5 times in a row ("hahahahaha", "1.1.1.1.1.");
+    * ``"low diversity"``: ≥ 24 words and < 25 % of them distinct;
+    * ``"near-empty"``: fewer than 2 letters or digits.
+
+    The first rule that holds gives the reason.
+    """
+    text = (response or "").lower()
+    if _ANY_CHAR_RUN.search(text):
+        return "character run"
+    words = re.findall(r"\w+", text)
+    if len(words) >= 6 and Counter(words).most_common(1)[0][1] >= 0.4 * len(words):
+        return "word loop"
+    if len(words) >= 12:
+        grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+        counts = Counter(grams)
+        covered = {i + k for i, g in enumerate(grams) if counts[g] >= 3 for k in range(3)}
+        if len(covered) >= 0.5 * len(words):
+            return "phrase loop"
+    if _UNIT_RUN.search(text):
+        return "character run"
+    if len(words) >= 24 and len(set(words)) < 0.25 * len(words):
+        return "low diversity"
+    if sum(c.isalnum() for c in text) < 2:
+        return "near-empty"
+    return None
+
+
 def _short_loop(words: list[str]) -> bool:
     grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
     n = max(1, len(words) - 3)
@@ -309,14 +350,3 @@ def label_agreement(hand: Sequence[str], predicted: Sequence[str]) -> dict:
         "confusion": confusion,
         "per_label": per_label,
     }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``k / n`` (95 % by default): unlike the normal
-    approximation it stays inside [0, 1] and is not of zero width at 0 or n successes."""
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    p, z2 = k / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)

@@ -72,9 +72,12 @@ def generation_provenance(
     direction: Direction | None = None,
     plane: Plane | None = None,
     max_new_tokens: int,
+    controls: dict | None = None,
 ) -> dict:
     """The provenance record of one ``workbench generate`` run (JSON-ready, the same on a rerun).
-    ``direction`` / ``plane``: those the intervention reads (None: not used, and not recorded)."""
+    ``direction`` / ``plane``: those the intervention reads (None: not used, and not recorded).
+    ``controls``: ``{"direction" | "plane": {"kind", "seed"}}`` when a causal control
+    (:mod:`workbench.controls`) stands in for the real direction or plane; recorded only then."""
     record = {
         "model": model_key(analysis.model),
         "intervention": intervention,
@@ -82,6 +85,8 @@ def generation_provenance(
         "direction": None if direction is None else _direction_record(direction, analysis),
         "plane": None if plane is None else _plane_record(plane, analysis),
     }
+    if controls:
+        record["controls"] = controls
     return json.loads(json.dumps(record))  # tuples as lists: equal to what a JSONL row reads back
 
 
@@ -101,6 +106,8 @@ def identity(provenance: dict) -> str:
         b1 = p["b1"] or {"site": None, "layer": None, "pos": None}
         parts.append("plane-" + _where(b1["site"], b1["layer"], b1["pos"]) + f"-{p['b2']}")
         key = p["analysis"].rsplit("/", 1)[-1]
+    for what, control in (provenance.get("controls") or {}).items():  # a control never shares the real one's file
+        parts.append(f"{what}-{control['kind']}{control['seed']}")
     return ".".join([*parts, key]) if parts else ""
 
 

@@ -19,10 +19,12 @@ from . import figures as fg
 from .artifacts import atomic_write_text
 from .config import default_figures_dir
 from .directions import Direction, cosine_matrix, projection_table
+from .experiments import label_columns
 from .labels import ALL_LABELS
 from .pipeline import Analysis
 from .planes import Plane
 from .selection import KL_FALLBACK
+from .stats import format_rate
 from .steering_math import special_cases
 
 __all__ = [
@@ -165,7 +167,7 @@ def _labels_by_angle(sweep: pd.DataFrame) -> dict:
     and harmless sets were swept (the graded organism's angle map); else nothing."""
     if not set(sweep["split"]) - {"harmful", "harmless"}:
         return {}
-    cols = ["n"] + [c for c in sweep.columns if c.startswith("share_")]
+    cols = ["n"] + label_columns(sweep)
     return {
         "labels_by_angle": {
             split: {
@@ -177,22 +179,34 @@ def _labels_by_angle(sweep: pd.DataFrame) -> dict:
     }
 
 
+def _rates(rows: pd.DataFrame, keys: list[str]) -> tuple[dict, dict, dict]:
+    """``({key: rate}, {key: [lo, hi]}, {key: n})`` of ``refusal_rate`` with its 95 % Wilson interval."""
+    rates, ci, n = {}, {}, {}
+    for row in rows.to_dict("records"):
+        key = "/".join(str(row[k]) for k in keys)
+        rates[key] = round(float(row["refusal_rate"]), 3)
+        if "refusal_ci_lo" in row:
+            ci[key] = [round(float(row["refusal_ci_lo"]), 4), round(float(row["refusal_ci_hi"]), 4)]
+        n[key] = int(row["n"])
+    return rates, ci, n
+
+
 def _refusal_numbers(tables: MainTables | None) -> dict:
-    """Refusal rates by location and the harmful refusal by angle (none without ``tables``)."""
+    """Refusal rates by location and the harmful refusal by angle, each with its 95 % Wilson interval
+    (``…_ci95``: ``[lo, hi]``) and its n (``…_n``); none without ``tables``."""
     if tables is None:
         return {"refusal_by_location": {}, "harmful_refusal_by_angle": {}}
-    locations, sweep = tables.locations, tables.sweep
-    loc = {
-        f"{s}/{c}": round(float(v), 3)
-        for s, c, v in locations[["split", "condition", "refusal_rate"]].itertuples(index=False)
-    }
-    harmful_sweep = sweep[sweep.split == "harmful"].sort_values("angle")
+    loc, loc_ci, loc_n = _rates(tables.locations, ["split", "condition"])
+    harmful = tables.sweep[tables.sweep.split == "harmful"].sort_values("angle")
+    angle, angle_ci, angle_n = _rates(harmful.assign(angle=harmful.angle.astype(int)), ["angle"])
     return {
         "refusal_by_location": loc,
-        **_labels_by_angle(sweep),
-        "harmful_refusal_by_angle": dict(
-            zip(harmful_sweep.angle.astype(int).astype(str), harmful_sweep.refusal_rate.round(3))
-        ),
+        "refusal_by_location_ci95": loc_ci,
+        "refusal_by_location_n": loc_n,
+        **_labels_by_angle(tables.sweep),
+        "harmful_refusal_by_angle": angle,
+        "harmful_refusal_by_angle_ci95": angle_ci,
+        "harmful_refusal_by_angle_n": angle_n,
     }
 
 
@@ -336,6 +350,31 @@ def _input_lines(summary: dict) -> list[str]:
     return ["", *lines]
 
 
+def _with_interval(rate: float, ci: list[float] | None, n: int | None) -> str:
+    """``0.963 [0.87, 0.99] (n=54)``, or the bare rate when the summary has no interval."""
+    return format_rate(rate, ci[0], ci[1], n) if ci is not None and n is not None else f"{rate}"
+
+
+def _key_number_lines(summary: dict) -> list[str]:
+    """The refusal rates by location and by angle, each with its 95 % Wilson interval and n."""
+    if not summary["refusal_by_location"]:
+        return []
+    ci, n = summary.get("refusal_by_location_ci95", {}), summary.get("refusal_by_location_n", {})
+    lines = ["", "Key numbers (refusal rate [95 % Wilson interval] (n prompts), greedy, test split):", ""]
+    lines += [f"- {k}: {_with_interval(v, ci.get(k), n.get(k))}" for k, v in summary["refusal_by_location"].items()]
+    by_angle = summary["harmful_refusal_by_angle"]
+    ci, n = summary.get("harmful_refusal_by_angle_ci95", {}), summary.get("harmful_refusal_by_angle_n", {})
+    counts = sorted(set(n.values()))
+    each = f" (n={counts[0]} per angle)" if len(counts) == 1 else ""
+    text = ", ".join(
+        f"{a}°: {v:.3f}"
+        + (f" [{ci[a][0]:.2f}, {ci[a][1]:.2f}]" if a in ci else "")
+        + ("" if each or a not in n else f" (n={n[a]})")
+        for a, v in by_angle.items()
+    )
+    return lines + ["", f"Harmful refusal by angle [95 % Wilson interval]{each}: {text}"]
+
+
 def _regenerate(summary: dict) -> str:
     command = (summary.get("inputs") or {}).get("command")
     return command or run_command(summary["model"])
@@ -364,11 +403,7 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
     for key, (_, what) in figs.items():
         files = " · ".join(f"[{f.suffix[1:]}]({f.name})" for f in written[key])
         lines.append(f"| {key} ({files}) | {what} |")
-    if summary["refusal_by_location"]:
-        lines += ["", "Key numbers (refusal rate, greedy, test split):", ""]
-        lines += [f"- {k}: {v}" for k, v in summary["refusal_by_location"].items()]
-        by_angle = summary["harmful_refusal_by_angle"]
-        lines += ["", "Harmful refusal by angle: " + ", ".join(f"{a}°: {v}" for a, v in by_angle.items())]
+    lines += _key_number_lines(summary)
     lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

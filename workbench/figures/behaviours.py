@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..stats import wilson_half_width
 from .style import LABEL_COLORS, LABEL_ORDER, TEMPLATE, _bar_polar, _fig, _label_bars, _require, _splits, _title
 
 
@@ -23,9 +24,7 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
         rows=n_rows,
         cols=cols,
         specs=[[{"type": "polar"}] * cols for _ in range(n_rows)],
-        subplot_titles=[f"{split} (n = {int(summary[summary.split == split]['n'].iloc[0])})" for split in splits]
-        if "n" in summary
-        else splits,
+        subplot_titles=[_set_title(summary, split) for split in splits],
         horizontal_spacing=0.12,
         vertical_spacing=0.1,
     )
@@ -51,6 +50,15 @@ def label_map_polar(summary: pd.DataFrame, *, model: str | None = None) -> go.Fi
         ),
     )
     return fig
+
+
+def _set_title(summary: pd.DataFrame, split: str) -> str:
+    """``harmful: n = 16 per angle, 95 % CI ≤ ±22 pts``: the set, its n and the widest Wilson
+    interval a share on n prompts has (its half-width at 50 %)."""
+    if "n" not in summary:
+        return split
+    n = int(summary[summary.split == split]["n"].iloc[0])
+    return f"{split}: n = {n} per angle, 95 % CI ≤ ±{100 * wilson_half_width(n):.0f} pts"
 
 
 def behaviour_bars(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:

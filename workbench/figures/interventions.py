@@ -19,7 +19,9 @@ from .style import (
     _color,
     _fig,
     _hover,
+    _interval_text,
     _np,
+    _rate_error,
     _require,
     _splits,
     _title,
@@ -34,7 +36,8 @@ def location_comparison(
 
     Left: grouped bars of ``refusal_rate`` per condition (none / resid / attn / mlp / all /
     addition, present ones in that order, unknown ones after), one bar per split, with
-    ``empty_rate`` as ✕ markers when present. Right: mean first-token ``kl`` per condition on the
+    ``empty_rate`` as ✕ markers when present, and 95 % Wilson intervals as error bars when the
+    summary has ``refusal_ci_lo`` / ``refusal_ci_hi``. Right: mean first-token ``kl`` per condition on the
     harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
@@ -83,7 +86,8 @@ def _add_refusal_bars(
     """Left panel, one split: its refusal-rate bars (hover: n and up to two example responses) and,
     when the summary has ``empty_rate``, its empty-rate markers."""
     rows = summary[summary["split"] == split].set_index("condition").reindex(order)
-    hover = [f"n = {'?' if 'n' not in rows else str(rows.at[c, 'n'])}" for c in order]
+    intervals = _interval_text(rows)
+    hover = [ci or f"n = {'?' if 'n' not in rows else str(rows.at[c, 'n'])}" for c, ci in zip(order, intervals)]
     if per_prompt is not None:
         pp = per_prompt[per_prompt["split"] == split]
         for j, c in enumerate(order):
@@ -98,6 +102,7 @@ def _add_refusal_bars(
             marker_color=color,
             offsetgroup=split,
             legendgroup=split,
+            error_y=_rate_error(rows),
             hovertext=hover,
             hovertemplate="%{x}: %{y:.0%}<br>%{hovertext}<extra>" + split + "</extra>",
         ),
@@ -196,7 +201,8 @@ def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> g
     (the name before ':', e.g. ``first:4`` → first, ``window:10-20`` → window; the trace's
     ``legendgroup``), named in words in the legend; the subtitle spells out each window's blocks and
     the window points carry their span. Needs columns subset, n_blocks, first_layer, last_layer,
-    refusal_rate (:func:`~workbench.experiments.layer_subset_sweep`)."""
+    refusal_rate (:func:`~workbench.experiments.layer_subset_sweep`); with ``refusal_ci_lo`` / ``_hi``
+    each point carries its 95 % Wilson interval as an error bar."""
     cols = ["subset", "n_blocks", "first_layer", "last_layer", "refusal_rate"]
     _require(summary, cols, "summary", "use layer_subset_sweep()")
     df = summary.assign(family=summary["subset"].map(_family)).sort_values(["n_blocks", "first_layer"])
@@ -222,7 +228,8 @@ def layer_subset_figure(summary: pd.DataFrame, *, model: str | None = None) -> g
                 text=[f"{a}–{b}" for a, b in zip(rows["first_layer"], rows["last_layer"])] if window else None,
                 textposition="top center",
                 customdata=rows["subset"],
-                hovertext=span,
+                hovertext=[f"{w}<br>{ci}" for w, ci in zip(span, _interval_text(rows))],
+                error_y=_rate_error(rows, color=_OTHER[i % len(_OTHER)]),
                 hovertemplate="%{customdata}: %{hovertext}<br>refusal %{y:.0%}<extra></extra>",
             )
         )

@@ -87,7 +87,8 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
     """Angular steering sweep. (a) ``refusal_rate`` per angle and split (closed curves; 0° = b1
     east, counter-clockwise; r ∈ [0, 1]; dotted circles = ``baseline: {split: unsteered rate}``).
     (b) stacked polar bars of the label shares (``share_<label>``) per angle on the harmful split.
-    Needs columns split, angle, refusal_rate (:func:`~workbench.experiments.angle_sweep`)."""
+    Needs columns split, angle, refusal_rate (:func:`~workbench.experiments.angle_sweep`); with
+    ``refusal_ci_lo`` / ``_hi`` a light band per split spans each angle's 95 % Wilson interval."""
     _require(summary, ["split", "angle", "refusal_rate"], "summary", "use angle_sweep()")
     share_split = "harmful" if "harmful" in set(summary["split"]) else _splits(summary)[0]
     fig = make_subplots(
@@ -121,6 +122,8 @@ def _add_refusal_curves(fig: go.Figure, summary: pd.DataFrame, baseline: dict | 
         if len(theta) > 2 and 360 - (theta[-1] - theta[0]) <= 1.01 * max(np.diff(theta)):  # full circle: close it
             theta, r = theta + theta[:1], r + r[:1]
         color = _color(SPLIT_COLORS, split, i)
+        if "refusal_ci_lo" in rows:
+            fig.add_trace(_interval_band(rows, theta, split, color), 1, 1)
         fig.add_trace(
             go.Scatterpolar(
                 theta=theta,
@@ -148,6 +151,27 @@ def _add_refusal_curves(fig: go.Figure, summary: pd.DataFrame, baseline: dict | 
             1,
             1,
         )
+
+
+def _interval_band(rows: pd.DataFrame, theta: list, split: str, color: str) -> go.Scatterpolar:
+    """A light band between the 95 % Wilson bounds of one split's refusal curve (``theta``: the
+    curve's angles, closed like it)."""
+    lo, hi = list(rows["refusal_ci_lo"]), list(rows["refusal_ci_hi"])
+    if len(theta) > len(lo):  # the curve was closed: close the bounds too
+        lo, hi = lo + lo[:1], hi + hi[:1]
+    n = int(rows["n"].iloc[0]) if "n" in rows else None
+    return go.Scatterpolar(
+        theta=theta + theta[::-1],
+        r=hi + lo[::-1],
+        mode="lines",
+        fill="toself",
+        fillcolor=color,
+        opacity=0.18,
+        line={"width": 0, "color": color},
+        name=f"{split}: 95 % interval" + (f" (n = {n})" if n else ""),
+        legendgroup=split,
+        hoverinfo="name",
+    )
 
 
 def _add_label_shares(fig: go.Figure, rows: pd.DataFrame) -> None:

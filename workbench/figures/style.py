@@ -180,5 +180,33 @@ def _label_bars(rows: pd.DataFrame, per_label) -> list[go.Barpolar]:
     ]
 
 
+def _rate_error(
+    rows: pd.DataFrame, stem: str = "refusal", rate: str = "refusal_rate", color: str = "#2c3e50"
+) -> dict | None:
+    """Plotly ``error_y`` for a rate's asymmetric 95 % interval (``<stem>_ci_lo`` / ``_hi``, from
+    :func:`~workbench.experiments.rate_intervals`); None when the table has no interval."""
+    if f"{stem}_ci_lo" not in rows or f"{stem}_ci_hi" not in rows:
+        return None
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (rows[f"{stem}_ci_hi"] - rows[rate]).clip(lower=0).to_numpy(),
+        "arrayminus": (rows[rate] - rows[f"{stem}_ci_lo"]).clip(lower=0).to_numpy(),
+        "thickness": 1.2,
+        "width": 3,
+        "color": color,
+    }
+
+
+def _interval_text(rows: pd.DataFrame, stem: str = "refusal") -> list[str]:
+    """Per row, ``95 % CI 72–96 % (n = 54)`` for hovers; empty strings without an interval."""
+    if f"{stem}_ci_lo" not in rows or "n" not in rows:
+        return [""] * len(rows)
+    return [
+        f"95 % CI {lo:.0%}–{hi:.0%} (n = {int(n)})" if lo == lo else ""
+        for lo, hi, n in zip(rows[f"{stem}_ci_lo"], rows[f"{stem}_ci_hi"], rows["n"])
+    ]
+
+
 def _fig(**layout) -> go.Figure:
     return go.Figure(layout={"template": TEMPLATE, **layout})
