@@ -279,3 +279,28 @@ def test_twelve_own_prompts_warn_in_select_and_generate(tmp_path, monkeypatch, c
 def test_the_shipped_default_selects_without_warnings(capsys):
     code, summary, err = _main(["select", "--json"], capsys)
     assert code == 0 and summary is not None and summary["warnings"] == [] and "warning:" not in err
+
+
+def test_a_run_on_own_inputs_never_defaults_to_the_committed_figures(tmp_path, monkeypatch):
+    """``workbench run --harmful/--harmless`` (or a config, refusal tokens, another dtype) without
+    ``--figures`` writes to a folder of its own, named by its inputs' hashes, not over ``figures/``."""
+    monkeypatch.chdir(tmp_path)
+    harmful, harmless = _own_files(tmp_path, 40)
+
+    def figures(*argv: str) -> str:
+        args = cli.build_parser().parse_args(["run", *argv])
+        cli._validate(args)
+        return args.figures
+
+    assert figures() == "figures" and figures("--model", "organism-graded") == "figures/organism-graded"
+    own = figures("--harmful", str(harmful), "--harmless", str(harmless))
+    assert own.startswith("figures/organism-") and own == figures(
+        "--harmful", str(harmful), "--harmless", str(harmless)
+    )
+    harmful.write_text(harmful.read_text() + "One more harmful request\n")  # other content, other folder
+    other = figures("--harmful", str(harmful), "--harmless", str(harmless))
+    assert other.startswith("figures/organism-") and other != own
+    assert figures("--refusal-tokens", "I") not in ("figures", own, other)
+    assert figures("--figures", "mine", "--harmful", str(harmful), "--harmless", str(harmless)) == "mine"
+    line = run_command("organism", harmful=str(harmful), harmless=str(harmless), figures=own)
+    assert f"--figures {own}" in line  # the regenerate line names the folder it wrote

@@ -388,7 +388,8 @@ def _validate(args) -> None:
         if args.figures is None:  # the default model's figures at the top, other embedded models' below
             from .config import default_figures_dir
 
-            args.figures = default_figures_dir(args.model)
+            tag = _inputs_tag(args, dtype)  # own inputs: figures/NAME-<tag>, never the committed folder
+            args.figures = f"figures/{Path(args.model).name}-{tag}" if tag else default_figures_dir(args.model)
         check_writable_dir(args.figures, "--figures")
     if args.command == "plane":
         _check_plane_args(args)
@@ -405,6 +406,21 @@ def _validate(args) -> None:
             f"(minutes on a CPU), not reused from float32",
             file=sys.stderr,
         )
+
+
+def _inputs_tag(args, dtype: str) -> str:
+    """``""`` for a run on the shipped prompts with the default config; otherwise 8 hex of its
+    prompt files, config file, refusal tokens and dtype, so that such a run's default figures folder
+    is its own and never overwrites the committed figures (or another run's)."""
+    from .artifacts import sha256_file, sha256_text
+
+    files = {flag: getattr(args, flag) for flag in ("harmful", "harmless", "config") if getattr(args, flag)}
+    inputs = {flag: sha256_file(path) for flag, path in files.items()}
+    if args.refusal_tokens is not None:
+        inputs["refusal_tokens"] = args.refusal_tokens
+    if dtype != "float32":
+        inputs["dtype"] = dtype
+    return sha256_text(json.dumps(inputs, sort_keys=True))[:8] if inputs else ""
 
 
 def _check_plane_args(args) -> None:
