@@ -385,12 +385,7 @@ def _validate(args) -> None:
     args.prompt_splits = _prompt_splits(args)
     check_writable_dir(cache_root(), f"the cache folder (${CACHE_ENV} or ~/.cache/refusal-workbench)")
     if args.command == "run":
-        if args.figures is None:  # the default model's figures at the top, other embedded models' below
-            from .config import default_figures_dir
-
-            tag = _inputs_tag(args, dtype)  # own inputs: figures/NAME-<tag>, never the committed folder
-            args.figures = f"figures/{Path(args.model).name}-{tag}" if tag else default_figures_dir(args.model)
-        check_writable_dir(args.figures, "--figures")
+        _check_run_args(args, dtype)
     if args.command == "plane":
         _check_plane_args(args)
     if args.command == "generate":
@@ -406,6 +401,18 @@ def _validate(args) -> None:
             f"(minutes on a CPU), not reused from float32",
             file=sys.stderr,
         )
+
+
+def _check_run_args(args, dtype: str) -> None:
+    """The figures folder: ``--figures``, else the model's default one (the default model's at the top,
+    other embedded models' below), or ``figures/NAME-<tag>`` for a run on its own inputs."""
+    from .artifacts import check_writable_dir
+    from .config import default_figures_dir
+
+    if args.figures is None:
+        tag = _inputs_tag(args, dtype)  # own inputs: never the committed folder
+        args.figures = f"figures/{Path(args.model).name}-{tag}" if tag else default_figures_dir(args.model)
+    check_writable_dir(args.figures, "--figures")
 
 
 def _inputs_tag(args, dtype: str) -> str:
