@@ -20,7 +20,7 @@ Needs ``llama_cpp`` importable (``pip install llama-cpp-python`` builds llama.cp
 last stdout line is one JSON object.
 
     .venv/bin/python benchmarks/llama_cpp_check.py [--model organism] [--types f32,q8_0] [--prompts 4]
-        [--tokens 32] [--alpha 1.0] [--threads 2] [--kv f32|f16] [--json]
+        [--tokens 32] [--alpha 1.0] [--threads 2] [--kv f32|f16] [--no-control-vector] [--json]
 """
 
 from __future__ import annotations
@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kv", choices=("f32", "f16"), default="f32", help="llama.cpp's KV cache type")
+    parser.add_argument(
+        "--no-control-vector",
+        action="store_true",
+        help="skip the control vector (a model that refuses nothing, e.g. an ablated export, has no direction)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.types = args.types.split(",")
@@ -196,7 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp_name)
         result = {"model": args.model, "llama_cpp": llama_cpp.__version__, "kv": args.kv, "prompts": len(prompts)}
         result.update(check_types(args, llama_cpp, folder, tmp, model, prompts, texts))
-        result["control_vector"] = check_control_vector(args, llama_cpp, folder, tmp, model, prompts[args.prompts :])
+        if not args.no_control_vector:
+            result["control_vector"] = check_control_vector(
+                args, llama_cpp, folder, tmp, model, prompts[args.prompts :]
+            )
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return result
 
