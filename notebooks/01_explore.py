@@ -99,7 +99,7 @@ for name, hooks in {
 # %% [markdown]
 # ## Your own prompt sets
 # Any `.txt`/`.csv`/`.json`/`.jsonl` file works. `PromptSplits.from_files` cuts each file into
-# `direction_train` / `validation` / `test` (64 : 32 : 54 after a seeded shuffle). Two small files
+# `direction_train` / `validation` / `test` (in the proportions 64 : 32 : 54, after a seeded shuffle). Two small files
 # written from shipped test prompts stand in for yours here; `Analysis(model, prompts=splits)` or
 # `workbench run --harmful F --harmless F` runs the whole study on them.
 
