@@ -32,13 +32,13 @@ def cache(tmp_path, monkeypatch):
 def hashed(monkeypatch):
     """The files streamed through sha256, in order (the cache's misses)."""
     seen: list[Path] = []
-    stream = fingerprints._stream_sha256
+    stream = fingerprints.sha256_file
 
-    def counting(path: Path) -> str:
+    def counting(path: Path, chunk: int) -> str:
         seen.append(path)
-        return stream(path)
+        return stream(path, chunk)
 
-    monkeypatch.setattr(fingerprints, "_stream_sha256", counting)
+    monkeypatch.setattr(fingerprints, "sha256_file", counting)
     return seen
 
 
@@ -94,12 +94,12 @@ def test_a_file_changing_while_hashed_is_an_error(cache, tmp_path, monkeypatch):
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"a" * 100)
 
-    def appending(path: Path) -> str:
+    def appending(path: Path, chunk: int) -> str:
         with open(path, "ab") as fh:
             fh.write(b"more")
         return "0" * 64
 
-    monkeypatch.setattr(fingerprints, "_stream_sha256", appending)
+    monkeypatch.setattr(fingerprints, "sha256_file", appending)
     with pytest.raises(ValueError, match="changed while it was being hashed; wait until it is fully written"):
         file_sha256(weights)
     assert not (cache / fingerprints.HASH_DIR).exists() or not list((cache / fingerprints.HASH_DIR).iterdir())

@@ -145,11 +145,13 @@ def cpu_info() -> tuple[str, set[str]] | None:
     return info.get("model name", ""), set(info.get("flags", "").split())
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> str:
+    """The file's sha256, streamed in ``chunk``-byte blocks into one reused buffer (never the whole file)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+    buffer = memoryview(bytearray(chunk))
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(buffer[:n])
     return digest.hexdigest()
 
 

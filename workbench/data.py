@@ -37,6 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .artifacts import sha256_file
 from .stats import wilson_half_width
 
 PROMPT_DIR: Path = Path(__file__).resolve().parent / "prompts"
@@ -178,7 +179,7 @@ class PromptSplits:
         sets, files = {}, {}
         for kind, path in (("harmful", harmful), ("harmless", harmless)):
             prompts = read_prompts(path)
-            files[kind] = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+            files[kind] = {"path": str(path), "sha256": sha256_file(path)}
             need = MIN_PER_SPLIT * len(ANALYSIS_SPLITS)
             if len(prompts) < need:
                 raise ValueError(

@@ -18,13 +18,12 @@ to survive. An entry recorded within :data:`RACY_NS` of the file's mtime is not 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from .artifacts import atomic_write_text, cache_dir, sha256_text
+from .artifacts import atomic_write_text, cache_dir, sha256_file, sha256_text
 
 __all__ = ["content_key", "content_hash", "model_files", "file_sha256", "RACY_NS", "HASH_DIR"]
 
@@ -97,7 +96,7 @@ def file_sha256(path: str | Path) -> str:
     if cached is not None and cached.get("path") == str(path) and _trusted(cached, before):
         return cached["sha256"]
     recorded_ns = time.time_ns()
-    digest = _stream_sha256(path)
+    digest = sha256_file(path, chunk=_BLOCK)
     if _stat(path) != before:
         raise ValueError(f"{path} changed while it was being hashed; wait until it is fully written, then run again")
     entry = {"path": str(path), **before, "recorded_ns": recorded_ns, "sha256": digest}
@@ -121,12 +120,3 @@ def _read_entry(entry_file: Path) -> dict | None:
 def _trusted(entry: dict, now: dict[str, int]) -> bool:
     same = all(entry.get(k) == v for k, v in now.items())
     return same and isinstance(entry.get("recorded_ns"), int) and now["mtime_ns"] < entry["recorded_ns"] - RACY_NS
-
-
-def _stream_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(_BLOCK))
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            digest.update(buffer[:n])
-    return digest.hexdigest()
