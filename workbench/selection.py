@@ -22,9 +22,8 @@ from . import interventions as iv
 from .activations import Activations
 from .artifacts import library_versions
 from .directions import CandidateKey, Candidates, Direction, _check_pair, cosine_matrix
-from .generation import generate, last_token_logprobs, last_token_scores, repeat_prompts
-from .labels import is_refusal
-from .metrics import first_token_kl, refusal_logodds, refusal_token_ids
+from .generation import last_token_logprobs, last_token_scores, repeat_prompts
+from .metrics import first_token_kl, refusal_logodds
 
 __all__ = [
     "METHODS",
@@ -33,7 +32,6 @@ __all__ = [
     "KL_EPS",
     "candidate_stats",
     "layer_cutoff",
-    "model_refusal_tokens",
     "PromptFilter",
     "filter_prompts",
     "arditi_scores",
@@ -127,18 +125,6 @@ def layer_cutoff(n_layers: int, exclude_last_frac: float = 0.2) -> int:
     if not 0 <= exclude_last_frac < 1:
         raise ValueError(f"exclude_last_frac must lie in [0, 1) (the study: 0.2); got {exclude_last_frac}")
     return int((1 - exclude_last_frac) * n_layers)
-
-
-def model_refusal_tokens(model, harmful: Sequence[str], *, max_new_tokens: int = 8) -> list[int]:
-    """Refusal-start token ids taken from the model's *own* refusals of ``harmful`` prompts."""
-    responses = generate(model, harmful, max_new_tokens=max_new_tokens)
-    refusals = [r for r in responses if is_refusal(r)]
-    if not refusals:
-        raise ValueError(
-            "the model refused none of the prompts; pass refusal tokens explicitly: --refusal-tokens, "
-            '"analysis": {"refusal_tokens": [...]} in --config, or workbench.refusal_tokens.discover_refusal_tokens'
-        )
-    return refusal_token_ids(model.tokenizer, refusals)
 
 
 @dataclass(frozen=True)
