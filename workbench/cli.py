@@ -421,8 +421,10 @@ def _inputs_tag(args, dtype: str) -> str:
     is its own and never overwrites the committed figures (or another run's)."""
     from .artifacts import sha256_file, sha256_text
 
-    files = {flag: getattr(args, flag) for flag in ("harmful", "harmless", "config") if getattr(args, flag)}
-    inputs = {flag: sha256_file(path) for flag, path in files.items()}
+    splits = args.prompt_splits  # its files were hashed when read: their sha256s are reused
+    inputs = {kind: f["sha256"] for kind, f in (splits.files if splits else {}).items()}
+    if args.config:
+        inputs["config"] = sha256_file(args.config)
     if args.refusal_tokens is not None:
         inputs["refusal_tokens"] = args.refusal_tokens
     if dtype != "float32":
