@@ -41,7 +41,8 @@ def test_relabel_adds_intervals_to_a_cached_summary():
     assert none.share_refusal_ci_hi == pytest.approx(0.76341, abs=1e-4)
 
 
-def _summary(**numbers) -> dict:
+def index_summary(**numbers) -> dict:
+    """The least summary ``report.write_index`` reads, plus ``numbers`` (also used by test_provenance)."""
     return {
         "model": "organism",
         "direction": {"site": "resid_pre", "layer": 22, "pos": -1, "method": "arditi"},
@@ -59,7 +60,7 @@ def _summary(**numbers) -> dict:
 
 
 def test_index_prints_each_rate_with_its_interval_and_n(tmp_path):
-    summary = _summary(
+    summary = index_summary(
         refusal_by_location={"harmful/none": 0.963},
         refusal_by_location_ci95={"harmful/none": [0.874, 0.99]},
         refusal_by_location_n={"harmful/none": 54},

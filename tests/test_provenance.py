@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_intervals import index_summary
 from tiny_models import tiny_model
 
 from workbench import cli, data
@@ -159,22 +160,11 @@ def test_run_command_is_the_command_as_run():
 
 
 def test_index_records_the_prompt_files_config_and_warnings(tmp_path):
-    summary = {
-        "model": "organism",
-        "direction": {"site": "resid_pre", "layer": 22, "pos": -1, "method": "arditi"},
-        "plane": {
-            "b1": "x",
-            "pc1_explained_variance": 0.5,
-            "angle_pc1_b1_deg": 30.0,
-            "protocol": "angular",
-            "candidate_sites": ["resid_mid"],
-            "candidate_norm": "raw",
-        },
-        "selection": {"protocol": "arditi", "positions_scored": [-1], "n_passed": 1, "filtered": None},
-        "refusal_by_location": {"harmful/none": 1.0},
-        "harmful_refusal_by_angle": {"0": 1.0},
-        "warnings": ["validation harmful prompts: n = 3 < 16 ..."],
-        "inputs": {
+    summary = index_summary(
+        refusal_by_location={"harmful/none": 1.0},
+        harmful_refusal_by_angle={"0": 1.0},
+        warnings=["validation harmful prompts: n = 3 < 16 ..."],
+        inputs={
             "prompt_files": {
                 "harmful": {"path": "h.txt", "sha256": "11"},
                 "harmless": {"path": "s.txt", "sha256": "22"},
@@ -182,7 +172,7 @@ def test_index_records_the_prompt_files_config_and_warnings(tmp_path):
             "config_file": {"path": "c.json", "sha256": "33", "content": {"n_eval": 7}},
             "command": "workbench run --harmful h.txt --harmless s.txt --config c.json",
         },
-    }
+    )
     text = write_index(tmp_path, {}, {}, summary).read_text()
     assert "Regenerate with `workbench run --harmful h.txt --harmless s.txt --config c.json`" in text
     assert "- harmful prompts: `h.txt` (sha256 `11`)" in text and "- harmless prompts: `s.txt` (sha256 `22`)" in text
