@@ -68,6 +68,7 @@ def parse_control(text: str, option: str, choices: tuple[str, ...]) -> Control:
 
 
 def _gaussian(d_model: int, seed: int, n: int = 1) -> Float[Tensor, "n d_model"]:
+    # a CPU generator on purpose: one seed gives the same control on every device (drawn once, not per token)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(n, d_model, generator=generator, dtype=torch.float64)
 

@@ -205,7 +205,8 @@ def _gap(model, direction: Direction, logits_of: Callable[[Tensor], Tensor]) -> 
     with model.hooks(fwd_hooks=ablation_hooks(model, direction, "all")):
         hooked = model(tokens).float()
     theirs = logits_of(tokens).float()
-    return float((theirs[..., : hooked.shape[-1]] - hooked).abs().max())
+    # the Hugging Face model runs on the CPU, the TL model wherever it was loaded: compare on the CPU, once
+    return float((theirs[..., : hooked.shape[-1]] - hooked.to(theirs.device)).abs().max())
 
 
 def _checked_gap(model, direction: Direction, logits_of, caveats: list[str]) -> float:
