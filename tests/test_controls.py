@@ -209,16 +209,16 @@ def test_location_comparison_draws_the_controls_beside_their_conditions():
     for split in ("harmful", "harmless"):
         assert f"{split}, random direction (seed 0)" in names and f"{split}, null direction (seed 0)" in names
     (random,) = [t for t in fig.data if t.name == "harmful, random direction (seed 0)"]
-    assert list(random.x) == ["everywhere<br>random dir.", "addition (+αr)<br>random dir."]
+    assert list(random.x) == ["everywhere: random dir.", "addition (+αr): random dir."]
     assert random.marker.pattern.shape == "/" and random.offsetgroup == "harmful"
     assert list(random.y) == pytest.approx([53 / 54, 52 / 54]) and random.error_y.arrayminus[0] > 0.05
     assert list(fig.layout.xaxis.categoryarray) == [
         "none",
         "everywhere",
-        "everywhere<br>random dir.",
-        "everywhere<br>null dir.",
+        "everywhere: random dir.",
+        "everywhere: null dir.",
         "addition (+αr)",
-        "addition (+αr)<br>random dir.",
+        "addition (+αr): random dir.",
     ]
     (kl,) = [t for t in fig.data if t.name == "KL on harmless prompts, controls"]
     assert kl.xaxis == "x2" and len(kl.x) == 3
@@ -238,6 +238,7 @@ def test_angle_sweep_draws_the_random_plane_with_its_intervals():
     (segment,) = segments
     assert segment.r[0] == pytest.approx(0.51, abs=0.01) and segment.r[1] == 1.0 and segment.r[2] is None
     assert "random plane (seed 0): harmless" in [t.name for t in fig.data]
+    assert "random plane" in fig.layout.title.text and "random plane" not in plain.layout.title.text
 
 
 def test_control_config_fields_are_checked_loaded_and_kept_out_of_the_default_key(tmp_path):

@@ -93,6 +93,10 @@ def control_numbers(tables) -> dict:
     return out
 
 
+# how the index names the real conditions the controls stand beside (the main job adds at α = 1)
+_BASE_WORDS = {"all": "ablate:all", "addition": "add:1 (α = 1 at the direction's layer)"}
+
+
 def _control_words(control: str, what: str) -> str:
     kind, _, seed = control.partition(":")
     return f"a {kind} {what}" + (f" (seed {seed})" if seed else "")
@@ -125,7 +129,8 @@ def control_lines(summary: Mapping) -> list[str]:
         return []
     lines = ["", f"Controls (the same edit with a direction or plane that carries no refusal; {RULE}):", ""]
     for entry in numbers.get("directions", {}).values():
-        who = f"{entry['intervention']} with {_control_words(entry['control'], 'direction')}"
+        how = _BASE_WORDS.get(entry["base"], entry["intervention"])
+        who = f"{how} with {_control_words(entry['control'], 'direction')}"
         lines.append(f"- {who}: {_clauses(entry, 'with the refusal direction')}.")
     for plane, by_angle in numbers.get("plane", {}).items():
         for angle, entry in by_angle.items():

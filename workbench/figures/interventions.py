@@ -70,6 +70,8 @@ def location_comparison(
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
     categories = names if controls is None else _add_controls(fig, controls, order, kl_split)
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=categories)
+    if controls is not None:  # more, longer names: slanted, not stood on end
+        fig.update_xaxes(tickangle=-35)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
@@ -195,8 +197,8 @@ def _control_name(control) -> str:
 
 
 def _control_category(row) -> str:
-    """A control's x category: its base condition's name over the control's kind (two tick lines)."""
-    return f"{condition_name(row['base'])}<br>{str(row['control']).partition(':')[0]} dir."
+    """A control's x category: its base condition's name, then the control's kind."""
+    return f"{condition_name(row['base'])}: {str(row['control']).partition(':')[0]} dir."
 
 
 def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split: str) -> list[str]:

@@ -120,7 +120,8 @@ def angle_sweep_polar(
         title=_title(
             f"Angular steering ({_sweep_mode(summary)}rotation to θ in the plane)",
             model,
-            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts",
+            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts"
+            + ("; grey: the same rotation in a random plane (causal control)" if control is not None else ""),
         )
     )
 
