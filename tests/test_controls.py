@@ -270,3 +270,39 @@ def test_control_config_fields_are_checked_loaded_and_kept_out_of_the_default_ke
     path.write_text(json.dumps({"control_angles": [0, 400]}))
     with pytest.raises(ValueError, match=r"\[400.0\] outside \[0, 360\).*in .*c.json"):
         load_configs(path)
+
+
+def test_the_main_job_runs_the_control_stages_only_when_asked(tmp_path, monkeypatch, capsys):
+    """On a tiny random model with given refusal tokens (seconds): the default config computes the
+    ``controls`` and ``plane_control`` stages and reports them; ``"controls": false`` runs neither
+    and still draws figures 01 and 05, with an empty ``controls`` key and no Controls block."""
+    import json
+    from pathlib import Path
+
+    from tiny_models import save_tiny_chat_folder
+
+    from workbench.artifacts import CACHE_ENV
+    from workbench.cli import main
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data = Path(__file__).parent / "data"
+    sizes = {"n_eval": 4, "n_sweep": 4, "max_new_tokens": 4, "angle_step": 90.0, "subset_sizes": [1]}
+    analysis = {"filter_prompts": False, "arditi_positions": [-1], "arditi_prompts": 4, "refusal_tokens": [40]}
+    model = str(save_tiny_chat_folder(tmp_path / "model"))
+    summaries = {}
+    for controls in (True, False):
+        config = tmp_path / f"config-{controls}.json"
+        config.write_text(json.dumps({**sizes, "controls": controls, "analysis": analysis}))
+        figures = tmp_path / f"figures-{controls}"
+        argv = ["run", "--model", model, "--config", str(config), "--figures", str(figures), "--json"]
+        argv += ["--harmful", str(data / "unseen_harmful.txt"), "--harmless", str(data / "unseen_harmless.txt")]
+        assert main(argv) == 0
+        summaries[controls] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (figures / "01_location_comparison.html").exists() and (figures / "05_angle_sweep.html").exists()
+        index = (figures / "README.md").read_text()
+        assert ("Controls (" in index) is controls
+        stages = json.loads(Path(summaries[controls]["manifest"]).read_text())["stages"]
+        assert ("controls" in stages and "plane_control" in stages) is controls
+    assert set(summaries[True]["controls"]["directions"]) == {"random:0/all", "random:0/addition", "null:0/all"}
+    assert set(summaries[True]["controls"]["plane"]["random:0"]) == {"0", "90", "180", "270"}
+    assert summaries[False]["controls"] == {}
