@@ -41,6 +41,7 @@ FLOORS: list[tuple[str, ...]] = [
         "figures.selection",
         "figures.planes",
         "figures.behaviours",
+        "control_numbers",
         "report",
         "run",
         "training",

@@ -118,6 +118,8 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "angle_sweep",
         "plane-max_auc-pc1-unit",
         "rotation_variants",
+        "controls",
+        "plane_control",
         "figures",
     ]
     # the refusal tokens decide whether Arditi's stages run (and so the direction's method): a stage of their own
@@ -131,6 +133,8 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "layer_subsets",
         "angle_sweep",
         "rotation_variants",
+        "controls",
+        "plane_control",
         "figures",
     ]
     assert [n for n, s in stages.items() if s["reused"]] == []
@@ -156,8 +160,32 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
             "layer_subsets",
             "angle_sweep",
             "rotation_variants",
+            "controls",
+            "plane_control",
         )
     )
+    _check_controls(summary, argv, tmp_path)
+
+
+def _check_controls(summary: dict, argv: list[str], tmp_path: Path) -> None:
+    """The causal controls of the main job above: on the organism, ablating a random direction
+    everywhere leaves harmful refusal within the unsteered interval while the real ablation removes
+    it (outside the control's interval); a run folder without the control stages (cached before
+    they existed) computes only them, reusing the location comparison and the sweep."""
+    folder = Path(summary["manifest"]).parent
+    assert all((folder / f"{name}.csv").exists() for name in ("controls", "controls_per_prompt", "plane_control"))
+    random = summary["controls"]["directions"]["random:0/all"]["harmful"]
+    lo, hi = summary["refusal_by_location_ci95"]["harmful/none"]
+    assert lo <= random["refusal_rate"] <= hi and random["effect_outside_control"] is True
+    assert set(summary["controls"]["directions"]) == {"random:0/all", "random:0/addition", "null:0/all"}
+    assert list(summary["controls"]["plane"]["random:0"]) == ["0", "90", "180", "270"]
+    assert "Controls (" in (tmp_path / "figures" / "README.md").read_text()
+    for name in ("controls", "plane_control"):
+        (folder / f"{name}.csv").unlink()
+    assert main(argv) == 0
+    stages = json.loads(Path(summary["manifest"]).read_text())["stages"]
+    assert not stages["controls"]["reused"] and not stages["plane_control"]["reused"]
+    assert all(stages[s]["reused"] for s in ("locations", "layer_subsets", "angle_sweep", "rotation_variants"))
 
 
 def _last_summary(tmp_path: Path) -> Path:

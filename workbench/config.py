@@ -96,6 +96,16 @@ def _check_refusal_tokens(values: tuple[int | str, ...]) -> None:
         )
 
 
+def _check_control_angles(angles: tuple[float, ...]) -> None:
+    bad = [a for a in angles if not 0 <= a < 360]
+    if bad or not angles or len(set(angles)) != len(angles):
+        why = f"{bad} outside [0, 360)" if bad else ("empty" if not angles else "a repeated angle")
+        raise ValueError(
+            f"RunConfig.control_angles {list(angles)!r}: {why}; give distinct angles in degrees in [0, 360), "
+            "e.g. [0, 90, 180, 270] (the random plane's sweep; set controls to false to skip the controls)"
+        )
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """What the analysis computes. The defaults are the two studies' protocols as published
@@ -149,7 +159,12 @@ class RunConfig:
     """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes),
     and how it rotates: ``rotation_site`` ``"post_gain"`` (the study: the norm's output, what
     attention and the MLP read) or ``"pre_gain"`` (TL's ``hook_normalized``); ``adaptive``
-    ``"off"``, ``"b1"`` (rotate only tokens with b1·h > 0, the study's AAS) or ``"b2"``."""
+    ``"off"``, ``"b1"`` (rotate only tokens with b1·h > 0, the study's AAS) or ``"b2"``.
+
+    ``controls``: also run the causal controls (the ``controls`` and ``plane_control`` stages): the
+    location comparison's ablation everywhere with a random and a null direction and its addition with
+    the random one, and the angle sweep in a random plane at ``control_angles``, each seeded by
+    ``control_seed`` (:mod:`workbench.controls`)."""
 
     n_eval: int = 54  # test prompts per split for the location comparison
     n_sweep: int = 24  # test prompts per split for the angle and layer-subset sweeps
@@ -164,10 +179,16 @@ class RunConfig:
     # held-out "warning" / "redirect" requests (data.load_graded)
     sweep_sets: tuple[str, ...] = ("harmful", "harmless")
     behaviours: bool = False  # also label unsteered responses per held-out category (data.graded_test_sets)
+    # causal controls (workbench.controls) beside the location comparison and the angle sweep: a random
+    # and a null direction, and a random plane swept at control_angles (degrees), seeded by control_seed
+    controls: bool = True
+    control_seed: int = 0
+    control_angles: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
 
     def __post_init__(self) -> None:
         sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
-        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0})
+        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0, "control_seed": 0})
+        _check_control_angles(self.control_angles)
         _check_choices(self, {"rotation_site": ROTATION_SITES, "adaptive": GATES})
         unknown = set(self.sweep_sets) - {"harmful", "harmless", "warning", "redirect"}
         if unknown or not self.sweep_sets:
@@ -411,7 +432,13 @@ MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     }
 }
 # RunConfig fields added after runs were cached: they enter the run's folder hash only when set.
-LATE_RUN_FIELDS: dict[str, Any] = {"sweep_sets": ("harmful", "harmless"), "behaviours": False}
+LATE_RUN_FIELDS: dict[str, Any] = {
+    "sweep_sets": ("harmful", "harmless"),
+    "behaviours": False,
+    "controls": True,
+    "control_seed": 0,
+    "control_angles": (0.0, 90.0, 180.0, 270.0),
+}
 # AnalysisConfig fields added after runs were cached: they enter the run folder's hash only when set.
 LATE_ANALYSIS_FIELDS: dict[str, Any] = {"refusal_tokens": ()}
 

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import controls as cx
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
 from .config import RunContext
@@ -30,6 +31,8 @@ __all__ = [
     "condition",
     "condition_hooks",
     "compare_locations",
+    "control_locations",
+    "control_sweep",
     "layer_subset_sweep",
     "angle_sweep",
     "rotation_variant_sweep",
@@ -252,6 +255,48 @@ def compare_locations(
     return _summarise(per_prompt, ["split", "condition"]), per_prompt
 
 
+def control_locations(
+    model,
+    direction,
+    harmless: Float[Tensor, "prompt d_model"],
+    prompt_sets: Mapping[str, Sequence[str]],
+    *,
+    layer: int,
+    ctx: RunContext,
+    seed: int = 0,
+    alpha: float = 1.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The location comparison's ``all`` (ablation everywhere) and ``addition`` under causal controls
+    (:mod:`workbench.controls`), on the same prompts, in one batched job per prompt set:
+    ``random:SEED/all`` and ``random:SEED/addition`` with the norm-matched random direction and
+    ``null:SEED/all`` with the null direction from ``harmless`` (the harmless direction_train
+    activations at ``direction``'s site, layer and position, ``[prompt, d_model]``). ``layer`` and
+    ``alpha``: the real addition's. Returns ``(summary, per_prompt)`` as :func:`compare_locations`'s,
+    ``condition`` being ``CONTROL/BASE`` (e.g. ``random:0/all``), plus ``control`` (``random:0``)
+    and ``base`` (the real condition it stands beside: ``all`` / ``addition``)."""
+    controls = {"random": cx.random_direction(direction, seed), "null": cx.null_direction(harmless, direction, seed)}
+    settings = [("random", "all"), ("random", "addition"), ("null", "all")]
+
+    def hooks_for(setting):  # each control's hooks act on its own rows only ("none" elsewhere)
+        per_control = [
+            condition_hooks(
+                model, d, setting, [b if k == kind else "none" for k, b in settings], layer=layer, alpha=alpha
+            )
+            for kind, d in controls.items()
+        ]
+        return lambda rows: [h for hooks in per_control for h in hooks(rows)]
+
+    per_prompt = _run_settings(model, prompt_sets, len(settings), hooks_for, ctx)
+    per_prompt["control"] = [controls[settings[s][0]].method for s in per_prompt["setting"]]
+    per_prompt["base"] = [settings[s][1] for s in per_prompt["setting"]]
+    per_prompt["condition"] = per_prompt["control"] + "/" + per_prompt["base"]
+    summary = _summarise(per_prompt, ["split", "condition"])
+    named = per_prompt.drop_duplicates("condition").set_index("condition")
+    summary["control"] = summary["condition"].map(named["control"])
+    summary["base"] = summary["condition"].map(named["base"])
+    return summary, per_prompt
+
+
 def layer_subset_sweep(
     model,
     direction,
@@ -326,6 +371,25 @@ def angle_sweep(
     summary = _summarise(per_prompt, ["split", "angle"])
     summary["site"], summary["adaptive"] = site, str(adaptive)
     return summary, per_prompt
+
+
+def control_sweep(
+    model,
+    plane,
+    prompt_sets: Mapping[str, Sequence[str]],
+    angles: Sequence[float],
+    *,
+    ctx: RunContext,
+    seed: int = 0,
+    adaptive: str | bool = "off",
+    site: str = "post_gain",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`angle_sweep` in the seeded random plane of ``plane`` (:func:`workbench.controls.random_plane`:
+    rotation to the same angles at the same site, in a plane that carries no refusal); the summary
+    and the per-prompt table gain ``plane`` = ``random:SEED``."""
+    control = cx.random_plane(plane, seed)
+    summary, per_prompt = angle_sweep(model, control, prompt_sets, angles, ctx=ctx, adaptive=adaptive, site=site)
+    return summary.assign(plane=control.variant), per_prompt.assign(plane=control.variant)
 
 
 def rotation_variant_sweep(

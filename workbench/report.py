@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from . import figures as fg
 from .artifacts import atomic_write_text
 from .config import default_figures_dir
+from .control_numbers import control_lines, control_numbers
 from .directions import Direction, cosine_matrix, projection_table
 from .experiments import label_columns
 from .labels import ALL_LABELS
@@ -45,8 +46,9 @@ EXPERIMENT_FIGURES = ("01_location_comparison", "05_angle_sweep", "07_layer_subs
 @dataclass(frozen=True)
 class MainTables:
     """The main job's experiment tables (:mod:`workbench.experiments`), as one value: the location
-    comparison (summary and per prompt), the layer subsets, the angle sweep, the rotation variants and,
-    for the graded organism, the unsteered behaviours per category."""
+    comparison (summary and per prompt), the layer subsets, the angle sweep, the rotation variants,
+    for the graded organism the unsteered behaviours per category, and (None when off) the causal
+    controls of the location comparison and of the angle sweep."""
 
     locations: pd.DataFrame
     location_prompts: pd.DataFrame
@@ -54,6 +56,12 @@ class MainTables:
     sweep: pd.DataFrame
     variants: pd.DataFrame
     behaviours: pd.DataFrame | None = None
+    # the causal controls (RunConfig.controls; workbench.experiments.control_locations / control_sweep):
+    # summary and per prompt of the location comparison's and of the angle sweep's
+    controls: pd.DataFrame | None = None
+    control_prompts: pd.DataFrame | None = None
+    plane_control: pd.DataFrame | None = None
+    plane_control_prompts: pd.DataFrame | None = None
 
 
 Figures = dict[str, tuple[go.Figure, str]]  # {file stem: (figure, what it shows)}
@@ -102,11 +110,11 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
     figs: Figures = {
         "01_location_comparison": (
-            fg.location_comparison(locations, tables.location_prompts, model=model),
+            fg.location_comparison(locations, tables.location_prompts, model=model, controls=tables.controls),
             "refusal rate (harmful, harmless) and KL on harmless prompts for ablation at each location, and addition",
         ),
         "05_angle_sweep": (
-            fg.angle_sweep_polar(sweep, baseline=baseline, model=model),
+            fg.angle_sweep_polar(sweep, baseline=baseline, model=model, control=tables.plane_control),
             "refusal rate per steering angle (harmful, harmless) and the four response labels",
         ),
         "07_layer_subsets": (
@@ -213,8 +221,9 @@ def _refusal_numbers(tables: MainTables | None) -> dict:
 def key_numbers(
     analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables | None, rotation: dict | None = None
 ) -> dict:
-    """The run's key numbers: the direction, each method's choice, the plane, refusal rates, and
-    what was skipped (:func:`skipped_parts`; ``tables`` is None then)."""
+    """The run's key numbers: the direction, each method's choice, the plane, refusal rates, the
+    causal controls beside the real interventions (:func:`~workbench.control_numbers.control_numbers`)
+    and what was skipped (:func:`skipped_parts`; ``tables`` is None then)."""
     selection = analysis.selection
     return {
         "direction": {
@@ -236,6 +245,7 @@ def key_numbers(
         },
         "rotation": rotation or {},
         **_refusal_numbers(tables),
+        "controls": control_numbers(tables),
         "skipped": skipped_parts(analysis),
     }
 
@@ -404,6 +414,7 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
         files = " · ".join(f"[{f.suffix[1:]}]({f.name})" for f in written[key])
         lines.append(f"| {key} ({files}) | {what} |")
     lines += _key_number_lines(summary)
+    lines += control_lines(summary)
     lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -2,7 +2,8 @@
 
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
 interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
-location comparison → layer subsets → angle sweep → figures (HTML + PNG) and ``figures/README.md``.
+location comparison → layer subsets → angle sweep → rotation variants → causal controls (``RunConfig.controls``:
+random / null direction, random plane) → figures (HTML + PNG) and ``figures/README.md``.
 A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
 path: activations, selection without Arditi's scores, plane and the analysis figures; the run's
 ``skipped`` says what was left out and why.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -199,7 +200,43 @@ class _MainJob:
             return None
         locations, location_prompts = self.locations()
         subsets, sweep = self.subsets(), self.sweep()
-        return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+        tables = MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+        return replace(tables, **self.controls()) if self.config.controls else tables
+
+    def controls(self) -> dict[str, pd.DataFrame]:
+        """The causal controls (stages ``controls`` and ``plane_control``) as :class:`MainTables`
+        fields: the location comparison's ``all`` and ``addition`` with a random and a null direction
+        on its own prompts (:func:`~workbench.experiments.control_locations`), and the angle sweep
+        in a random plane at ``control_angles`` on the harmful and harmless sweep prompts, at the
+        real sweep's site and gate (:func:`~workbench.experiments.control_sweep`)."""
+        config, where = self.config, self.direction.where()
+        prompts = {k: v[: config.n_eval] for k, v in self.test.items()}
+
+        def locations():  # the harmless activations are read only when the stage is computed
+            harmless = self.analysis.activations["harmless_train"].get(*where)
+            return ex.control_locations(
+                self.model, self.direction, harmless, prompts, layer=where[1], ctx=self.ctx, seed=config.control_seed
+            )
+
+        sweep = partial(
+            ex.control_sweep,
+            self.model,
+            self.plane,
+            {k: v for k, v in self.sweep_prompts.items() if k in self.test},
+            config.control_angles,
+            ctx=self.ctx,
+            seed=config.control_seed,
+            adaptive=config.adaptive,
+            site=config.rotation_site,
+        )
+        controls, control_prompts = self.tables("controls", ["split", "condition"], locations)
+        plane_control, plane_control_prompts = self.tables("plane_control", ["split", "angle"], sweep)
+        return {
+            "controls": controls,
+            "control_prompts": control_prompts,
+            "plane_control": plane_control,
+            "plane_control_prompts": plane_control_prompts,
+        }
 
     def sample_warnings(self) -> list[str]:
         """The analysis's small splits, and the test prompts behind each reported refusal rate."""

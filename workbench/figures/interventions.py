@@ -30,7 +30,11 @@ from .style import (
 
 
 def location_comparison(
-    summary: pd.DataFrame, per_prompt: pd.DataFrame | None = None, *, model: str | None = None
+    summary: pd.DataFrame,
+    per_prompt: pd.DataFrame | None = None,
+    *,
+    model: str | None = None,
+    controls: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Refusal rate under ablation at each location, harmful and harmless side by side.
 
@@ -41,7 +45,10 @@ def location_comparison(
     harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
-    response, kl) adds example responses to the bar hover and per-prompt KL points.
+    response, kl) adds example responses to the bar hover and per-prompt KL points. ``controls``
+    (:func:`~workbench.experiments.control_locations`: split, condition, control, base,
+    refusal_rate, kl) adds hatched bars, with their intervals, right after the condition each
+    controls, in both panels.
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
@@ -61,7 +68,10 @@ def location_comparison(
     for i, split in enumerate(_splits(summary)):
         _add_refusal_bars(fig, summary, per_prompt, split, i, order, names)
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
-    fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=names)
+    categories = names if controls is None else _add_controls(fig, controls, order, kl_split)
+    fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=categories)
+    if controls is not None:  # more, longer names: slanted, not stood on end
+        fig.update_xaxes(tickangle=-35)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
@@ -69,7 +79,12 @@ def location_comparison(
             "Refusal vs ablation location",
             model,
             "ablation location: residual only, attention output "
-            "only, MLP output only, everywhere; plus none and activation addition",
+            "only, MLP output only, everywhere; plus none and activation addition"
+            + (
+                "; hatched: the same edit with a random or a null direction (causal controls)"
+                if controls is not None
+                else ""
+            ),
         ),
     )
 
@@ -143,6 +158,7 @@ def _add_kl(
             y=kl,
             name=f"KL on {kl_split} prompts",
             legendgroup="kl",
+            offsetgroup="kl",  # one slot: the controls' KL bars sit in their own categories, full width
             marker_color=NEUTRAL,
             hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
         ),
@@ -169,6 +185,72 @@ def _add_kl(
             1,
             2,
         )
+
+
+_CONTROL_PATTERNS = {"random": "/", "null": "x"}
+
+
+def _control_name(control) -> str:
+    """``random:0`` → ``random direction (seed 0)``."""
+    kind, _, seed = str(control).partition(":")
+    return f"{kind} direction (seed {seed})" if seed else f"{kind} direction"
+
+
+def _control_category(row) -> str:
+    """A control's x category: its base condition's name, then the control's kind."""
+    return f"{condition_name(row['base'])}: {str(row['control']).partition(':')[0]} dir."
+
+
+def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split: str) -> list[str]:
+    """Both panels: one hatched bar trace per (control, split) of refusal rates with their 95 %
+    intervals (offset like the split's real bars), and the controls' KL on ``kl_split``. Returns
+    every x category, each control's right after the condition it controls."""
+    _require(controls, ["split", "condition", "control", "base", "refusal_rate", "kl"], "controls")
+    controls = controls.assign(category=[_control_category(r) for _, r in controls.iterrows()])
+    for i, split in enumerate(_splits(controls)):
+        color = _color(SPLIT_COLORS, split, i)
+        for control, rows in controls[controls["split"] == split].groupby("control", sort=False):
+            shape = _CONTROL_PATTERNS.get(str(control).partition(":")[0], ".")
+            fig.add_trace(
+                go.Bar(
+                    x=rows["category"],
+                    y=rows["refusal_rate"],
+                    name=f"{split}, {_control_name(control)}",
+                    offsetgroup=split,
+                    legendgroup=f"control {control}",
+                    marker={
+                        "color": "white",
+                        "line": {"color": color, "width": 1.5},
+                        "pattern": {"shape": shape, "fgcolor": color},
+                    },
+                    error_y=_rate_error(rows),
+                    hovertext=_interval_text(rows),
+                    hovertemplate="%{x}: %{y:.0%}<br>%{hovertext}<extra>" + _control_name(control) + "</extra>",
+                ),
+                1,
+                1,
+            )
+    kl = controls[controls["split"] == kl_split]
+    fig.add_trace(
+        go.Bar(
+            x=kl["category"],
+            y=kl["kl"],
+            name=f"KL on {kl_split} prompts, controls",
+            legendgroup="kl",
+            offsetgroup="kl",
+            marker={
+                "color": "white",
+                "line": {"color": NEUTRAL, "width": 1.5},
+                "pattern": {"shape": "/", "fgcolor": NEUTRAL},
+            },
+            hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
+        ),
+        1,
+        2,
+    )
+    after = {c: list(dict.fromkeys(controls.loc[controls["base"] == c, "category"])) for c in order}
+    unplaced = [c for c in dict.fromkeys(controls["category"]) if not any(c in v for v in after.values())]
+    return [x for c in order for x in (condition_name(c), *after[c])] + unplaced
 
 
 def _family(name: str) -> str:

@@ -19,6 +19,7 @@ from .style import (
     _bar_polar,
     _color,
     _fig,
+    _interval_text,
     _label_bars,
     _require,
     _splits,
@@ -83,12 +84,21 @@ def plane_projection(coords: pd.DataFrame, *, model: str | None = None, b1_label
     )
 
 
-def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, model: str | None = None) -> go.Figure:
+def angle_sweep_polar(
+    summary: pd.DataFrame,
+    *,
+    baseline: dict | None = None,
+    model: str | None = None,
+    control: pd.DataFrame | None = None,
+) -> go.Figure:
     """Angular steering sweep. (a) ``refusal_rate`` per angle and split (closed curves; 0° = b1
     east, counter-clockwise; r ∈ [0, 1]; dotted circles = ``baseline: {split: unsteered rate}``).
     (b) stacked polar bars of the label shares (``share_<label>``) per angle on the harmful split.
     Needs columns split, angle, refusal_rate (:func:`~workbench.experiments.angle_sweep`); with
-    ``refusal_ci_lo`` / ``_hi`` a light band per split spans each angle's 95 % Wilson interval."""
+    ``refusal_ci_lo`` / ``_hi`` a light band per split spans each angle's 95 % Wilson interval.
+    ``control`` (:func:`~workbench.experiments.control_sweep`: split, angle, refusal_rate, plane)
+    adds the random plane's refusal per split in (a) as grey markers, each with its interval as a
+    radial segment."""
     _require(summary, ["split", "angle", "refusal_rate"], "summary", "use angle_sweep()")
     share_split = "harmful" if "harmful" in set(summary["split"]) else _splits(summary)[0]
     fig = make_subplots(
@@ -103,12 +113,15 @@ def angle_sweep_polar(summary: pd.DataFrame, *, baseline: dict | None = None, mo
     )
     fig.update_layout(template=TEMPLATE, polar=RATE_POLAR, polar2=_bar_polar(), height=650)
     _add_refusal_curves(fig, summary, baseline)
+    if control is not None:
+        _add_plane_control(fig, control)
     _add_label_shares(fig, summary[summary["split"] == share_split].sort_values("angle"))
     return fig.update_layout(
         title=_title(
             f"Angular steering ({_sweep_mode(summary)}rotation to θ in the plane)",
             model,
-            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts",
+            "0° = b1 (refusal direction), counter-clockwise toward b2; radius = fraction of prompts"
+            + ("; grey: the same rotation in a random plane (causal control)" if control is not None else ""),
         )
     )
 
@@ -147,6 +160,55 @@ def _add_refusal_curves(fig: go.Figure, summary: pd.DataFrame, baseline: dict | 
                 legendgroup=split,
                 hoverinfo="name",
                 line={"dash": "dot", "color": _color(SPLIT_COLORS, split, i)},
+            ),
+            1,
+            1,
+        )
+
+
+_CONTROL_GREY = "#626567"
+_CONTROL_SYMBOLS = {"harmful": "diamond", "harmless": "square"}
+
+
+def _add_plane_control(fig: go.Figure, control: pd.DataFrame) -> None:
+    """Panel (a): the random plane's refusal rate per split at its angles, grey markers outlined in
+    the split's colour, and (with ``refusal_ci_lo`` / ``_hi``) each 95 % interval as a grey radial
+    segment (``random plane (seed S)`` in the legend, from the ``plane`` column)."""
+    _require(control, ["split", "angle", "refusal_rate"], "control", "use control_sweep()")
+    plane = str(control["plane"].iloc[0]) if "plane" in control and len(control) else "random"
+    kind, _, seed = plane.partition(":")
+    name = f"{kind} plane" + (f" (seed {seed})" if seed else "")
+    for i, split in enumerate(_splits(control)):
+        rows = control[control["split"] == split].sort_values("angle")
+        if "refusal_ci_lo" in rows:
+            fig.add_trace(
+                go.Scatterpolar(  # one radial segment per angle, broken by gaps
+                    theta=[t for a in rows["angle"] for t in (a, a, None)],
+                    r=[v for lo, hi in zip(rows["refusal_ci_lo"], rows["refusal_ci_hi"]) for v in (lo, hi, None)],
+                    mode="lines",
+                    line={"color": _CONTROL_GREY, "width": 2},
+                    legendgroup=f"{name} {split}",
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                1,
+                1,
+            )
+        fig.add_trace(
+            go.Scatterpolar(
+                theta=rows["angle"],
+                r=rows["refusal_rate"],
+                mode="markers",
+                name=f"{name}: {split}",
+                legendgroup=f"{name} {split}",
+                marker={
+                    "color": _CONTROL_GREY,
+                    "size": 10,
+                    "symbol": _CONTROL_SYMBOLS.get(split, "circle"),
+                    "line": {"color": _color(SPLIT_COLORS, split, i), "width": 2},
+                },
+                hovertext=_interval_text(rows),
+                hovertemplate="%{theta:.0f}°: %{r:.0%}<br>%{hovertext}<extra>" + f"{name}, {split}" + "</extra>",
             ),
             1,
             1,
