@@ -149,7 +149,9 @@ class RunConfig:
     """Sizes of the main job's experiments (chosen so a cold CPU run of the organism fits minutes),
     and how it rotates: ``rotation_site`` ``"post_gain"`` (the study: the norm's output, what
     attention and the MLP read) or ``"pre_gain"`` (TL's ``hook_normalized``); ``adaptive``
-    ``"off"``, ``"b1"`` (rotate only tokens with b1·h > 0, the study's AAS) or ``"b2"``."""
+    ``"off"``, ``"b1"`` (rotate only tokens with b1·h > 0, the study's AAS) or ``"b2"``.
+    ``stability_resamples`` / ``stability_seed``: the stability stage's bootstrap of direction_train
+    (:mod:`workbench.stability`)."""
 
     n_eval: int = 54  # test prompts per split for the location comparison
     n_sweep: int = 24  # test prompts per split for the angle and layer-subset sweeps
@@ -164,10 +166,13 @@ class RunConfig:
     # held-out "warning" / "redirect" requests (data.load_graded)
     sweep_sets: tuple[str, ...] = ("harmful", "harmless")
     behaviours: bool = False  # also label unsteered responses per held-out category (data.graded_test_sets)
+    # the stability stage: bootstrap resamples of direction_train and their seed (workbench.stability)
+    stability_resamples: int = 20
+    stability_seed: int = 0
 
     def __post_init__(self) -> None:
         sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
-        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0})
+        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0, "stability_resamples": 1, "stability_seed": 0})
         _check_choices(self, {"rotation_site": ROTATION_SITES, "adaptive": GATES})
         unknown = set(self.sweep_sets) - {"harmful", "harmless", "warning", "redirect"}
         if unknown or not self.sweep_sets:
@@ -411,7 +416,12 @@ MODEL_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     }
 }
 # RunConfig fields added after runs were cached: they enter the run's folder hash only when set.
-LATE_RUN_FIELDS: dict[str, Any] = {"sweep_sets": ("harmful", "harmless"), "behaviours": False}
+LATE_RUN_FIELDS: dict[str, Any] = {
+    "sweep_sets": ("harmful", "harmless"),
+    "behaviours": False,
+    "stability_resamples": 20,
+    "stability_seed": 0,
+}
 # AnalysisConfig fields added after runs were cached: they enter the run folder's hash only when set.
 LATE_ANALYSIS_FIELDS: dict[str, Any] = {"refusal_tokens": ()}
 
