@@ -137,6 +137,8 @@ def test_cosine_statistics_of_a_hand_made_table():
         (1, "b1", "m/L2/pos-1", "m/L2/pos-1", 0.98),
         (0, "b2", "", "", 0.9),
         (1, "b2", "", "", -0.9),
+        (0, "span", "", "", 1.0),
+        (1, "span", "", "", 0.9),
     ]
     table = pd.DataFrame(rows, columns=["resample", "quantity", "key", "full_key", "cosine"])
     out = summarise(table)
@@ -146,7 +148,18 @@ def test_cosine_statistics_of_a_hand_made_table():
     assert ms["chosen"] == "a/L2/pos-1" and ms["chosen_frequency"] == 0.5
     assert ms["counts"] == {"a/L2/pos-1": 1, "a/L3/pos-1": 1} and ms["cosine_to_chosen"]["min"] == 0.6
     assert out["plane"]["b1"]["chosen_frequency"] == 1.0 and out["plane"]["b2"]["cosine"]["mean"] == 0.0
-    assert "signed" in out["plane"]["b2"]["sign"]
+    assert "signed" in out["plane"]["b2"]["sign"] and out["plane"]["span"]["cosine"]["mean"] == 0.95
+
+
+def test_the_span_cosine_ignores_turns_within_the_plane():
+    from workbench.stability import _span_cosine
+
+    e = torch.eye(4, dtype=torch.float64)
+    turned = torch.stack([e[0] + e[1], e[0] - e[1]]) / math.sqrt(2)  # b1, b2 turned 45° and b2 flipped
+    assert _span_cosine(turned, e[:2]) == pytest.approx(1.0, abs=1e-12)
+    tilted = torch.stack([e[0], math.cos(0.3) * e[1] + math.sin(0.3) * e[2]])  # one axis out by 0.3 rad
+    assert _span_cosine(tilted, e[:2]) == pytest.approx(math.cos(0.3), abs=1e-12)
+    assert _span_cosine(torch.stack([e[0], e[3]]), e[:2]) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_a_plane_from_other_candidates_is_refused():
@@ -174,11 +187,13 @@ def test_the_figure_draws_choice_bars_and_cosine_boxes():
         *GENERATION_FREE_METHODS,
         "plane b1",
         "plane b2",
+        "plane (span)",
     ]
     assert all(len(b.x) == 6 and b.boxpoints == "all" for b in boxes)
     # bars: per method and b1, one segment per key chosen, adding up to the resamples
-    chosen = result.table[~result.table["quantity"].isin(["direction", "b2"])]
-    assert len(bars) == chosen.groupby("quantity")["key"].nunique().sum()
+    chosen = result.table[~result.table["quantity"].isin(["direction", "b2", "span"])]
+    # (the full sample's key has its segment even when no resample chose it)
+    assert len(bars) == sum(len({*rows["key"], *rows["full_key"]}) for _, rows in chosen.groupby("quantity"))
     per_row: dict[str, int] = {}
     for bar in bars:
         per_row[bar.y[0]] = per_row.get(bar.y[0], 0) + int(bar.x[0])

@@ -414,11 +414,12 @@ def _stability_lines(stability: dict | None) -> list[str]:
             f"- {method} chose `{m['chosen']}` in {times}/{n}; its choice's cosine to the full sample's "
             f"{_interval(m['cosine_to_chosen'])}."
         )
-    b2 = stability["plane"]["b2"]["cosine"]
+    b2, span = stability["plane"]["b2"]["cosine"], stability["plane"].get("span", {}).get("cosine")
     times = round(b1["chosen_frequency"] * n)
     lines.append(
         f"- Plane: b1 ({b1['method']}) was `{b1['chosen']}` in {times}/{n}, cosine {_interval(b1['cosine'])}; "
-        f"b2 cosine {_interval(b2)} (signed; b2's sign is fixed by the plane's sign rule)."
+        f"b2 cosine {_interval(b2)} (signed; b2's sign is fixed by the plane's sign rule)"
+        + (f"; the plane itself (cosine of the largest principal angle) {_interval(span)}." if span else ".")
     )
     return lines
 

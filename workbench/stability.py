@@ -58,6 +58,10 @@ B2_SIGN = (
     "signed: build_plane fixes b2's sign by its sign rule (the deepest candidates at positive angles), "
     "so a cosine near -1 would mean the rule flipped"
 )
+SPAN = (
+    "the cosine of the largest principal angle between the resampled plane and the full sample's "
+    "(1: the same plane, however b1 and b2 turn within it)"
+)
 TABLE_COLUMNS = ["resample", "quantity", "key", "full_key", "cosine"]
 
 
@@ -209,6 +213,13 @@ def _cosine(a: Tensor, b: Tensor) -> float:
     return float(a @ b) / norms if norms > 0 else float("nan")
 
 
+def _span_cosine(basis: Float[Tensor, "2 d_model"], other: Float[Tensor, "2 d_model"]) -> float:
+    """Cosine of the largest principal angle between two planes (orthonormal bases): 1 for the same
+    plane, whatever b1 and b2 within it; 0 when a direction of one is orthogonal to the other."""
+    overlap = basis.detach().double().cpu() @ other.detach().double().cpu().T  # [2, 2]
+    return float(torch.linalg.svdvals(overlap).min())
+
+
 def _direction_row(inputs: StabilityInputs, sample: _Sample) -> tuple[str, float]:
     """The chosen direction's key and the cosine of the resampled candidate there to it (for a
     direction that is no candidate, the unit mean of ``mean_of_candidates``: the resampled mean)."""
@@ -230,6 +241,7 @@ def _compare(inputs: StabilityInputs, reference: _Sample, sample: _Sample, resam
         rows.append((method, str(chosen[0]), str(chosen[1]), _cosine(mine, full)))
     rows.append(("b1", str(sample.b1_key), str(reference.b1_key), _cosine(sample.basis[0], inputs.plane.b1)))
     rows.append(("b2", "", "", _cosine(sample.basis[1], inputs.plane.b2)))
+    rows.append(("span", "", "", _span_cosine(sample.basis, inputs.plane.basis)))
     return [dict(zip(TABLE_COLUMNS, (resample, *row))) for row in rows]
 
 
@@ -270,8 +282,9 @@ def _choices(rows: pd.DataFrame) -> dict:
 
 def summarise(table: pd.DataFrame, plane_b1_method: str = "max_sim") -> dict:
     """``{"direction", "methods", "plane"}`` of a stability table (:data:`TABLE_COLUMNS`): the
-    cosine statistics (:func:`cosine_stats`) of each quantity and, per method and for b1, how often
-    each key was chosen (``chosen_frequency``: the share choosing the full-sample key)."""
+    cosine statistics (:func:`cosine_stats`) of each quantity (``plane``: ``b1``, ``b2``, ``span``)
+    and, per method and for b1, how often each key was chosen (``chosen_frequency``: the share
+    choosing the full-sample key)."""
     missing = set(TABLE_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"the stability table lacks columns {sorted(missing)}; build it with direction_stability()")
@@ -285,6 +298,7 @@ def summarise(table: pd.DataFrame, plane_b1_method: str = "max_sim") -> dict:
     plane = {
         "b1": {"method": plane_b1_method, **_choices(by["b1"]), "cosine": cosine_stats(by["b1"]["cosine"])},
         "b2": {"cosine": cosine_stats(by["b2"]["cosine"]), "sign": B2_SIGN},
+        "span": {"cosine": cosine_stats(by["span"]["cosine"]), "what": SPAN},
     }
     return {
         "direction": {"key": str(direction["key"].iloc[0]), "cosine": cosine_stats(direction["cosine"])},
@@ -297,7 +311,8 @@ def summarise(table: pd.DataFrame, plane_b1_method: str = "max_sim") -> dict:
 class Stability:
     """The JSON-ready ``summary`` (see :func:`direction_stability`) and the per-resample ``table``
     (:data:`TABLE_COLUMNS`: one row per resample and quantity: ``direction``, each generation-free
-    method, ``b1``, ``b2``; ``key`` the resample's choice, ``full_key`` the full sample's)."""
+    method, ``b1``, ``b2``, ``span`` (the plane's principal angle); ``key`` the resample's choice,
+    ``full_key`` the full sample's)."""
 
     summary: dict
     table: pd.DataFrame
@@ -341,7 +356,8 @@ def direction_stability(
     full-sample ``chosen`` key, ``chosen_frequency``, ``counts`` of every key chosen and
     ``cosine_to_chosen``: the resampled choice's vector to the full-sample choice's) and ``plane``
     (``b1``: as a method, with ``cosine`` to the plane's b1; ``b2``: ``cosine`` to the plane's b2,
-    and its ``sign`` convention). Cosine statistics: :func:`cosine_stats`.
+    and its ``sign`` convention; ``span``: the cosine of the largest principal angle between the
+    resampled plane and the plane). Cosine statistics: :func:`cosine_stats`.
     """
     n_h, n_s = inputs.harmful.n_prompts, inputs.harmless.n_prompts
     draws_h, draws_s = class_resamples(n_h, n_s, n_resamples, seed)

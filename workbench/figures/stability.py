@@ -18,7 +18,7 @@ def _rows(table: pd.DataFrame) -> list[str]:
     """The quantities in display order: the chosen direction, the methods, b1, b2."""
     present = list(dict.fromkeys(table["quantity"]))
     first = [q for q in ("direction",) if q in present]
-    last = [q for q in ("b1", "b2") if q in present]
+    last = [q for q in ("b1", "b2", "span") if q in present]
     return first + [q for q in present if q not in (*first, *last)] + last
 
 
@@ -26,7 +26,7 @@ def _label(quantity: str, table: pd.DataFrame) -> str:
     rows = table[table["quantity"] == quantity]
     if quantity == "direction":
         return f"direction at {rows['key'].iloc[0]}"
-    return {"b1": "plane b1", "b2": "plane b2"}.get(quantity, quantity)
+    return {"b1": "plane b1", "b2": "plane b2", "span": "plane (span)"}.get(quantity, quantity)
 
 
 def _add_choice_bars(fig: go.Figure, table: pd.DataFrame, quantities: list[str]) -> None:
@@ -79,7 +79,7 @@ def _add_cosine_boxes(fig: go.Figure, table: pd.DataFrame, quantities: list[str]
                 boxpoints="all",
                 jitter=0.5,
                 pointpos=0,
-                marker={"size": 5, "color": NEUTRAL if q in ("b1", "b2") else _OTHER[i % len(_OTHER)]},
+                marker={"size": 5, "color": NEUTRAL if q in ("b1", "b2", "span") else _OTHER[i % len(_OTHER)]},
                 line={"width": 1.5},
                 fillcolor="rgba(0,0,0,0)",
                 showlegend=False,
@@ -95,13 +95,13 @@ def stability_figure(table: pd.DataFrame, *, model: str | None = None) -> go.Fig
     """Two panels from a stability table (:attr:`workbench.stability.Stability.table`): left, per
     selection method and for the plane's b1, how many bootstrap resamples chose each candidate
     (the full sample's choice dark and first); right, the cosine of each resampled direction to the
-    full sample's (the chosen direction at its own key, each method's choice, b1, b2), one point
-    per resample over a box."""
+    full sample's (the chosen direction at its own key, each method's choice, b1, b2; and the
+    plane's span: the cosine of its largest principal angle), one point per resample over a box."""
     _require(table, ["resample", "quantity", "key", "full_key", "cosine"], "table", "direction_stability()")
     if table.empty:
         raise ValueError("the stability table is empty; run at least one resample")
     quantities = _rows(table)
-    chosen = [q for q in quantities if q not in ("direction", "b2")]
+    chosen = [q for q in quantities if q not in ("direction", "b2", "span")]
     n = table["resample"].nunique()
     fig = make_subplots(
         rows=1,
