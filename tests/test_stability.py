@@ -203,6 +203,23 @@ def test_the_figure_draws_choice_bars_and_cosine_boxes():
         stability_figure(result.table.drop(columns=["cosine"]))
 
 
+def test_the_figure_index_says_it_in_sentences(tmp_path):
+    from test_intervals import index_summary
+
+    from workbench.report import write_index
+
+    stability = direction_stability(synthetic_inputs(noise=3.0), n_resamples=5, seed=0).summary
+    text = write_index(tmp_path, {}, {}, index_summary(refusal_by_location={}, stability=stability)).read_text()
+    ms, d = stability["methods"]["max_sim"], stability["direction"]["cosine"]
+    times = round(ms["chosen_frequency"] * 5)
+    assert "Direction stability (figure 13" in text
+    assert "Over 5 bootstrap resamples of direction_train (seed 0)" in text
+    assert f"`resid_pre/L3/pos-1` had cosine {d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" in text
+    assert f"- max_sim chose `{ms['chosen']}` in {times}/5" in text
+    assert "the cosine of the mean direction to the full sample's" in text and "- Plane: b1 (max_sim) was" in text
+    assert "Direction stability" not in write_index(tmp_path, {}, {}, index_summary(refusal_by_location={})).read_text()
+
+
 def test_the_main_job_settings_are_validated_and_leave_the_default_key_alone():
     from workbench.run import _config_fields
 

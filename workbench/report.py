@@ -406,12 +406,13 @@ def _stability_lines(stability: dict | None) -> list[str]:
         "",
         f"- Over {n} bootstrap resamples of direction_train (seed {stability['seed']}), the resampled candidate "
         f"at the chosen direction's own key `{d['key']}` had cosine {_interval(d['cosine'])} "
-        f"(min {d['cosine']['min']:.3f}) to it. Arditi's choice: {stability['arditi']}.",
+        f"(min {d['cosine']['min']:.3f}) to it. Arditi's selection is {stability['arditi']}.",
     ]
     for method, m in stability["methods"].items():
         times = round(m["chosen_frequency"] * n)
+        what = "the mean direction" if method == "mean_of_candidates" else "its choice"
         lines.append(
-            f"- {method} chose `{m['chosen']}` in {times}/{n}; its choice's cosine to the full sample's "
+            f"- {method} chose `{m['chosen']}` in {times}/{n}; the cosine of {what} to the full sample's "
             f"{_interval(m['cosine_to_chosen'])}."
         )
     b2, span = stability["plane"]["b2"]["cosine"], stability["plane"].get("span", {}).get("cosine")

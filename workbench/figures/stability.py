@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from .style import _OTHER, NEUTRAL, TEMPLATE, _require, _title
 
 _CHOSEN = "#2c3e50"  # the full sample's own choice
-_OTHERS = ("#aab7b8", "#d5dbdb", "#85929e", "#e5e8e8", "#bfc9ca", "#99a3a4")  # other keys, alternating greys
+_OTHERS = ("#aab7b8", "#d5dbdb", "#bfc9ca", "#e5e8e8")  # other keys: light greys, told apart by their edges
 
 
 def _rows(table: pd.DataFrame) -> list[str]:
@@ -32,17 +32,17 @@ def _label(quantity: str, table: pd.DataFrame) -> str:
 def _add_choice_bars(fig: go.Figure, table: pd.DataFrame, quantities: list[str]) -> None:
     """Left panel: per method (and b1), stacked horizontal bars of how many resamples chose each
     key: the full sample's key first (dark, labelled), then the others by count (greys)."""
-    segments: list[tuple[str, int, str, bool]] = []  # (row label, count, key, is the full sample's)
+    segments: list[tuple[str, int, str, bool, bool]] = []  # (row, count, key, the full sample's?, wide?)
     for q in quantities:
         rows = table[table["quantity"] == q]
         counts = rows["key"].astype(str).value_counts()
         full = str(rows["full_key"].iloc[0])
         label = _label(q, table)
-        segments.append((label, int(counts.get(full, 0)), full, True))
-        segments += [(label, int(n), str(k), False) for k, n in counts.items() if k != full]
+        segments.append((label, int(counts.get(full, 0)), full, True, True))
+        segments += [(label, int(n), str(k), False, n >= 0.15 * len(rows)) for k, n in counts.items() if k != full]
     rank: dict[str, int] = {}
     legend: set[str] = set()  # one legend entry per kind of segment
-    for label, n, key, full in segments:
+    for label, n, key, full, wide in segments:
         i = rank[label] = rank.get(label, -1) + 1
         group = "full" if full else "other"
         fig.add_trace(
@@ -52,8 +52,9 @@ def _add_choice_bars(fig: go.Figure, table: pd.DataFrame, quantities: list[str])
                 orientation="h",
                 marker_color=_CHOSEN if full else _OTHERS[(i - 1) % len(_OTHERS)],
                 marker_line={"width": 1, "color": "white"},
-                text=[f"{key} ({n})" if full else (key if n > 2 else "")],
+                text=[f"{key} ({n})" if full else (key if wide else "")],  # narrower ones: the hover
                 textposition="inside",
+                textangle=0,
                 insidetextanchor="middle",
                 name="the full sample's choice" if full else "another candidate",
                 legendgroup=group,
