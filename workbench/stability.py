@@ -256,7 +256,7 @@ def _check_reference(inputs: StabilityInputs, reference: _Sample) -> None:
             )
 
 
-def cosine_stats(cosines: Sequence[float] | np.ndarray) -> dict:
+def cosine_stats(cosines: Sequence[float] | np.ndarray | pd.Series) -> dict:
     """``{"mean", "min", "ci95": [2.5th, 97.5th percentile]}`` of the cosines (4 decimals)."""
     values = np.asarray(cosines, dtype=np.float64)
     if values.size == 0:

@@ -42,21 +42,21 @@ def _add_choice_bars(fig: go.Figure, table: pd.DataFrame, quantities: list[str])
         segments += [(label, int(n), str(k), False, n >= 0.15 * len(rows)) for k, n in counts.items() if k != full]
     rank: dict[str, int] = {}
     legend: set[str] = set()  # one legend entry per kind of segment
-    for label, n, key, full, wide in segments:
+    for label, n, key, is_full, wide in segments:
         i = rank[label] = rank.get(label, -1) + 1
-        group = "full" if full else "other"
+        group = "full" if is_full else "other"
         fig.add_trace(
             go.Bar(
                 x=[n],
                 y=[label],
                 orientation="h",
-                marker_color=_CHOSEN if full else _OTHERS[(i - 1) % len(_OTHERS)],
+                marker_color=_CHOSEN if is_full else _OTHERS[(i - 1) % len(_OTHERS)],
                 marker_line={"width": 1, "color": "white"},
-                text=[f"{key} ({n})" if full else (key if wide else "")],  # narrower ones: the hover
+                text=[f"{key} ({n})" if is_full else (key if wide else "")],  # narrower ones: the hover
                 textposition="inside",
                 textangle=0,
                 insidetextanchor="middle",
-                name="the full sample's choice" if full else "another candidate",
+                name="the full sample's choice" if is_full else "another candidate",
                 legendgroup=group,
                 showlegend=group not in legend,
                 hovertemplate=f"{label}: {key} chosen in %{{x}} resamples<extra></extra>",
