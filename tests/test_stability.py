@@ -232,6 +232,28 @@ def test_the_main_job_settings_are_validated_and_leave_the_default_key_alone():
         RunConfig(stability_seed=1.5)  # type: ignore[arg-type]
 
 
+def test_the_command_prints_the_summary_and_checks_its_options(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from tiny_models import save_tiny_chat_folder
+
+    from workbench import cli
+    from workbench.artifacts import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    folder = str(save_tiny_chat_folder(tmp_path / "model"))  # random weights: refuses nothing
+    data = Path(__file__).parent / "data"
+    prompts = ["--harmful", str(data / "unseen_harmful.txt"), "--harmless", str(data / "unseen_harmless.txt")]
+    argv = ["stability", "--model", folder, *prompts, "--resamples", "3", "--seed", "2", "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n_resamples"] == 3 and out["seed"] == 2 and "refuses nothing" in out["arditi"]
+    assert set(out["methods"]) == set(GENERATION_FREE_METHODS) and "span" in out["plane"]
+    assert (Path(out["run_dir"]) / "stability-3-2.json").exists()
+    assert cli.main([*argv[:-5], "--resamples", "0"]) == 2
+    assert "--resamples must be a positive integer" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- on the organism (slow)
 
 _STAGE_FILES = (
