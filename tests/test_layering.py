@@ -30,7 +30,7 @@ FLOORS: list[tuple[str, ...]] = [
     ),  # models
     ("kv", "activations", "generation"),  # running the model
     ("steering_math", "metrics", "labels", "judges", "directions"),  # math and measures
-    ("planes", "interventions", "intervention", "selection", "refusal_tokens", "controls"),  # analysis
+    ("planes", "interventions", "intervention", "selection", "refusal_tokens", "controls", "stability"),  # analysis
     ("experiments", "pipeline", "provenance", "damage", "export"),  # experiments; export: edited models out
     (
         "figures",
@@ -42,6 +42,7 @@ FLOORS: list[tuple[str, ...]] = [
         "figures.planes",
         "figures.behaviours",
         "control_numbers",
+        "figures.stability",
         "report",
         "run",
         "training",

@@ -184,10 +184,13 @@ def test_a_model_that_refuses_nothing_runs_to_figures_and_says_what_it_skipped(f
     assert drawn == {"02_selection_heatmaps", "03_cosine_matrix", "04_plane_projection"} | {
         "06_projection_histograms",
         "08_special_cases",
+        "13_direction_stability",  # generation-free: drawn for every model
     }
+    assert summary["stability"]["n_resamples"] == 20 and "refuses nothing" in summary["stability"]["arditi"]
     index = (figures / "README.md").read_text()
     assert "**Skipped: Arditi's prompt filter and scores" in index and "- 05_angle_sweep: not drawn" in index
     assert "direction selection generation-free, `max_sim`" in index
+    assert "Over 20 bootstrap resamples of direction_train" in index
     run_dir = Path(summary["run_dir"])
     assert (run_dir / "direction-max_sim.safetensors").exists()
     assert not (run_dir / "prompt_filter.json").exists() and not (run_dir / "arditi_scores.csv").exists()

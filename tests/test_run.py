@@ -120,6 +120,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "controls",
         "plane_control",
+        "stability",
         "figures",
     ]
     # the refusal tokens decide whether Arditi's stages run (and so the direction's method): a stage of their own
@@ -135,6 +136,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "controls",
         "plane_control",
+        "stability",
         "figures",
     ]
     assert [n for n, s in stages.items() if s["reused"]] == []
@@ -162,6 +164,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
             "rotation_variants",
             "controls",
             "plane_control",
+            "stability",
         )
     )
     _check_controls(summary, argv, tmp_path)

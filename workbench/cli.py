@@ -164,6 +164,20 @@ def cmd_plane(args) -> dict:
     }
 
 
+def cmd_stability(args) -> dict:
+    """How stable the direction, each method's choice and the plane are over bootstrap resamples of
+    direction_train (workbench.stability; generation-free, no forward pass per resample)."""
+    _, analysis = _analysis(args)
+    t0 = time.perf_counter()
+    result = analysis.stability(args.resamples, args.seed)
+    return {
+        **result.summary,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "run_dir": str(analysis.dir),
+        "warnings": _warn(analysis.sample_warnings()),
+    }
+
+
 _BIG_ALPHA = 20.0  # |alpha| beyond this is far past the refusal direction's own size: expect gibberish
 
 
@@ -388,6 +402,8 @@ def _validate(args) -> None:
         _check_run_args(args, dtype)
     if args.command == "plane":
         _check_plane_args(args)
+    if args.command == "stability":
+        _check_stability_args(args)
     if args.command == "generate":
         _check_generate_args(args, dtype)
     if args.command == "export":
@@ -453,6 +469,19 @@ def _check_plane_args(args) -> None:
         if lo > hi:
             raise ValueError(f"--layers {args.layers}: the range is reversed; write {hi}-{lo}")
         args.layer_range = (lo, hi)
+
+
+def _check_stability_args(args) -> None:
+    """``--resamples`` / ``--seed``: given, or the config's ``stability_resamples`` / ``stability_seed``."""
+    run_config = args.configs[0]
+    if args.resamples is None:
+        args.resamples = run_config.stability_resamples
+    if args.seed is None:
+        args.seed = run_config.stability_seed
+    if args.resamples < 1:
+        raise ValueError(f"--resamples must be a positive integer (e.g. 20), got {args.resamples}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
 
 
 def _check_generate_args(args, dtype: str) -> None:
@@ -568,7 +597,7 @@ def _organism_parser(sub) -> None:
 
 
 def _analysis_parsers(sub) -> None:
-    """``run``, ``select`` and ``plane``: the commands that compute (or load) a model's analysis."""
+    """``run``, ``select``, ``plane`` and ``stability``: the commands that compute (or load) a model's analysis."""
     p = sub.add_parser("run", help="the main job: every analysis and figure for one model")
     _model_args(p)
     p.add_argument(
@@ -588,6 +617,16 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--variant", default="pc1", help="pc1 (default), last_two_pcs, per_sample")
     p.add_argument("--layers", default=None, help="LO-HI: only candidates from these layers feed the PCA")
     p.set_defaults(func=cmd_plane)
+
+    p = sub.add_parser(
+        "stability",
+        help="how often each candidate is chosen, and how far the directions move, over bootstrap "
+        "resamples of direction_train",
+    )
+    _model_args(p)
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 20: stability_resamples)")
+    p.add_argument("--seed", type=int, default=None, help="the resampling seed (default 0: stability_seed)")
+    p.set_defaults(func=cmd_stability)
 
 
 def _control_args(p) -> None:

@@ -164,7 +164,10 @@ class RunConfig:
     ``controls``: also run the causal controls (the ``controls`` and ``plane_control`` stages): the
     location comparison's ablation everywhere with a random and a null direction and its addition with
     the random one, and the angle sweep in a random plane at ``control_angles``, each seeded by
-    ``control_seed`` (:mod:`workbench.controls`)."""
+    ``control_seed`` (:mod:`workbench.controls`).
+
+    ``stability_resamples`` / ``stability_seed``: the stability stage's bootstrap of direction_train
+    (:mod:`workbench.stability`)."""
 
     n_eval: int = 54  # test prompts per split for the location comparison
     n_sweep: int = 24  # test prompts per split for the angle and layer-subset sweeps
@@ -184,10 +187,20 @@ class RunConfig:
     controls: bool = True
     control_seed: int = 0
     control_angles: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
+    # the stability stage: bootstrap resamples of direction_train and their seed (workbench.stability)
+    stability_resamples: int = 20
+    stability_seed: int = 0
 
     def __post_init__(self) -> None:
         sizes = ("n_eval", "n_sweep", "max_new_tokens", "batch_size", "subset_sizes")
-        _check_fields(self, {**dict.fromkeys(sizes, 1), "seed": 0, "control_seed": 0})
+        minimums: dict[str, float] = {
+            **dict.fromkeys(sizes, 1),
+            "seed": 0,
+            "control_seed": 0,
+            "stability_resamples": 1,
+            "stability_seed": 0,
+        }
+        _check_fields(self, minimums)
         _check_control_angles(self.control_angles)
         _check_choices(self, {"rotation_site": ROTATION_SITES, "adaptive": GATES})
         unknown = set(self.sweep_sets) - {"harmful", "harmless", "warning", "redirect"}
@@ -438,6 +451,8 @@ LATE_RUN_FIELDS: dict[str, Any] = {
     "controls": True,
     "control_seed": 0,
     "control_angles": (0.0, 90.0, 180.0, 270.0),
+    "stability_resamples": 20,
+    "stability_seed": 0,
 }
 # AnalysisConfig fields added after runs were cached: they enter the run folder's hash only when set.
 LATE_ANALYSIS_FIELDS: dict[str, Any] = {"refusal_tokens": ()}

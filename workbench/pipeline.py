@@ -24,6 +24,7 @@ from .directions import CandidateKey, Candidates, Direction, diff_in_means, per_
 from .planes import Plane, build_plane, plane_report
 from .refusal_tokens import FIX, RefusalTokens, discover_refusal_tokens, resolve_refusal_tokens, with_separation
 from .selection import Selection, arditi_scores, candidate_stats, filter_prompts, select
+from .stability import Stability, StabilityInputs, direction_stability
 from .stages import Stages
 
 __all__ = ["AnalysisConfig", "Analysis", "model_key", "GENERATION_FREE"]
@@ -450,6 +451,56 @@ class Analysis:
         )
         plane.save(path)
         return plane
+
+    # ------------------------------------------------------------------ direction stability (bootstrap)
+    def stability(self, n_resamples: int = 20, seed: int = 0) -> Stability:
+        """How much the direction, every generation-free method's choice and the plane move when the
+        direction_train prompts are resampled (:func:`workbench.stability.direction_stability`; no
+        forward pass). Saved as ``stability-{n_resamples}-{seed}.csv`` (per resample) and ``.json``
+        (the summary) in the run folder."""
+        json_path = self.dir / f"stability-{n_resamples}-{seed}.json"
+        files = [json_path.with_suffix(".csv"), json_path]  # the summary, written last, marks it done
+
+        def compute() -> Stability:
+            inputs = self._stability_inputs()
+            note = self._arditi_note()
+            return direction_stability(inputs, n_resamples=n_resamples, seed=seed, arditi_note=note).save(*files)
+
+        return self.stages.run("stability", files, compute, lambda: Stability.load(*files))
+
+    def _stability_inputs(self) -> StabilityInputs:
+        """The activations, the filter's kept rows, the direction and the plane the bootstrap needs."""
+        acts, cfg = self.activations, self.config
+        kept = None
+        if cfg.filter_prompts and self.arditi_skipped is None:  # as :attr:`candidates` does
+            rows = self.prompt_filter["direction_train"]
+            kept = (rows["harmful"], rows["harmless"])
+        return StabilityInputs(
+            acts["harmful_train"],
+            acts["harmless_train"],
+            acts["harmful_val"],
+            acts["harmless_val"],
+            self.direction(),
+            self.plane(),
+            kept=kept,
+            plane_sites=tuple(cfg.plane_sites),
+            plane_positions=tuple(cfg.plane_positions),
+            plane_b1_method=self._generation_free(cfg.plane_b1_method),
+        )
+
+    def _arditi_note(self) -> str:
+        """Why the stability stage does not rescore Arditi's choice, with what that would cost."""
+        if self.arditi_skipped:
+            return "not run: the model refuses nothing, so every choice here is generation-free"
+        n_val = len(self.validation_prompts("harmful")) + len(self.validation_prompts("harmless"))
+        computed = not self.stages.reused.get("arditi_scores", True)
+        seconds = self.stages.seconds.get("arditi_scores") if computed else None
+        cost = f"~{seconds:.0f} s here" if seconds else "minutes on a CPU"
+        return (
+            f"not rescored per resample: Arditi's scores ablate and add each of {len(self.arditi_candidates)} "
+            f"candidates on {n_val} validation prompts ({cost} per rescoring); the cosine of the chosen key's "
+            "resampled direction is reported instead"
+        )
 
 
 def _jsonable(config: AnalysisConfig) -> dict:

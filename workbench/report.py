@@ -25,6 +25,7 @@ from .labels import ALL_LABELS
 from .pipeline import Analysis
 from .planes import Plane
 from .selection import KL_FALLBACK
+from .stability import Stability
 from .stats import format_rate
 from .steering_math import special_cases
 
@@ -141,15 +142,28 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
 
 
 def main_figures(
-    analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables | None, *, model: str
+    analysis: Analysis,
+    direction: Direction,
+    plane: Plane,
+    tables: MainTables | None,
+    *,
+    model: str,
+    stability: Stability | None = None,
 ) -> Figures:
     """``{file stem: (figure, what it shows)}`` for every figure of the main job, in file order; the
     angle map of every swept prompt set when more than harmful/harmless were swept, and the
     unsteered behaviour per category when the tables have ``behaviours``. Without ``tables`` (a
-    model that refuses nothing: :func:`skipped_parts`) only the analysis figures."""
+    model that refuses nothing: :func:`skipped_parts`) only the analysis figures; with
+    ``stability`` (:meth:`Analysis.stability`) also the direction-stability figure."""
     figs = _analysis_figures(analysis, direction, plane, model)
     if tables is not None:
         figs.update(_experiment_figures(tables, model))
+    if stability is not None:
+        figs["13_direction_stability"] = (
+            fg.stability_figure(stability.table, model=model),
+            f"over {stability.summary['n_resamples']} bootstrap resamples of direction_train: how often each "
+            "method chose each candidate, and each resampled direction's cosine to the full sample's",
+        )
     return dict(sorted(figs.items()))
 
 
@@ -385,6 +399,42 @@ def _key_number_lines(summary: dict) -> list[str]:
     return lines + ["", f"Harmful refusal by angle [95 % Wilson interval]{each}: {text}"]
 
 
+def _interval(stats: dict) -> str:
+    """``0.990 [0.980, 1.000]``: a cosine's mean and its 2.5th and 97.5th percentiles."""
+    lo, hi = stats["ci95"]
+    return f"{stats['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _stability_lines(stability: dict | None) -> list[str]:
+    """The "Direction stability" block: plain sentences from the summary's ``stability``."""
+    if not stability:
+        return []
+    n, d, b1 = stability["n_resamples"], stability["direction"], stability["plane"]["b1"]
+    lines = [
+        "",
+        "Direction stability (figure 13; cosines: mean [2.5th, 97.5th percentile] over resamples):",
+        "",
+        f"- Over {n} bootstrap resamples of direction_train (seed {stability['seed']}), the resampled candidate "
+        f"at the chosen direction's own key `{d['key']}` had cosine {_interval(d['cosine'])} "
+        f"(min {d['cosine']['min']:.3f}) to it. Arditi's selection is {stability['arditi']}.",
+    ]
+    for method, m in stability["methods"].items():
+        times = round(m["chosen_frequency"] * n)
+        what = "the mean direction" if method == "mean_of_candidates" else "its choice"
+        lines.append(
+            f"- {method} chose `{m['chosen']}` in {times}/{n}; the cosine of {what} to the full sample's "
+            f"{_interval(m['cosine_to_chosen'])}."
+        )
+    b2, span = stability["plane"]["b2"]["cosine"], stability["plane"].get("span", {}).get("cosine")
+    times = round(b1["chosen_frequency"] * n)
+    lines.append(
+        f"- Plane: b1 ({b1['method']}) was `{b1['chosen']}` in {times}/{n}, cosine {_interval(b1['cosine'])}; "
+        f"b2 cosine {_interval(b2)} (signed; b2's sign is fixed by the plane's sign rule)"
+        + (f"; the plane itself (cosine of the largest principal angle) {_interval(span)}." if span else ".")
+    )
+    return lines
+
+
 def _regenerate(summary: dict) -> str:
     command = (summary.get("inputs") or {}).get("command")
     return command or run_command(summary["model"])
@@ -415,6 +465,7 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
         lines.append(f"| {key} ({files}) | {what} |")
     lines += _key_number_lines(summary)
     lines += control_lines(summary)
+    lines += _stability_lines(summary.get("stability"))
     lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -3,9 +3,9 @@
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
 interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
 location comparison → layer subsets → angle sweep → rotation variants → causal controls (``RunConfig.controls``:
-random / null direction, random plane) → figures (HTML + PNG) and ``figures/README.md``.
+random / null direction, random plane) → stability → figures (HTML + PNG) and ``figures/README.md``.
 A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
-path: activations, selection without Arditi's scores, plane and the analysis figures; the run's
+path: activations, selection without Arditi's scores, plane, stability and the analysis figures; the run's
 ``skipped`` says what was left out and why.
 """
 
@@ -31,6 +31,7 @@ from .models import load_model
 from .organism import RECIPES, organism_dir
 from .pipeline import Analysis
 from .report import MainTables, key_numbers, main_figures, run_command, write_index
+from .stability import Stability
 from .stages import Stages, load_tables, save_tables, table_files
 
 __all__ = ["RunConfig", "load_configs", "run_main"]
@@ -194,6 +195,10 @@ class _MainJob:
 
         return self.tables("behaviours", ["category"], compute)[0]
 
+    def stability(self) -> Stability:
+        """The direction's bootstrap stability (generation-free: runs for every model)."""
+        return self.analysis.stability(self.config.stability_resamples, self.config.stability_seed)
+
     def experiments(self) -> MainTables | None:
         """Every experiment's tables; None when they cannot score refusal (``analysis.arditi_skipped``)."""
         if self.analysis.arditi_skipped:
@@ -312,14 +317,15 @@ def run_main(
     analysis.activations  # noqa: B018  its own stage, timed apart from the selection that needs it
     job = _MainJob(analysis, stages, folder, config, progress)
     tables = job.experiments()
+    stability = job.stability()
 
     t_fig = time.perf_counter()
-    figs = main_figures(analysis, job.direction, job.plane, tables, model=spec)
+    figs = main_figures(analysis, job.direction, job.plane, tables, model=spec, stability=stability)
     written = {key: save_figure(fig, key, figures_dir) for key, (fig, _) in figs.items()}
     pngs = [f for paths in written.values() for f in paths if f.suffix == ".png"]
     stages.record("figures", time.perf_counter() - t_fig, pngs)
 
-    summary = {**job.summary(spec, tables, t0), "inputs": inputs}
+    summary = {**job.summary(spec, tables, t0), "stability": stability.summary, "inputs": inputs}
     write_index(Path(figures_dir), figs, written, summary)
     for where in (folder, analysis.dir):  # the run dir's copy is the latest run's
         atomic_write_text(where / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -8,7 +8,7 @@ the plane convention: 0° = b1 (refusal) points east, angles grow counter-clockw
 
 By job: :mod:`.style` (colours, names, orders, the ``workbench`` template, the notebook renderer
 choice, shared helpers), :mod:`.export` (saving, the notebook PNG renderer), and the builders by
-topic: :mod:`.interventions`, :mod:`.selection`, :mod:`.planes`, :mod:`.behaviours`. Importing the
+topic: :mod:`.interventions`, :mod:`.selection`, :mod:`.planes`, :mod:`.behaviours`, :mod:`.stability`. Importing the
 package registers the template and the ``workbench_png`` renderer.
 """
 
@@ -19,6 +19,7 @@ from .export import NOTEBOOK_PNG, save_figure
 from .interventions import layer_subset_figure, location_comparison, special_cases_figure
 from .planes import angle_sweep_polar, plane_projection, rotation_variants_figure
 from .selection import cosine_matrix_figure, projection_histograms, selection_heatmaps
+from .stability import stability_figure
 from .style import (
     CONDITION_COLORS,
     CONDITION_NAMES,
@@ -57,6 +58,7 @@ __all__ = [
     "rotation_variants_figure",
     "label_map_polar",
     "behaviour_bars",
+    "stability_figure",
     "save_figure",
     "use_notebook_renderer",
     "NOTEBOOK_RENDERER",
