@@ -118,6 +118,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "angle_sweep",
         "plane-max_auc-pc1-unit",
         "rotation_variants",
+        "damage",
         "figures",
     ]
     # the refusal tokens decide whether Arditi's stages run (and so the direction's method): a stage of their own
@@ -131,6 +132,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "layer_subsets",
         "angle_sweep",
         "rotation_variants",
+        "damage",
         "figures",
     ]
     assert [n for n, s in stages.items() if s["reused"]] == []
@@ -156,6 +158,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
             "layer_subsets",
             "angle_sweep",
             "rotation_variants",
+            "damage",
         )
     )
 

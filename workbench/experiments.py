@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import einops
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -39,6 +40,9 @@ __all__ = [
     "rate_intervals",
     "label_columns",
     "reference_cross_entropy",
+    "location_hooks_for",
+    "angle_hooks_for",
+    "batched_cross_entropy",
 ]
 
 # The location comparison's conditions: the tables' short names and the intervention each names
@@ -220,6 +224,32 @@ def _run_settings(
     return pd.concat(frames, ignore_index=True)
 
 
+def location_hooks_for(
+    model,
+    direction,
+    conditions: Sequence[str | Intervention],
+    *,
+    layer: int,
+    alpha: float = 1.0,
+    plane=None,
+):
+    """``hooks_for(setting)`` of the location comparison: given each row's condition index
+    (``[row]``), the ``hooks(rows)`` of :func:`condition_hooks` (what :func:`compare_locations` runs)."""
+    conditions = list(conditions)
+    return lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane)
+
+
+def angle_hooks_for(model, plane, angles: Sequence[float], *, site: str = "post_gain", adaptive: str | bool = "off"):
+    """``hooks_for(setting)`` of the angle sweep: given each row's angle index (``[row]``), the
+    ``hooks(rows)`` rotating each row to its angle (degrees) in ``plane`` (what :func:`angle_sweep` runs)."""
+    theta = torch.tensor([float(a) for a in angles])
+
+    def hooks_for(setting):
+        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site, adaptive=adaptive)
+
+    return hooks_for
+
+
 def compare_locations(
     model,
     direction,
@@ -245,7 +275,7 @@ def compare_locations(
         model,
         prompt_sets,
         len(conditions),
-        lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane),
+        location_hooks_for(model, direction, conditions, layer=layer, alpha=alpha, plane=plane),
         ctx,
     )
     per_prompt["condition"] = [names[s] for s in per_prompt["setting"]]
@@ -310,16 +340,11 @@ def angle_sweep(
     per (split, angle) with refusal rate, log-odds, KL and label shares, plus ``site`` and ``adaptive``.
     """
     angles = [float(a) for a in angles]
-    theta = torch.tensor(angles)
-
-    def hooks_for(setting):
-        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site, adaptive=adaptive)
-
     per_prompt = _run_settings(
         model,
         prompt_sets,
         len(angles),
-        hooks_for,
+        angle_hooks_for(model, plane, angles, site=site, adaptive=adaptive),
         ctx,
     )
     per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
@@ -416,3 +441,34 @@ def reference_cross_entropy(
         for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
             out[i] = nll[j, -n_answer[i] :].mean().cpu()
     return out
+
+
+def batched_cross_entropy(
+    model, prompts: Sequence[str], answers: Sequence[str], n_settings: int, hooks_for, *, batch_size: int = 32
+) -> Float[Tensor, "setting text"]:
+    """:func:`reference_cross_entropy` of every (prompt, answer) under each of ``n_settings`` settings
+    in one batched pass, like the sweeps: the texts are repeated once per setting and
+    ``hooks_for(setting)`` (``setting``: each row's setting index, ``[row]``; e.g.
+    :func:`location_hooks_for`, :func:`angle_hooks_for`) gives the per-row ``hooks(rows)``. Rows run
+    in order of token length, so a batch holds texts of one length and pads little. Returns each
+    text's mean answer-token CE (nats) per setting, ``[setting, text]``; equal to one
+    :func:`reference_cross_entropy` call per setting up to float rounding (other batch neighbours).
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+    texts = format_prompts(model.tokenizer, prompts)
+    lengths = token_lengths(model.tokenizer, [t + a for t, a in zip(texts, answers)]) * n_settings
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)  # stable: settings stay in order per length
+    rows_prompt, setting = repeat_prompts(prompts, n_settings)
+    rows_answer = list(answers) * n_settings
+    ordered = torch.tensor(order)
+    ce = reference_cross_entropy(
+        model,
+        [rows_prompt[i] for i in order],
+        [rows_answer[i] for i in order],
+        hooks=hooks_for(setting[ordered]),
+        batch_size=batch_size,
+    )
+    out = torch.empty_like(ce)
+    out[ordered] = ce
+    return einops.rearrange(out, "(setting text) -> setting text", setting=n_settings)

@@ -2,7 +2,8 @@
 
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
 interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
-location comparison → layer subsets → angle sweep → figures (HTML + PNG) and ``figures/README.md``.
+location comparison → layer subsets → angle sweep → damage (CE of held-out harmless answers under each
+location and angle) → figures (HTML + PNG) and ``figures/README.md``.
 A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
 path: activations, selection without Arditi's scores, plane and the analysis figures; the run's
 ``skipped`` says what was left out and why.
@@ -13,13 +14,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from . import damage as dm
 from . import data
 from . import experiments as ex
 from .artifacts import Manifest, atomic_write_text, library_versions, sha256_file, sha256_text
@@ -105,6 +107,8 @@ class _MainJob:
     """One main job's state (model, analysis, stages, experiments folder, run config and context),
     with one method per experiment stage, so each stage reads what it needs from ``self``."""
 
+    sweep_per_prompt: pd.DataFrame  # the angle sweep's responses, set by sweep(): the damage stage reads them
+
     def __init__(self, analysis: Analysis, stages: Stages, folder: Path, config: RunConfig, progress: bool):
         self.analysis, self.model, self.stages = analysis, analysis.model, stages
         self.folder, self.config = folder, config
@@ -159,7 +163,8 @@ class _MainJob:
                 ctx=self.ctx,
             )
 
-        return self.tables("angle_sweep", ["split", "angle"], compute)[0]
+        summary, self.sweep_per_prompt = self.tables("angle_sweep", ["split", "angle"], compute)
+        return summary
 
     def variants(self, sweep: pd.DataFrame) -> pd.DataFrame:
         """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
@@ -199,7 +204,47 @@ class _MainJob:
             return None
         locations, location_prompts = self.locations()
         subsets, sweep = self.subsets(), self.sweep()
-        return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+        tables = MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+        return replace(tables, damage=self.damage(self.damage_experiments(tables)))
+
+    def damage_experiments(self, tables: MainTables) -> list[dm.DamageExperiment]:
+        """What the damage stage prices: each condition of the location comparison (its layer and α)
+        and each swept angle (its plane, site, adaptive), each with its own responses; the sweep's
+        unsteered rows are the location comparison's ``none`` rows of the sweep's prompts (a prefix of
+        the same test splits, checked by :func:`~workbench.damage.prefix_rows`)."""
+        conditions, config = tuple(ex.CONDITIONS), self.config
+        locations = dm.setting_rows(tables.location_prompts, "condition")
+        none = locations[locations["setting"] == "none"]
+        sweep = dm.setting_rows(self.sweep_per_prompt, "angle")
+        location_hooks = ex.location_hooks_for(self.model, self.direction, conditions, layer=self.direction.where()[1])
+        angle_hooks = ex.angle_hooks_for(
+            self.model, self.plane, self.angles, site=config.rotation_site, adaptive=config.adaptive
+        )
+        return [
+            dm.DamageExperiment("locations", conditions, location_hooks, locations, none),
+            dm.DamageExperiment(
+                "angle_sweep", tuple(f"{a:g}" for a in self.angles), angle_hooks, sweep, dm.prefix_rows(none, sweep)
+            ),
+        ]
+
+    def damage(self, experiments: Sequence[dm.DamageExperiment]) -> pd.DataFrame:
+        """The ``damage`` stage: the CE of the shipped held-out harmless answers under every setting of
+        ``experiments`` (cached: ``damage_per_prompt.csv``, one row per experiment, setting and text),
+        and :func:`~workbench.damage.damage_summary` of it beside the experiments' own tables
+        (``damage.csv``; computed again on load, so it follows the current tables and labeller)."""
+        files = table_files(self.folder, "damage")
+        prompts, answers = dm.load_heldout_answers()
+        specs = [(e.name, e.settings, e.hooks_for) for e in experiments]
+
+        def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
+            ce = dm.cross_entropy_table(self.model, prompts, answers, specs, batch_size=self.ctx.batch_size)
+            return save_tables(files, (ce, dm.damage_summary(ce, experiments)))  # type: ignore[return-value]
+
+        def load() -> tuple[pd.DataFrame, pd.DataFrame]:
+            ce = dm.load_cross_entropy(files[0], specs, len(prompts))  # lacking a setting: computed again
+            return ce, dm.damage_summary(ce, experiments)
+
+        return self.stages.run("damage", files, compute, load)[1]
 
     def sample_warnings(self) -> list[str]:
         """The analysis's small splits, and the test prompts behind each reported refusal rate."""
