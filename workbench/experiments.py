@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.utilities import apply_softcap
 
 from . import interventions as iv
 from .chat import format_prompts, token_lengths, tokenize
@@ -420,7 +421,8 @@ def reference_cross_entropy(
     ``hooks`` (Arditi et al.'s on-distribution CE: how much an intervention damages normal answers).
 
     Loss is taken on the answer tokens only; rows are right-aligned by left padding so one forward
-    per batch scores every answer.
+    per batch scores every answer, and only the batch's last (longest answer) positions go through
+    the final norm, the unembedding and the log-softmax (on CPU they cost as much as the blocks).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
@@ -434,10 +436,13 @@ def reference_cross_entropy(
         rows = list(range(start, min(start + batch_size, len(texts))))
         tokens, mask = tokenize(tok, [texts[i] + answers[i] for i in rows], device=model.cfg.device)
         hook_list = hooks(torch.tensor(rows)) if callable(hooks) else (hooks or [])
+        k = max(n_answer[i] for i in rows)  # positions -k-1 .. -2 predict the last k tokens
         with model.hooks(fwd_hooks=list(hook_list)):
-            logits = model(tokens, attention_mask=mask)
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+            resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            logits = model.unembed(model.ln_final(resid[:, -k - 1 : -1]))  # ln_final / unembed hooks fire
+        logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logprobs.gather(-1, tokens[:, -k:, None])[..., 0]  # [batch, k]
         for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
             out[i] = nll[j, -n_answer[i] :].mean().cpu()
     return out

@@ -370,23 +370,25 @@ def _numeric(settings: pd.Series) -> bool:
     return bool(pd.to_numeric(settings, errors="coerce").notna().all())
 
 
-def _damage_groups(summary: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, bool]]:
-    """``(rows, legend name, colour, angles?)``, one per trace: one per location condition (its name
-    and colour, in the comparison's order), one per other experiment: an angle sweep's angles in
-    order (joined by a line, labelled ``180°``), any other experiment's settings labelled by name."""
-    groups: list[tuple[pd.DataFrame, str, str, bool]] = []
+def _damage_groups(summary: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, bool, int]]:
+    """``(rows, legend name, colour, angles?, marker size)``, one per trace: one per location
+    condition (its name and colour, in the comparison's order; each smaller than the one before, so
+    conditions at the same point show as concentric rings), one per other experiment: an angle
+    sweep's angles in order (joined by a line, labelled ``180°``), other settings labelled by name."""
+    groups: list[tuple[pd.DataFrame, str, str, bool, int]] = []
     for i, (experiment, rows) in enumerate(summary.groupby("experiment", sort=False)):
         if experiment == "locations":
             present = list(dict.fromkeys(rows["setting"]))
             order = [c for c in CONDITION_ORDER if c in present] + [c for c in present if c not in CONDITION_ORDER]
             for j, c in enumerate(order):
-                groups.append((rows[rows["setting"] == c], condition_name(c), _color(CONDITION_COLORS, c, j), False))
+                color = _color(CONDITION_COLORS, c, j)
+                groups.append((rows[rows["setting"] == c], condition_name(c), color, False, max(8, 20 - 2 * j)))
         elif _numeric(rows["setting"]):
             ordered = rows.iloc[np.argsort(pd.to_numeric(rows["setting"]).to_numpy(), kind="stable")]
             color = _ANGLE_COLOR if experiment == "angle_sweep" else _OTHER[i % len(_OTHER)]
-            groups.append((ordered, f"{experiment}: steering angle", color, True))
+            groups.append((ordered, f"{experiment}: steering angle", color, True, 8))
         else:
-            groups.append((rows, str(experiment), _OTHER[i % len(_OTHER)], False))
+            groups.append((rows, str(experiment), _OTHER[i % len(_OTHER)], False, 10))
     return groups
 
 
@@ -409,8 +411,8 @@ def damage_vs_effect(summary: pd.DataFrame, *, model: str | None = None) -> go.F
         subplot_titles=("CE increase on held-out harmless answers", "degenerate harmless responses"),
     )
     fig.update_layout(template=TEMPLATE)
-    for group, name, color, angles in _damage_groups(rows):
-        _add_damage_points(fig, group, name, color, angles)
+    for group, name, color, angles, size in _damage_groups(rows):
+        _add_damage_points(fig, group, name, color, angles, size)
     fig.update_xaxes(title_text="harmful refusal removed (unsteered − steered)", tickformat=".0%", zeroline=True)
     for col, (_, _, title, fmt) in enumerate(_DAMAGE_PANELS, start=1):
         fig.update_yaxes(title_text=title, tickformat=fmt, zeroline=True, row=1, col=col)
@@ -425,24 +427,31 @@ def damage_vs_effect(summary: pd.DataFrame, *, model: str | None = None) -> go.F
     )
 
 
-def _add_damage_points(fig: go.Figure, rows: pd.DataFrame, name: str, color: str, angles: bool) -> None:
-    """One group's points in both panels (legend once): markers with x and y error bars; an angle
-    sweep's points joined in angle order and labelled with their angle."""
+def _add_damage_points(fig: go.Figure, rows: pd.DataFrame, name: str, color: str, angles: bool, size: int) -> None:
+    """One group's points in both panels (legend once): markers with x and y error bars. An angle
+    sweep's points are labelled with their angle and, on the left, joined in angle order; on the
+    right (most angles at a degenerate rate of 0) only the points above 0 are labelled, unjoined."""
     labels = [f"{float(s):g}°" for s in rows["setting"]] if angles else list(rows["setting"])
     hover = _damage_hover(rows, [f"{name} {label}" if angles else name for label in labels])
     for col, (value, stem, _, _) in enumerate(_DAMAGE_PANELS, start=1):
+        text = labels if col == 1 else [t if y > 0 else "" for t, y in zip(labels, rows[value])]
         fig.add_trace(
             go.Scatter(
                 x=rows["refusal_removed"],
                 y=rows[value],
-                mode="lines+markers+text" if angles else "markers",
+                mode=("lines+markers+text" if col == 1 else "markers+text") if angles else "markers",
                 name=name,
                 legendgroup=name,
                 showlegend=col == 1,
-                text=labels if angles else None,
+                text=text if angles else None,
                 textposition="top right",
                 textfont={"size": 10, "color": color},
-                marker={"size": 8 if angles else 12, "color": color, "symbol": "diamond" if angles else "circle"},
+                marker={
+                    "size": size,
+                    "color": color,
+                    "symbol": "diamond" if angles else "circle",
+                    "line": {"width": 1, "color": "white"},
+                },
                 line={"color": color, "width": 1, "dash": "dot"},
                 error_x=_error(rows, "refusal_removed", "refusal_removed", color),
                 error_y=_error(rows, value, stem, color),
