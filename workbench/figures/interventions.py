@@ -416,7 +416,9 @@ def damage_vs_effect(summary: pd.DataFrame, *, model: str | None = None) -> go.F
     fig.update_xaxes(title_text="harmful refusal removed (unsteered − steered)", tickformat=".0%", zeroline=True)
     for col, (_, _, title, fmt) in enumerate(_DAMAGE_PANELS, start=1):
         fig.update_yaxes(title_text=title, tickformat=fmt, zeroline=True, row=1, col=col)
-    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    top = rows.get("degenerate_ci_hi", rows["degenerate_rate"]).max()
+    top = float(top) if top == top else 0.0
+    fig.update_yaxes(range=[-0.03, max(0.1, top) * 1.05], row=1, col=2)  # points at 0 stay whole
     return fig.update_layout(
         title=_title(
             "Damage vs effect",
