@@ -120,6 +120,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "controls",
         "plane_control",
+        "damage",
         "stability",
         "figures",
     ]
@@ -136,6 +137,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
         "rotation_variants",
         "controls",
         "plane_control",
+        "damage",
         "stability",
         "figures",
     ]
@@ -164,6 +166,7 @@ def test_main_job_on_own_prompt_files_writes_manifest_and_resumes(organism, tmp_
             "rotation_variants",
             "controls",
             "plane_control",
+            "damage",
             "stability",
         )
     )

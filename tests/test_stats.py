@@ -78,3 +78,39 @@ def test_bootstrap_refuses_empty_and_nan():
 
 def test_format_rate():
     assert stats.format_rate(0.9629, 0.87, 0.9912, 54) == "0.963 [0.87, 0.99] (n=54)"
+
+
+def test_paired_difference_interval_matches_the_published_example():
+    # Fagerland, Lydersen & Laake (2017), "Statistical Analysis of Contingency Tables", ch. 8: complete
+    # response before and after consolidation therapy (Cavo et al., 2012), 161 patients
+    # [[59, 6], [16, 80]]: estimate -0.0621, Newcombe square-and-add (method 10) 95 % CI -0.1186 to -0.0046
+    lo, hi = stats.paired_difference_interval(59, 6, 16, 80)
+    assert (lo, hi) == pytest.approx((-0.1186, -0.0046), abs=1e-4)
+    # swapping the conditions mirrors the interval
+    assert stats.paired_difference_interval(59, 16, 6, 80) == pytest.approx((-hi, -lo))
+
+
+def test_paired_difference_interval_in_closed_form_when_one_rate_is_all_and_the_other_none():
+    # 10 of 10 refused before, 0 of 10 after: a margin is 0, so φ = 0, and the bounds are Wilson's:
+    # lo = 1 − √((1 − l1)² + u2²) with l1 = 1 − u2 = 0.72246 (Wilson, 10 of 10): 1 − √2·0.27754 = 0.60749
+    lo, hi = stats.paired_difference_interval(0, 10, 0, 0, z=1.96)
+    assert (lo, hi) == pytest.approx((1 - 2**0.5 * 0.27754, 1.0), abs=1e-5)
+    diff, ci = stats.paired_rate_difference([True] * 10, [False] * 10)
+    assert diff == 1.0 and ci == pytest.approx(stats.paired_difference_interval(0, 10, 0, 0))
+
+
+def test_paired_difference_interval_narrows_when_the_pairs_agree():
+    # same margins (p1 = 0.6, p2 = 0.4 on 50 items), strongly vs not correlated pairs
+    agree = stats.paired_difference_interval(20, 10, 0, 20)
+    independent = stats.paired_difference_interval(12, 18, 8, 12)
+    assert agree[1] - agree[0] < independent[1] - independent[0]
+    assert agree[0] < 0.2 < agree[1]
+
+
+def test_paired_difference_interval_refuses_bad_counts():
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        stats.paired_difference_interval(0, 0, 0, 0)
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        stats.paired_difference_interval(1, -1, 0, 0)
+    with pytest.raises(ValueError, match="equally long"):
+        stats.paired_rate_difference([True], [True, False])

@@ -166,6 +166,9 @@ class RunConfig:
     the random one, and the angle sweep in a random plane at ``control_angles``, each seeded by
     ``control_seed`` (:mod:`workbench.controls`).
 
+    ``n_damage``: the held-out harmless answers (of the 54 shipped) whose CE the damage stage
+    measures under every setting (:mod:`workbench.damage`).
+
     ``stability_resamples`` / ``stability_seed``: the stability stage's bootstrap of direction_train
     (:mod:`workbench.stability`)."""
 
@@ -187,6 +190,8 @@ class RunConfig:
     controls: bool = True
     control_seed: int = 0
     control_angles: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
+    # the damage stage: how many of the shipped held-out harmless answers it scores (CE) per setting
+    n_damage: int = 24
     # the stability stage: bootstrap resamples of direction_train and their seed (workbench.stability)
     stability_resamples: int = 20
     stability_seed: int = 0
@@ -197,6 +202,7 @@ class RunConfig:
             **dict.fromkeys(sizes, 1),
             "seed": 0,
             "control_seed": 0,
+            "n_damage": 1,
             "stability_resamples": 1,
             "stability_seed": 0,
         }
@@ -451,6 +457,7 @@ LATE_RUN_FIELDS: dict[str, Any] = {
     "controls": True,
     "control_seed": 0,
     "control_angles": (0.0, 90.0, 180.0, 270.0),
+    "n_damage": 24,
     "stability_resamples": 20,
     "stability_seed": 0,
 }

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import einops
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.utilities import apply_softcap
 
 from . import controls as cx
 from . import interventions as iv
@@ -32,6 +34,8 @@ __all__ = [
     "condition_hooks",
     "compare_locations",
     "control_locations",
+    "control_hooks_for",
+    "CONTROL_SETTINGS",
     "control_sweep",
     "layer_subset_sweep",
     "angle_sweep",
@@ -42,6 +46,9 @@ __all__ = [
     "rate_intervals",
     "label_columns",
     "reference_cross_entropy",
+    "location_hooks_for",
+    "angle_hooks_for",
+    "batched_cross_entropy",
 ]
 
 # The location comparison's conditions: the tables' short names and the intervention each names
@@ -223,6 +230,32 @@ def _run_settings(
     return pd.concat(frames, ignore_index=True)
 
 
+def location_hooks_for(
+    model,
+    direction,
+    conditions: Sequence[str | Intervention],
+    *,
+    layer: int,
+    alpha: float = 1.0,
+    plane=None,
+):
+    """``hooks_for(setting)`` of the location comparison: given each row's condition index
+    (``[row]``), the ``hooks(rows)`` of :func:`condition_hooks` (what :func:`compare_locations` runs)."""
+    conditions = list(conditions)
+    return lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane)
+
+
+def angle_hooks_for(model, plane, angles: Sequence[float], *, site: str = "post_gain", adaptive: str | bool = "off"):
+    """``hooks_for(setting)`` of the angle sweep: given each row's angle index (``[row]``), the
+    ``hooks(rows)`` rotating each row to its angle (degrees) in ``plane`` (what :func:`angle_sweep` runs)."""
+    theta = torch.tensor([float(a) for a in angles])
+
+    def hooks_for(setting):
+        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site, adaptive=adaptive)
+
+    return hooks_for
+
+
 def compare_locations(
     model,
     direction,
@@ -248,11 +281,36 @@ def compare_locations(
         model,
         prompt_sets,
         len(conditions),
-        lambda setting: condition_hooks(model, direction, setting, conditions, layer=layer, alpha=alpha, plane=plane),
+        location_hooks_for(model, direction, conditions, layer=layer, alpha=alpha, plane=plane),
         ctx,
     )
     per_prompt["condition"] = [names[s] for s in per_prompt["setting"]]
     return _summarise(per_prompt, ["split", "condition"]), per_prompt
+
+
+CONTROL_SETTINGS: tuple[tuple[str, str], ...] = (("random", "all"), ("random", "addition"), ("null", "all"))
+
+
+def control_hooks_for(
+    model, direction, harmless: Float[Tensor, "prompt d_model"], *, layer: int, alpha: float = 1.0, seed: int = 0
+):
+    """``(controls, settings, hooks_for)`` of :func:`control_locations`: the control directions
+    (``{"random": ..., "null": ...}``, :mod:`workbench.controls`), the settings in index order
+    (:data:`CONTROL_SETTINGS`: (control, base condition)) and ``hooks_for(setting)``, which gives each
+    row its setting's hooks (what :func:`control_locations` runs; the damage stage prices the same)."""
+    controls = {"random": cx.random_direction(direction, seed), "null": cx.null_direction(harmless, direction, seed)}
+    settings = list(CONTROL_SETTINGS)
+
+    def hooks_for(setting):  # each control's hooks act on its own rows only ("none" elsewhere)
+        per_control = [
+            condition_hooks(
+                model, d, setting, [b if k == kind else "none" for k, b in settings], layer=layer, alpha=alpha
+            )
+            for kind, d in controls.items()
+        ]
+        return lambda rows: [h for hooks in per_control for h in hooks(rows)]
+
+    return controls, settings, hooks_for
 
 
 def control_locations(
@@ -274,18 +332,7 @@ def control_locations(
     ``alpha``: the real addition's. Returns ``(summary, per_prompt)`` as :func:`compare_locations`'s,
     ``condition`` being ``CONTROL/BASE`` (e.g. ``random:0/all``), plus ``control`` (``random:0``)
     and ``base`` (the real condition it stands beside: ``all`` / ``addition``)."""
-    controls = {"random": cx.random_direction(direction, seed), "null": cx.null_direction(harmless, direction, seed)}
-    settings = [("random", "all"), ("random", "addition"), ("null", "all")]
-
-    def hooks_for(setting):  # each control's hooks act on its own rows only ("none" elsewhere)
-        per_control = [
-            condition_hooks(
-                model, d, setting, [b if k == kind else "none" for k, b in settings], layer=layer, alpha=alpha
-            )
-            for kind, d in controls.items()
-        ]
-        return lambda rows: [h for hooks in per_control for h in hooks(rows)]
-
+    controls, settings, hooks_for = control_hooks_for(model, direction, harmless, layer=layer, alpha=alpha, seed=seed)
     per_prompt = _run_settings(model, prompt_sets, len(settings), hooks_for, ctx)
     per_prompt["control"] = [controls[settings[s][0]].method for s in per_prompt["setting"]]
     per_prompt["base"] = [settings[s][1] for s in per_prompt["setting"]]
@@ -355,16 +402,11 @@ def angle_sweep(
     per (split, angle) with refusal rate, log-odds, KL and label shares, plus ``site`` and ``adaptive``.
     """
     angles = [float(a) for a in angles]
-    theta = torch.tensor(angles)
-
-    def hooks_for(setting):
-        return lambda rows: iv.rotation_hooks(model, plane, theta[setting[rows.cpu()]], site=site, adaptive=adaptive)
-
     per_prompt = _run_settings(
         model,
         prompt_sets,
         len(angles),
-        hooks_for,
+        angle_hooks_for(model, plane, angles, site=site, adaptive=adaptive),
         ctx,
     )
     per_prompt["angle"] = [angles[s] for s in per_prompt["setting"]]
@@ -459,7 +501,8 @@ def reference_cross_entropy(
     ``hooks`` (Arditi et al.'s on-distribution CE: how much an intervention damages normal answers).
 
     Loss is taken on the answer tokens only; rows are right-aligned by left padding so one forward
-    per batch scores every answer.
+    per batch scores every answer, and only the batch's last (longest answer) positions go through
+    the final norm, the unembedding and the log-softmax (on CPU they cost as much as the blocks).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
@@ -473,10 +516,44 @@ def reference_cross_entropy(
         rows = list(range(start, min(start + batch_size, len(texts))))
         tokens, mask = tokenize(tok, [texts[i] + answers[i] for i in rows], device=model.cfg.device)
         hook_list = hooks(torch.tensor(rows)) if callable(hooks) else (hooks or [])
+        k = max(n_answer[i] for i in rows)  # positions -k-1 .. -2 predict the last k tokens
         with model.hooks(fwd_hooks=list(hook_list)):
-            logits = model(tokens, attention_mask=mask)
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, seq-1]
+            resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            logits = model.unembed(model.ln_final(resid[:, -k - 1 : -1]))  # ln_final / unembed hooks fire
+        logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logprobs.gather(-1, tokens[:, -k:, None])[..., 0]  # [batch, k]
         for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
             out[i] = nll[j, -n_answer[i] :].mean().cpu()
     return out
+
+
+def batched_cross_entropy(
+    model, prompts: Sequence[str], answers: Sequence[str], n_settings: int, hooks_for, *, batch_size: int = 32
+) -> Float[Tensor, "setting text"]:
+    """:func:`reference_cross_entropy` of every (prompt, answer) under each of ``n_settings`` settings
+    in one batched pass, like the sweeps: the texts are repeated once per setting and
+    ``hooks_for(setting)`` (``setting``: each row's setting index, ``[row]``; e.g.
+    :func:`location_hooks_for`, :func:`angle_hooks_for`) gives the per-row ``hooks(rows)``. Rows run
+    in order of token length, so a batch holds texts of one length and pads little. Returns each
+    text's mean answer-token CE (nats) per setting, ``[setting, text]``; equal to one
+    :func:`reference_cross_entropy` call per setting up to float rounding (other batch neighbours).
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+    texts = format_prompts(model.tokenizer, prompts)
+    lengths = token_lengths(model.tokenizer, [t + a for t, a in zip(texts, answers)]) * n_settings
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)  # stable: settings stay in order per length
+    rows_prompt, setting = repeat_prompts(prompts, n_settings)
+    rows_answer = list(answers) * n_settings
+    ordered = torch.tensor(order)
+    ce = reference_cross_entropy(
+        model,
+        [rows_prompt[i] for i in order],
+        [rows_answer[i] for i in order],
+        hooks=hooks_for(setting[ordered]),
+        batch_size=batch_size,
+    )
+    out = torch.empty_like(ce)
+    out[ordered] = ce
+    return einops.rearrange(out, "(setting text) -> setting text", setting=n_settings)

@@ -19,6 +19,7 @@ from . import figures as fg
 from .artifacts import atomic_write_text
 from .config import default_figures_dir
 from .control_numbers import control_lines, control_numbers
+from .damage import HELDOUT_ANSWERS, UNSTEERED
 from .directions import Direction, cosine_matrix, projection_table
 from .experiments import label_columns
 from .labels import ALL_LABELS
@@ -41,15 +42,21 @@ __all__ = [
 
 SPECIAL_CASE_ALPHAS = [-80.0, -40.0, -10.0, 10.0, 40.0, 80.0]
 # the figures of the refusal-scored experiments, not drawn when a model refuses nothing
-EXPERIMENT_FIGURES = ("01_location_comparison", "05_angle_sweep", "07_layer_subsets", "09_rotation_variants")
+EXPERIMENT_FIGURES = (
+    "01_location_comparison",
+    "05_angle_sweep",
+    "07_layer_subsets",
+    "09_rotation_variants",
+    "12_damage_vs_effect",
+)
 
 
 @dataclass(frozen=True)
 class MainTables:
     """The main job's experiment tables (:mod:`workbench.experiments`), as one value: the location
     comparison (summary and per prompt), the layer subsets, the angle sweep, the rotation variants,
-    for the graded organism the unsteered behaviours per category, and (None when off) the causal
-    controls of the location comparison and of the angle sweep."""
+    for the graded organism the unsteered behaviours per category, (None when off) the causal
+    controls of the location comparison and of the angle sweep, and the damage summary."""
 
     locations: pd.DataFrame
     location_prompts: pd.DataFrame
@@ -63,6 +70,7 @@ class MainTables:
     control_prompts: pd.DataFrame | None = None
     plane_control: pd.DataFrame | None = None
     plane_control_prompts: pd.DataFrame | None = None
+    damage: pd.DataFrame | None = None  # workbench.damage.damage_summary: CE, KL, degeneration vs effect
 
 
 Figures = dict[str, tuple[go.Figure, str]]  # {file stem: (figure, what it shows)}
@@ -106,7 +114,7 @@ def _analysis_figures(analysis: Analysis, direction: Direction, plane: Plane, mo
 
 
 def _experiment_figures(tables: MainTables, model: str) -> Figures:
-    """Figures 01, 05, 07, 09 and, where their tables exist, 10-11: drawn from the experiments."""
+    """Figures 01, 05, 07, 09 and, where their tables exist, 10-12: drawn from the experiments."""
     locations, sweep = tables.locations, tables.sweep
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
     figs: Figures = {
@@ -137,6 +145,12 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
         figs["11_behaviours"] = (
             fg.behaviour_bars(tables.behaviours, model=model),
             "unsteered response labels per held-out prompt category",
+        )
+    if tables.damage is not None:
+        figs["12_damage_vs_effect"] = (
+            fg.damage_vs_effect(tables.damage, model=model),
+            "the trade-off: CE increase on held-out harmless answers and degenerate rate vs harmful refusal removed, "
+            "per location condition and steering angle",
         )
     return figs
 
@@ -232,6 +246,52 @@ def _refusal_numbers(tables: MainTables | None) -> dict:
     }
 
 
+def _pair(row: dict, stem: str) -> list[float] | None:
+    lo, hi = row.get(f"{stem}_ci_lo"), row.get(f"{stem}_ci_hi")
+    return None if lo is None or lo != lo else [round(float(lo), 4), round(float(hi), 4)]  # type: ignore[arg-type]
+
+
+def _number(value) -> float | None:
+    return None if value is None or value != value else round(float(value), 4)
+
+
+def _damage_numbers(tables: MainTables | None) -> dict:
+    """``{"damage": {ce_loss_baseline, n, text, settings: {"locations/all": {...}, "angle_sweep/180":
+    {...}}}}`` from the damage summary (each rate and ΔCE with its 95 % interval); none without it."""
+    if tables is None or tables.damage is None:
+        return {}
+    rows = tables.damage.to_dict("records")
+    base = next(r for r in rows if r["experiment"] == UNSTEERED)
+    settings = {
+        f"{r['experiment']}/{r['setting']}": {
+            "ce_loss": _number(r["ce_loss"]),
+            "ce_loss_ci95": _pair(r, "ce"),
+            "ce_loss_delta": _number(r["ce_delta"]),
+            "ce_loss_delta_ci95": _pair(r, "ce_delta"),
+            "kl": _number(r.get("kl")),
+            "degenerate_rate": _number(r.get("degenerate_rate")),
+            "degenerate_rate_ci95": _pair(r, "degenerate"),
+            "n_degenerate": int(r["n_degenerate"]),
+            "n_harmless": int(r["n_harmless"]),
+            "refusal_removed": _number(r.get("refusal_removed")),
+            "refusal_removed_ci95": _pair(r, "refusal_removed"),
+            "refusal_induced": _number(r.get("refusal_induced")),
+            "refusal_induced_ci95": _pair(r, "refusal_induced"),
+        }
+        for r in rows
+        if r["experiment"] != UNSTEERED
+    }
+    return {
+        "damage": {
+            "ce_loss_baseline": _number(base["ce_loss"]),
+            "ce_loss_baseline_ci95": _pair(base, "ce"),
+            "n": int(base["n_texts"]),
+            "text": HELDOUT_ANSWERS.name,
+            "settings": settings,
+        }
+    }
+
+
 def key_numbers(
     analysis: Analysis, direction: Direction, plane: Plane, tables: MainTables | None, rotation: dict | None = None
 ) -> dict:
@@ -260,6 +320,7 @@ def key_numbers(
         "rotation": rotation or {},
         **_refusal_numbers(tables),
         "controls": control_numbers(tables),
+        **_damage_numbers(tables),
         "skipped": skipped_parts(analysis),
     }
 
@@ -435,6 +496,36 @@ def _stability_lines(stability: dict | None) -> list[str]:
     return lines
 
 
+def _damage_line(name: str, d: dict) -> str:
+    """``- locations/all: ΔCE +0.23 [0.18, 0.27] nats, KL 0.01, degenerate 0.00 [0.00, 0.07] (n=54), refusal
+    removed 0.94 [0.84, 0.98]`` (the parts a setting has)."""
+
+    def ci(pair) -> str:
+        return f" [{pair[0]:.2f}, {pair[1]:.2f}]" if pair else ""
+
+    parts = [f"ΔCE {d['ce_loss_delta']:+.2f}{ci(d['ce_loss_delta_ci95'])} nats"]
+    if d.get("kl") is not None:
+        parts.append(f"KL {d['kl']:.2f}")
+    if d.get("degenerate_rate") is not None:
+        parts.append(f"degenerate {d['degenerate_rate']:.2f}{ci(d['degenerate_rate_ci95'])} (n={d['n_harmless']})")
+    if d.get("refusal_removed") is not None:
+        parts.append(f"refusal removed {d['refusal_removed']:.2f}{ci(d['refusal_removed_ci95'])}")
+    return f"- {name}: " + ", ".join(parts)
+
+
+def _damage_lines(damage: dict | None) -> list[str]:
+    """The damage block: each setting's ΔCE, KL, degenerate rate and refusal removed, with intervals."""
+    if not damage:
+        return []
+    head = (
+        f"Damage (ΔCE: mean answer-token CE of the base model's answers in `{damage['text']}` (n={damage['n']}) "
+        f"vs unsteered {damage['ce_loss_baseline']:.2f} nats, paired bootstrap; KL: first-token, harmless "
+        "prompts; degenerate: greedy harmless responses, Wilson; refusal removed: harmful refusal unsteered − "
+        "steered, same prompts, Newcombe's paired interval; all 95 %):"
+    )
+    return ["", head, "", *(_damage_line(name, d) for name, d in damage["settings"].items())]
+
+
 def _regenerate(summary: dict) -> str:
     command = (summary.get("inputs") or {}).get("command")
     return command or run_command(summary["model"])
@@ -466,6 +557,7 @@ def write_index(out: Path, figs: Figures, written: dict[str, list[Path]], summar
     lines += _key_number_lines(summary)
     lines += control_lines(summary)
     lines += _stability_lines(summary.get("stability"))
+    lines += _damage_lines(summary.get("damage"))
     lines += _behaviour_lines(summary)
     path = Path(out) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

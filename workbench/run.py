@@ -3,7 +3,8 @@
 Stages (:mod:`workbench.stages`; each saved in the run folder and skipped when done, so an
 interrupted run resumes): model → activations → refusal tokens → selection (prompt filter, Arditi scores) → plane →
 location comparison → layer subsets → angle sweep → rotation variants → causal controls (``RunConfig.controls``:
-random / null direction, random plane) → stability → figures (HTML + PNG) and ``figures/README.md``.
+random / null direction, random plane) → damage (CE of held-out harmless answers under each location, angle and
+control) → stability → figures (HTML + PNG) and ``figures/README.md``.
 A model that refuses nothing (no refusal tokens given or found) still gets the generation-free
 path: activations, selection without Arditi's scores, plane, stability and the analysis figures; the run's
 ``skipped`` says what was left out and why.
@@ -21,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import controls as cx
+from . import damage as dm
 from . import data
 from . import experiments as ex
 from .artifacts import Manifest, atomic_write_text, library_versions, sha256_file, sha256_text
@@ -103,9 +106,16 @@ def variant_name(site: str, norm: str) -> str:
     return f"{site.replace('_', '-')}, {norm} plane"
 
 
+def _angle_names(angles: Sequence[float]) -> tuple[str, ...]:
+    """Angles as the damage tables name them: ``180.0`` → ``"180"``."""
+    return tuple(f"{float(a):g}" for a in angles)
+
+
 class _MainJob:
     """One main job's state (model, analysis, stages, experiments folder, run config and context),
     with one method per experiment stage, so each stage reads what it needs from ``self``."""
+
+    sweep_per_prompt: pd.DataFrame  # the angle sweep's responses, set by sweep(): the damage stage reads them
 
     def __init__(self, analysis: Analysis, stages: Stages, folder: Path, config: RunConfig, progress: bool):
         self.analysis, self.model, self.stages = analysis, analysis.model, stages
@@ -161,7 +171,8 @@ class _MainJob:
                 ctx=self.ctx,
             )
 
-        return self.tables("angle_sweep", ["split", "angle"], compute)[0]
+        summary, self.sweep_per_prompt = self.tables("angle_sweep", ["split", "angle"], compute)
+        return summary
 
     def variants(self, sweep: pd.DataFrame) -> pd.DataFrame:
         """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
@@ -206,7 +217,9 @@ class _MainJob:
         locations, location_prompts = self.locations()
         subsets, sweep = self.subsets(), self.sweep()
         tables = MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
-        return replace(tables, **self.controls()) if self.config.controls else tables
+        if self.config.controls:
+            tables = replace(tables, **self.controls())
+        return replace(tables, damage=self.damage(self.damage_experiments(tables)))
 
     def controls(self) -> dict[str, pd.DataFrame]:
         """The causal controls (stages ``controls`` and ``plane_control``) as :class:`MainTables`
@@ -242,6 +255,76 @@ class _MainJob:
             "plane_control": plane_control,
             "plane_control_prompts": plane_control_prompts,
         }
+
+    def damage_experiments(self, tables: MainTables) -> list[dm.DamageExperiment]:
+        """What the damage stage prices: each condition of the location comparison (its layer and α),
+        each swept angle (its plane, site, adaptive) and, with ``controls``, each control, each with its
+        own responses. The unsteered rows of each are the location comparison's ``none`` rows of the
+        same prompts (the sweeps' prompts are a prefix of the same test splits, checked by
+        :func:`~workbench.damage.prefix_rows`)."""
+        conditions, config = tuple(ex.CONDITIONS), self.config
+        locations = dm.setting_rows(tables.location_prompts, "condition")
+        none = locations[locations["setting"] == "none"]
+        sweep = dm.setting_rows(self.sweep_per_prompt, "angle")
+        location_hooks = ex.location_hooks_for(self.model, self.direction, conditions, layer=self.direction.where()[1])
+        rotate = partial(ex.angle_hooks_for, self.model, site=config.rotation_site, adaptive=config.adaptive)
+        experiments = [
+            dm.DamageExperiment("locations", conditions, location_hooks, locations, none),
+            dm.DamageExperiment(
+                "angle_sweep",
+                _angle_names(self.angles),
+                rotate(self.plane, self.angles),
+                sweep,
+                dm.prefix_rows(none, sweep),
+            ),
+        ]
+        if tables.control_prompts is not None and tables.plane_control_prompts is not None:
+            experiments += self._control_damage(tables.control_prompts, tables.plane_control_prompts, none, rotate)
+        return experiments
+
+    def _control_damage(
+        self, control_prompts: pd.DataFrame, plane_prompts: pd.DataFrame, none: pd.DataFrame, rotate
+    ) -> list[dm.DamageExperiment]:
+        """The controls' damage experiments: the random / null direction beside ``all`` and
+        ``addition`` (the control directions are built only when the stage computes), and the random
+        plane at ``control_angles``."""
+        config, where = self.config, self.direction.where()
+        seed, angles = config.control_seed, list(config.control_angles)
+
+        def control_hooks(setting):  # the harmless activations are read only when the CE is computed
+            harmless = self.analysis.activations["harmless_train"].get(*where)
+            return ex.control_hooks_for(self.model, self.direction, harmless, layer=where[1], seed=seed)[2](setting)
+
+        names = tuple(f"{kind}:{seed}/{base}" for kind, base in ex.CONTROL_SETTINGS)
+        controls = dm.setting_rows(control_prompts, "condition")
+        plane = dm.setting_rows(plane_prompts, "angle")
+        random_plane = cx.random_plane(self.plane, seed)
+        return [
+            dm.DamageExperiment("controls", names, control_hooks, controls, none),
+            dm.DamageExperiment(
+                "plane_control", _angle_names(angles), rotate(random_plane, angles), plane, dm.prefix_rows(none, plane)
+            ),
+        ]
+
+    def damage(self, experiments: Sequence[dm.DamageExperiment]) -> pd.DataFrame:
+        """The ``damage`` stage: the CE of the shipped held-out harmless answers under every setting of
+        ``experiments`` (cached: ``damage_per_prompt.csv``, one row per experiment, setting and text),
+        and :func:`~workbench.damage.damage_summary` of it beside the experiments' own tables
+        (``damage.csv``; computed again on load, so it follows the current tables and labeller)."""
+        files = table_files(self.folder, "damage")
+        prompts, answers = dm.load_heldout_answers()
+        prompts, answers = prompts[: self.config.n_damage], answers[: self.config.n_damage]
+        specs = [(e.name, e.settings, e.hooks_for) for e in experiments]
+
+        def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
+            ce = dm.cross_entropy_table(self.model, prompts, answers, specs, batch_size=self.ctx.batch_size)
+            return save_tables(files, (ce, dm.damage_summary(ce, experiments)))  # type: ignore[return-value]
+
+        def load() -> tuple[pd.DataFrame, pd.DataFrame]:
+            ce = dm.load_cross_entropy(files[0], specs, len(prompts))  # lacking a setting: computed again
+            return ce, dm.damage_summary(ce, experiments)
+
+        return self.stages.run("damage", files, compute, load)[1]
 
     def sample_warnings(self) -> list[str]:
         """The analysis's small splits, and the test prompts behind each reported refusal rate."""

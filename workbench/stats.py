@@ -6,6 +6,9 @@ and differences. Pure functions of numbers (no torch, no model), so every floor 
 * :func:`bootstrap_ci` -- the percentile interval of a statistic (default: the mean) over ``B``
   seeded resamples of one sample; :func:`bootstrap_diff_ci` -- of ``mean(a) − mean(b)`` over
   paired resamples (same index for both) or independent ones;
+* :func:`paired_difference_interval` -- Newcombe's hybrid score interval of the difference of two
+  proportions measured on the same items (1998, method 10: the two Wilson intervals, combined with
+  the pairs' correlation), closed form; :func:`paired_rate_difference` -- from two 0/1 sequences;
 * :func:`format_rate` -- ``0.963 [0.87, 0.99] (n=54)``, how tables and the figure index print a rate.
 """
 
@@ -15,7 +18,15 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-__all__ = ["wilson_interval", "wilson_half_width", "bootstrap_ci", "bootstrap_diff_ci", "format_rate"]
+__all__ = [
+    "wilson_interval",
+    "wilson_half_width",
+    "bootstrap_ci",
+    "bootstrap_diff_ci",
+    "paired_difference_interval",
+    "paired_rate_difference",
+    "format_rate",
+]
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
@@ -115,6 +126,51 @@ def bootstrap_diff_ci(
         rb = [xb[rng.randrange(len(xb))] for _ in xb]
         stats.append(_mean(ra) - _mean(rb))
     return _percentiles(stats, level)
+
+
+def paired_difference_interval(
+    both: int, first_only: int, second_only: int, neither: int, z: float = Z95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval ``(lo, hi)`` of ``p1 − p2`` for a paired 2×2 table
+    (Newcombe 1998, Stat. Med. 17:2635, method 10): items counted by outcome under condition 1 and
+    condition 2 (``both`` = 1 under both, ``first_only`` = 1 under the first only, ...), so
+    ``p1 = (both + first_only) / n`` and ``p2 = (both + second_only) / n``.
+
+    With Wilson intervals (l1, u1) of p1 and (l2, u2) of p2 and the correlation estimate φ:
+    lo = d − √((p1 − l1)² − 2φ(p1 − l1)(u2 − p2) + (u2 − p2)²), hi likewise with (p2 − l2) and
+    (u1 − p1). φ = (ad − bc − n/2)/√(product of the four margins) when ad − bc > n/2, (ad − bc)/√…
+    when negative, 0 otherwise or when a margin is 0. Unlike a bootstrap, it stays informative when
+    a rate is 0 or 1 (e.g. every prompt refused before, none after). Clipped to [−1, 1].
+    """
+    cells = (both, first_only, second_only, neither)
+    if any(isinstance(c, bool) or c != int(c) or c < 0 for c in cells) or sum(cells) < 1:
+        raise ValueError(f"paired_difference_interval needs non-negative integer counts, at least one item: {cells}")
+    n = sum(cells)
+    k1, k2 = both + first_only, both + second_only
+    p1, p2 = k1 / n, k2 / n
+    (l1, u1), (l2, u2) = wilson_interval(k1, n, z), wilson_interval(k2, n, z)
+    margins = k1 * (n - k1) * k2 * (n - k2)
+    cross = both * neither - first_only * second_only
+    phi = 0.0
+    if margins > 0 and cross > n / 2:
+        phi = (cross - n / 2) / math.sqrt(margins)
+    elif margins > 0 and cross < 0:
+        phi = cross / math.sqrt(margins)
+    d = p1 - p2
+    lo = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    hi = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+def paired_rate_difference(first: Sequence[bool], second: Sequence[bool]) -> tuple[float, tuple[float, float]]:
+    """``(rate(first) − rate(second), its 95 % interval)`` for two 0/1 outcomes of the same items
+    (``first[i]``, ``second[i]``: item i under each condition), by :func:`paired_difference_interval`."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"need two equally long, non-empty outcome lists (one per item): {len(first)}, {len(second)}")
+    pairs = [(bool(a), bool(b)) for a, b in zip(first, second)]
+    table = [pairs.count((True, True)), pairs.count((True, False)), pairs.count((False, True))]
+    table.append(len(pairs) - sum(table))
+    return (table[1] - table[2]) / len(pairs), paired_difference_interval(*table)
 
 
 def format_rate(rate: float, lo: float, hi: float, n: int) -> str:

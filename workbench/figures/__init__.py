@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .behaviours import behaviour_bars, label_map_polar
 from .export import NOTEBOOK_PNG, save_figure
-from .interventions import layer_subset_figure, location_comparison, special_cases_figure
+from .interventions import damage_vs_effect, layer_subset_figure, location_comparison, special_cases_figure
 from .planes import angle_sweep_polar, plane_projection, rotation_variants_figure
 from .selection import cosine_matrix_figure, projection_histograms, selection_heatmaps
 from .stability import stability_figure
@@ -59,6 +59,7 @@ __all__ = [
     "label_map_polar",
     "behaviour_bars",
     "stability_figure",
+    "damage_vs_effect",
     "save_figure",
     "use_notebook_renderer",
     "NOTEBOOK_RENDERER",

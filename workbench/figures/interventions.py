@@ -1,5 +1,6 @@
 """Figures of the interventions: where to ablate (:func:`location_comparison`), in how many blocks
-(:func:`layer_subset_figure`), and ablation and addition as rotations (:func:`special_cases_figure`)."""
+(:func:`layer_subset_figure`), ablation and addition as rotations (:func:`special_cases_figure`), and
+what each intervention costs on harmless text against the refusal it removes (:func:`damage_vs_effect`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from .style import (
     _OTHER,
+    CONDITION_COLORS,
     CONDITION_ORDER,
     NEUTRAL,
     SPLIT_COLORS,
@@ -404,3 +406,142 @@ def _add_addition_angles(fig: go.Figure, alphas: np.ndarray, add: np.ndarray, ma
     )
     for y, dash in ((0, "dash"), (90, "dot"), (180, "dash")):
         fig.add_hline(y=y, line={"dash": dash, "color": "black", "width": 1}, row=1, col=2)
+
+
+# the damage panels: (y column, its interval's stem, axis title, tick format)
+_DAMAGE_PANELS = (
+    ("ce_delta", "ce_delta", "ΔCE on held-out harmless answers (nats)", None),
+    ("degenerate_rate", "degenerate", "degenerate harmless responses (fraction)", ".0%"),
+)
+_ANGLE_COLOR = "#2c3e50"
+
+
+def _error(rows: pd.DataFrame, value: str, stem: str, color: str) -> dict | None:
+    """An asymmetric error bar from ``<stem>_ci_lo`` / ``_hi`` around ``value``; None without them."""
+    if f"{stem}_ci_lo" not in rows:
+        return None
+    lo, hi = rows[f"{stem}_ci_lo"], rows[f"{stem}_ci_hi"]
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (hi - rows[value]).clip(lower=0).to_numpy(),
+        "arrayminus": (rows[value] - lo).clip(lower=0).to_numpy(),
+        "thickness": 1,
+        "width": 2,
+        "color": color,
+    }
+
+
+def _damage_hover(rows: pd.DataFrame, names: list[str]) -> list[str]:
+    """Per point: the setting, refusal removed, ΔCE (and CE), degenerate rate, each with its interval, and KL."""
+
+    def ci(row: dict, stem: str, fmt: str) -> str:
+        lo, hi = row.get(f"{stem}_ci_lo"), row.get(f"{stem}_ci_hi")
+        return f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and lo == lo else ""
+
+    return [
+        f"<b>{name}</b><br>refusal removed {r['refusal_removed']:.0%}{ci(r, 'refusal_removed', '.0%')}"
+        f"<br>ΔCE {r['ce_delta']:+.3f}{ci(r, 'ce_delta', '+.3f')} nats (CE {r['ce_loss']:.3f})"
+        f"<br>degenerate {r['degenerate_rate']:.0%}{ci(r, 'degenerate', '.0%')} (n = {int(r['n_harmless'])})"
+        f"<br>first-token KL {r['kl']:.3g} nats (harmless prompts)"
+        for name, r in zip(names, rows.to_dict("records"))
+    ]
+
+
+def _numeric(settings: pd.Series) -> bool:
+    return bool(pd.to_numeric(settings, errors="coerce").notna().all())
+
+
+def _damage_groups(summary: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, bool, int]]:
+    """``(rows, legend name, colour, angles?, marker size)``, one per trace: one per location
+    condition (its name and colour, in the comparison's order; each smaller than the one before, so
+    conditions at the same point show as concentric rings), one per other experiment: an angle
+    sweep's angles in order (joined by a line, labelled ``180°``), other settings labelled by name."""
+    groups: list[tuple[pd.DataFrame, str, str, bool, int]] = []
+    for i, (experiment, rows) in enumerate(summary.groupby("experiment", sort=False)):
+        if experiment == "locations":
+            present = list(dict.fromkeys(rows["setting"]))
+            order = [c for c in CONDITION_ORDER if c in present] + [c for c in present if c not in CONDITION_ORDER]
+            for j, c in enumerate(order):
+                color = _color(CONDITION_COLORS, c, j)
+                groups.append((rows[rows["setting"] == c], condition_name(c), color, False, max(8, 20 - 2 * j)))
+        elif _numeric(rows["setting"]):
+            ordered = rows.iloc[np.argsort(pd.to_numeric(rows["setting"]).to_numpy(), kind="stable")]
+            color = _ANGLE_COLOR if experiment == "angle_sweep" else _OTHER[i % len(_OTHER)]
+            groups.append((ordered, f"{experiment}: steering angle", color, True, 8))
+        else:
+            groups.append((rows, str(experiment), _OTHER[i % len(_OTHER)], False, 10))
+    return groups
+
+
+def damage_vs_effect(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
+    """The trade-off users tune: what each intervention costs on harmless text against the harmful
+    refusal it removes. Left: ΔCE (nats) of the held-out harmless answers; right: the degenerate
+    rate of the harmless responses; x: refusal removed on harmful prompts (unsteered − steered).
+    One marker per location condition (its name) and per swept angle (labelled ``180°``, a line
+    through the angles in order); 95 % intervals as error bars (bootstrap for ΔCE, Wilson for the
+    degenerate rate, Newcombe's paired interval for refusal removed); KL in the hover. Needs the
+    columns of :func:`~workbench.damage.damage_summary`; rows without refusal removed (the
+    unsteered CE) are left out."""
+    cols = ["experiment", "setting", "refusal_removed", "ce_delta", "ce_loss", "degenerate_rate", "kl", "n_harmless"]
+    _require(summary, cols, "summary", "use workbench.damage.damage_summary()")
+    rows = summary[summary["refusal_removed"].notna()].assign(setting=lambda d: d["setting"].astype(str))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.1,
+        subplot_titles=("CE increase on held-out harmless answers", "degenerate harmless responses"),
+    )
+    fig.update_layout(template=TEMPLATE)
+    for group, name, color, angles, size in _damage_groups(rows):
+        _add_damage_points(fig, group, name, color, angles, size)
+    fig.update_xaxes(title_text="harmful refusal removed (unsteered − steered)", tickformat=".0%", zeroline=True)
+    for col, (_, _, title, fmt) in enumerate(_DAMAGE_PANELS, start=1):
+        fig.update_yaxes(title_text=title, tickformat=fmt, zeroline=True, row=1, col=col)
+    top = rows.get("degenerate_ci_hi", rows["degenerate_rate"]).max()
+    top = float(top) if top == top else 0.0
+    fig.update_yaxes(range=[-0.03, max(0.1, top) * 1.05], row=1, col=2)  # points at 0 stay whole
+    return fig.update_layout(
+        title=_title(
+            "Damage vs effect",
+            model,
+            "each intervention of the location comparison and each steering angle; 95 % intervals; KL in the hover",
+        ),
+        legend={"itemsizing": "constant"},
+    )
+
+
+def _add_damage_points(fig: go.Figure, rows: pd.DataFrame, name: str, color: str, angles: bool, size: int) -> None:
+    """One group's points in both panels (legend once): markers with x and y error bars. An angle
+    sweep's points are labelled with their angle and, on the left, joined in angle order; on the
+    right (most angles at a degenerate rate of 0) only the points above 0 are labelled, unjoined."""
+    labels = [f"{float(s):g}°" for s in rows["setting"]] if angles else list(rows["setting"])
+    hover = _damage_hover(rows, [f"{name} {label}" if angles else name for label in labels])
+    for col, (value, stem, _, _) in enumerate(_DAMAGE_PANELS, start=1):
+        text = labels if col == 1 else [t if y > 0 else "" for t, y in zip(labels, rows[value])]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["refusal_removed"],
+                y=rows[value],
+                mode=("lines+markers+text" if col == 1 else "markers+text") if angles else "markers",
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                text=text if angles else None,
+                textposition="top right",
+                textfont={"size": 10, "color": color},
+                marker={
+                    "size": size,
+                    "color": color,
+                    "symbol": "diamond" if angles else "circle",
+                    "line": {"width": 1, "color": "white"},
+                },
+                line={"color": color, "width": 1, "dash": "dot"},
+                error_x=_error(rows, "refusal_removed", "refusal_removed", color),
+                error_y=_error(rows, value, stem, color),
+                hovertext=hover,
+                hovertemplate="%{hovertext}<extra></extra>",
+            ),
+            1,
+            col,
+        )
