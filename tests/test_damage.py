@@ -52,6 +52,27 @@ def _by_hand(model, prompt: str, answer: str) -> float:
     return total / n_answer
 
 
+def test_truncated_answers_keep_their_first_tokens_and_score_as_a_prefix():
+    """The main job's damage stage scores each answer's first ``damage_tokens`` tokens: the cut keeps
+    exactly those tokens (a short answer whole), and the CE of the cut answer is the mean of the first
+    tokens' losses of the whole answer (the same positions, the same context)."""
+    tok = byte_tokenizer()  # one token per byte
+    model = tiny_model(llama=True, d_vocab=len(tok), n_ctx=256)
+    model.tokenizer = tok
+    answers = ["The tides rise twice a day.", "Blue."]
+    cut = dm.truncate_answers(tok, answers, 8)
+    assert cut == ["The tide", "Blue."]
+    with pytest.raises(ValueError, match="at least 1"):
+        dm.truncate_answers(tok, answers, 0)
+    prompt = ["Say something about the sea"]
+    whole = _by_hand(model, prompt[0], answers[0])
+    first = reference_cross_entropy(model, prompt, [cut[0]], batch_size=1).item()
+    per_token = [_by_hand(model, prompt[0], answers[0][: k + 1]) * (k + 1) for k in range(8)]
+    losses = [per_token[0]] + [b - a for a, b in zip(per_token, per_token[1:])]
+    assert first == pytest.approx(sum(losses) / 8, abs=1e-4)
+    assert first != pytest.approx(whole, abs=1e-4)  # the cut scores fewer tokens, not the whole answer
+
+
 @pytest.mark.parametrize("llama", [False, True])
 def test_ce_loss_equals_a_manual_log_softmax_over_the_answer_tokens(llama):
     tok = byte_tokenizer()
@@ -247,7 +268,7 @@ def test_damage_figure_has_one_marker_per_setting_and_the_key_numbers_and_index(
     summary = dm.damage_summary(ce, experiments)
     fig = fg.damage_vs_effect(summary, model="tiny")
     left = [t for t in fig.data if t.xaxis == "x"]
-    assert [t.name for t in left] == ["none", "everywhere", "angle_sweep: steering angle"]
+    assert [t.name for t in left] == ["none", "everywhere", "steering angle (refusal plane)"]
     assert sum(len(t.x) for t in left) == 3 and sum(len(t.x) for t in fig.data) == 6  # 3 settings × 2 panels
     (angles,) = [t for t in left if t.text is not None]
     assert list(angles.text) == ["180°"] and "KL" in angles.hovertext[0]
@@ -316,11 +337,16 @@ def test_main_job_damage_stage_is_written_reused_and_prices_rotation_above_ablat
     summary = run_main(config=config, figures_dir=tmp_path / "figures", progress=False)
     folder = Path(summary["manifest"]).parent
     ce = pd.read_csv(folder / "damage_per_prompt.csv")
-    assert len(ce) == 54 * (1 + 6 + 4) and list(ce.columns) == ["experiment", "setting", "text", "ce"]
+    # the unsteered pass, 6 conditions, 4 angles, 3 control directions, the random plane at 4 angles
+    assert len(ce) == config.n_damage * (1 + 6 + 4 + 3 + 4)
+    assert list(ce.columns) == ["experiment", "setting", "text", "ce"]
     assert (folder / "damage.csv").exists() and "damage" in summary["timings_s"]
     assert (tmp_path / "figures" / "12_damage_vs_effect.html").exists()
     damage = summary["damage"]["settings"]
-    assert set(damage) == {f"locations/{c}" for c in ex.CONDITIONS} | {f"angle_sweep/{a}" for a in (0, 90, 180, 270)}
+    angles = (0, 90, 180, 270)
+    assert set(damage) == {f"locations/{c}" for c in ex.CONDITIONS} | {f"angle_sweep/{a}" for a in angles} | {
+        f"controls/{c}" for c in ("random:0/all", "random:0/addition", "null:0/all")
+    } | {f"plane_control/{a}" for a in angles}
     ablate, rotate = damage["locations/all"], damage["angle_sweep/180"]
     # ablation removes refusal at a small CE cost; rotating to 180° costs several times more
     assert 0 < ablate["ce_loss_delta_ci95"][0] and ablate["ce_loss_delta_ci95"][1] < rotate["ce_loss_delta_ci95"][0]

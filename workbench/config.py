@@ -166,8 +166,9 @@ class RunConfig:
     the random one, and the angle sweep in a random plane at ``control_angles``, each seeded by
     ``control_seed`` (:mod:`workbench.controls`).
 
-    ``n_damage``: the held-out harmless answers (of the 54 shipped) whose CE the damage stage
-    measures under every setting (:mod:`workbench.damage`).
+    ``n_damage`` / ``damage_tokens``: the held-out harmless answers (of the 54 shipped) whose CE the
+    damage stage measures under every setting, and the answer tokens it scores in each
+    (:mod:`workbench.damage`; ``workbench damage`` scores all 54, whole).
 
     ``stability_resamples`` / ``stability_seed``: the stability stage's bootstrap of direction_train
     (:mod:`workbench.stability`)."""
@@ -192,6 +193,7 @@ class RunConfig:
     control_angles: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
     # the damage stage: how many of the shipped held-out harmless answers it scores (CE) per setting
     n_damage: int = 24
+    damage_tokens: int = 32  # answer tokens scored per text (the shipped answers run to 64)
     # the stability stage: bootstrap resamples of direction_train and their seed (workbench.stability)
     stability_resamples: int = 20
     stability_seed: int = 0
@@ -203,6 +205,7 @@ class RunConfig:
             "seed": 0,
             "control_seed": 0,
             "n_damage": 1,
+            "damage_tokens": 1,
             "stability_resamples": 1,
             "stability_seed": 0,
         }
@@ -458,6 +461,7 @@ LATE_RUN_FIELDS: dict[str, Any] = {
     "control_seed": 0,
     "control_angles": (0.0, 90.0, 180.0, 270.0),
     "n_damage": 24,
+    "damage_tokens": 32,
     "stability_resamples": 20,
     "stability_seed": 0,
 }

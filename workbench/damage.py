@@ -41,6 +41,7 @@ from .stats import bootstrap_ci, bootstrap_diff_ci, paired_rate_difference, wils
 __all__ = [
     "HELDOUT_ANSWERS",
     "load_heldout_answers",
+    "truncate_answers",
     "write_heldout_answers",
     "measure_damage",
     "UNSTEERED",
@@ -69,6 +70,16 @@ def load_heldout_answers(path: str | Path = HELDOUT_ANSWERS) -> tuple[list[str],
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if str(r.get("answer", "")).strip()]
     return [r["prompt"] for r in rows], [r["answer"] for r in rows]
+
+
+def truncate_answers(tokenizer, answers: Sequence[str], max_tokens: int) -> list[str]:
+    """Each answer cut to its first ``max_tokens`` tokens (no special tokens; decoded back to text,
+    so an answer shorter than that stays whole): the main job's damage stage scores the start of
+    each answer, where CE costs the same per token and the forward half as much."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1 answer token, got {max_tokens}")
+    ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    return [a if len(i) <= max_tokens else tokenizer.decode(i[:max_tokens]) for a, i in zip(answers, ids)]
 
 
 def write_heldout_answers(path: str | Path = HELDOUT_ANSWERS, *, batch_size: int = 27, progress: bool = True) -> Path:

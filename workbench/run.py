@@ -307,13 +307,15 @@ class _MainJob:
         ]
 
     def damage(self, experiments: Sequence[dm.DamageExperiment]) -> pd.DataFrame:
-        """The ``damage`` stage: the CE of the shipped held-out harmless answers under every setting of
+        """The ``damage`` stage: the CE of the first ``n_damage`` shipped held-out harmless answers (each
+        cut to ``damage_tokens`` tokens) under every setting of
         ``experiments`` (cached: ``damage_per_prompt.csv``, one row per experiment, setting and text),
         and :func:`~workbench.damage.damage_summary` of it beside the experiments' own tables
         (``damage.csv``; computed again on load, so it follows the current tables and labeller)."""
         files = table_files(self.folder, "damage")
         prompts, answers = dm.load_heldout_answers()
         prompts, answers = prompts[: self.config.n_damage], answers[: self.config.n_damage]
+        answers = dm.truncate_answers(self.model.tokenizer, answers, self.config.damage_tokens)
         specs = [(e.name, e.settings, e.hooks_for) for e in experiments]
 
         def compute() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -452,6 +452,24 @@ def _numeric(settings: pd.Series) -> bool:
     return bool(pd.to_numeric(settings, errors="coerce").notna().all())
 
 
+_CONTROL_NAMES = {"controls": "control", "plane_control": "control: random plane"}
+_CONTROL_GREYS = ("#7f8c8d", "#95a5a6", "#566573")
+
+
+def _control_groups(experiment: str, rows: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, bool, int]]:
+    """The causal controls' traces (grey, open markers; names start with ``control``): the random
+    plane's angles joined in order, each control direction (``random:0/all``) on its own."""
+    if experiment == "plane_control":
+        ordered = rows.iloc[np.argsort(pd.to_numeric(rows["setting"]).to_numpy(), kind="stable")]
+        return [(ordered, "control: random plane, steering angle", _CONTROL_GREYS[0], True, 9)]
+    out = []
+    for j, setting in enumerate(dict.fromkeys(rows["setting"])):
+        control, _, base = str(setting).partition("/")
+        name = f"control: {control.split(':')[0]} direction, {condition_name(base)}"
+        out.append((rows[rows["setting"] == setting], name, _CONTROL_GREYS[j % len(_CONTROL_GREYS)], False, 11))
+    return out
+
+
 def _damage_groups(summary: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, bool, int]]:
     """``(rows, legend name, colour, angles?, marker size)``, one per trace: one per location
     condition (its name and colour, in the comparison's order; each smaller than the one before, so
@@ -465,10 +483,13 @@ def _damage_groups(summary: pd.DataFrame) -> list[tuple[pd.DataFrame, str, str, 
             for j, c in enumerate(order):
                 color = _color(CONDITION_COLORS, c, j)
                 groups.append((rows[rows["setting"] == c], condition_name(c), color, False, max(8, 20 - 2 * j)))
+        elif experiment in _CONTROL_NAMES:
+            groups += _control_groups(str(experiment), rows)
         elif _numeric(rows["setting"]):
             ordered = rows.iloc[np.argsort(pd.to_numeric(rows["setting"]).to_numpy(), kind="stable")]
             color = _ANGLE_COLOR if experiment == "angle_sweep" else _OTHER[i % len(_OTHER)]
-            groups.append((ordered, f"{experiment}: steering angle", color, True, 8))
+            name = "steering angle (refusal plane)" if experiment == "angle_sweep" else f"{experiment}: steering angle"
+            groups.append((ordered, name, color, True, 8))
         else:
             groups.append((rows, str(experiment), _OTHER[i % len(_OTHER)], False, 10))
     return groups
@@ -505,7 +526,8 @@ def damage_vs_effect(summary: pd.DataFrame, *, model: str | None = None) -> go.F
         title=_title(
             "Damage vs effect",
             model,
-            "each intervention of the location comparison and each steering angle; 95 % intervals; KL in the hover",
+            "each intervention of the location comparison and each steering angle, and their causal controls "
+            "(open grey); 95 % intervals; KL in the hover",
         ),
         legend={"itemsizing": "constant"},
     )
@@ -515,6 +537,7 @@ def _add_damage_points(fig: go.Figure, rows: pd.DataFrame, name: str, color: str
     """One group's points in both panels (legend once): markers with x and y error bars. An angle
     sweep's points are labelled with their angle and, on the left, joined in angle order; on the
     right (most angles at a degenerate rate of 0) only the points above 0 are labelled, unjoined."""
+    control = name.startswith("control")  # causal controls: open grey markers
     labels = [f"{float(s):g}°" for s in rows["setting"]] if angles else list(rows["setting"])
     hover = _damage_hover(rows, [f"{name} {label}" if angles else name for label in labels])
     for col, (value, stem, _, _) in enumerate(_DAMAGE_PANELS, start=1):
@@ -533,8 +556,8 @@ def _add_damage_points(fig: go.Figure, rows: pd.DataFrame, name: str, color: str
                 marker={
                     "size": size,
                     "color": color,
-                    "symbol": "diamond" if angles else "circle",
-                    "line": {"width": 1, "color": "white"},
+                    "symbol": ("diamond" if angles else "circle") + ("-open" if control else ""),
+                    "line": {"width": 2 if control else 1, "color": color if control else "white"},
                 },
                 line={"color": color, "width": 1, "dash": "dot"},
                 error_x=_error(rows, "refusal_removed", "refusal_removed", color),
