@@ -116,7 +116,7 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
         "09_rotation_variants": (
             fg.rotation_variants_figure(tables.variants, model=model),
             "first-token refusal log-odds and KL per angle when rotating post- vs pre-gain in the raw- vs "
-            "unit-candidate plane (the same prompts as 05)",
+            "unit-candidate plane (the same prompts as 05; means over n prompts with 95 % bootstrap intervals)",
         ),
     }
     if set(sweep["split"]) - {"harmful", "harmless"}:
