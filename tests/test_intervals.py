@@ -238,3 +238,15 @@ def test_rotation_variants_stage_recomputes_an_old_cache_once_and_gives_the_own_
     again = job.variants(angle_sweep)
     assert len(calls) == 1 and job.stages.reused["rotation_variants"]
     pd.testing.assert_frame_equal(again, table, check_exact=False)
+
+
+def test_behaviour_bars_give_the_widest_share_interval_and_hover_each():
+    summary = ex.rate_intervals(
+        pd.DataFrame({"category": ["harmful", "borderline"], "n": [54, 10], "share_refusal": [0.5, 0.5]})
+    )
+    fig = fg.behaviour_bars(summary)
+    assert "a share's 95 % CI ≤ ±26 pts" in fig.layout.title.text  # the smaller n's interval: 0.5 on 10
+    (bars,) = fig.data
+    assert bars.text == (" [37%–63%]", " [24%–76%]") and "%{text}" in bars.hovertemplate
+    plain = fg.behaviour_bars(summary[["category", "n", "share_refusal"]])  # an older table: no intervals
+    assert plain.data[0].text == ("", "")
