@@ -250,3 +250,23 @@ def test_behaviour_bars_give_the_widest_share_interval_and_hover_each():
     assert bars.text == (" [37%–63%]", " [24%–76%]") and "%{text}" in bars.hovertemplate
     plain = fg.behaviour_bars(summary[["category", "n", "share_refusal"]])  # an older table: no intervals
     assert plain.data[0].text == ("", "")
+
+
+def test_location_kl_bars_carry_the_bootstrap_interval_of_the_per_prompt_kl():
+    from workbench.stats import bootstrap_ci
+
+    kls = {"none": [0.0, 0.0, 0.0, 0.0], "all": [0.1, 0.5, 0.2, 1.2]}
+    per_prompt = pd.DataFrame(
+        [("harmless", c, f"p{i}", "Sure.", k) for c, ks in kls.items() for i, k in enumerate(ks)],
+        columns=["split", "condition", "prompt", "response", "kl"],
+    )
+    summary = pd.DataFrame({"split": "harmless", "condition": list(kls), "refusal_rate": 0.0, "n": 4, "kl": [0.0, 0.5]})
+    fig = fg.location_comparison(summary, per_prompt)
+    (kl,) = [t for t in fig.data if t.type == "bar" and t.xaxis == "x2"]
+    lo, hi = bootstrap_ci(kls["all"])
+    assert list(kl.error_y.array) == pytest.approx([0.0, hi - 0.5])
+    assert list(kl.error_y.arrayminus) == pytest.approx([0.0, 0.5 - lo])
+    assert fig.layout.xaxis2.title.text == "intervention (n = 4 prompts; error bars: 95 % bootstrap CI)"
+    alone = fg.location_comparison(summary)  # no per-prompt table: the means alone, no interval claimed
+    assert [t for t in alone.data if t.xaxis == "x2"][0].error_y.array is None
+    assert alone.layout.xaxis2.title.text == "intervention"

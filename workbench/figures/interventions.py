@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..experiments import mean_intervals
 from .style import (
     _OTHER,
     CONDITION_ORDER,
@@ -41,7 +42,8 @@ def location_comparison(
     harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
-    response, kl) adds example responses to the bar hover and per-prompt KL points.
+    response, kl) adds example responses to the bar hover, per-prompt KL points and each mean KL's
+    95 % bootstrap interval over the prompts (the panel's title gives their n).
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
@@ -62,6 +64,8 @@ def location_comparison(
         _add_refusal_bars(fig, summary, per_prompt, split, i, order, names)
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=names)
+    if per_prompt is not None:  # the KL bars carry intervals: say over how many prompts
+        fig.update_xaxes(title_text=f"intervention ({_kl_n(summary, kl_split)}error bars: 95 % bootstrap CI)", col=2)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
@@ -135,22 +139,31 @@ def _add_kl(
     names: list,
 ) -> None:
     """Right panel: mean KL per condition on ``kl_split`` as bars, and with ``per_prompt`` each
-    prompt's KL as a hoverable point."""
-    kl = summary[summary["split"] == kl_split].set_index("condition").reindex(order)["kl"]
+    prompt's KL as a hoverable point and each mean's 95 % bootstrap interval over the prompts
+    (:func:`~workbench.experiments.mean_intervals`) as an error bar."""
+    rows = summary[summary["split"] == kl_split].set_index("condition").reindex(order)
+    pp = (
+        None
+        if per_prompt is None
+        else per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
+    )
+    if pp is not None and len(pp):
+        ci = mean_intervals(pp, ["condition"], ["kl"]).set_index("condition").reindex(order)
+        rows = rows.assign(kl_ci_lo=ci["kl_ci_lo"], kl_ci_hi=ci["kl_ci_hi"])
     fig.add_trace(
         go.Bar(
             x=names,
-            y=kl,
+            y=rows["kl"],
             name=f"KL on {kl_split} prompts",
             legendgroup="kl",
             marker_color=NEUTRAL,
+            error_y=_rate_error(rows, "kl", "kl"),
             hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
         ),
         1,
         2,
     )
-    if per_prompt is not None:
-        pp = per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
+    if pp is not None:
         fig.add_trace(
             go.Box(
                 x=[condition_name(c) for c in pp["condition"]],
@@ -169,6 +182,12 @@ def _add_kl(
             1,
             2,
         )
+
+
+def _kl_n(summary: pd.DataFrame, split: str) -> str:
+    """``n = 54 prompts; `` when every condition of ``split`` has the same n; else nothing."""
+    ns = set(summary.loc[summary["split"] == split, "n"]) if "n" in summary else set()
+    return f"n = {int(ns.pop())} prompts; " if len(ns) == 1 else ""
 
 
 def _family(name: str) -> str:
