@@ -270,3 +270,19 @@ def test_location_kl_bars_carry_the_bootstrap_interval_of_the_per_prompt_kl():
     alone = fg.location_comparison(summary)  # no per-prompt table: the means alone, no interval claimed
     assert [t for t in alone.data if t.xaxis == "x2"][0].error_y.array is None
     assert alone.layout.xaxis2.title.text == "intervention"
+
+
+def test_index_share_tables_say_how_wide_a_share_interval_is(tmp_path):
+    import re
+
+    summary = index_summary(
+        refusal_by_location={},
+        behaviours={"harmful": {"n": 54, "share_refusal": 0.9}, "borderline": {"n": 40, "share_refusal": 0.1}},
+        labels_by_angle={"harmful": {"0°": {"n": 24, "share_refusal": 0.875}}},
+    )
+    text = write_index(tmp_path, {}, {}, summary).read_text()
+    assert "| borderline | 40 | 10% |\n\nA share's 95 % Wilson interval is at most ±15 points (n = 40)." in text
+    assert "| 0° | 24 | 88% |\n\nA share's 95 % Wilson interval is at most ±19 points (n = 24)." in text
+    # the table itself still ends at the blank line (test_readme reads the committed tables this way)
+    (table,) = re.findall(r"Labels by steering angle, harmful prompts:\n\n(.*?)(?:\n\n|\Z)", text, flags=re.S)
+    assert table.splitlines()[-1] == "| 0° | 24 | 88% |"
