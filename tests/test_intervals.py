@@ -266,7 +266,7 @@ def test_location_kl_bars_carry_the_bootstrap_interval_of_the_per_prompt_kl():
     lo, hi = bootstrap_ci(kls["all"])
     assert list(kl.error_y.array) == pytest.approx([0.0, hi - 0.5])
     assert list(kl.error_y.arrayminus) == pytest.approx([0.0, 0.5 - lo])
-    assert fig.layout.xaxis2.title.text == "intervention (n = 4 prompts; error bars: 95 % bootstrap CI)"
+    assert fig.layout.xaxis2.title.text == "intervention (n = 4 prompts; error bars: 95 % bootstrap CI of the mean)"
     alone = fg.location_comparison(summary)  # no per-prompt table: the means alone, no interval claimed
     assert [t for t in alone.data if t.xaxis == "x2"][0].error_y.array is None
     assert alone.layout.xaxis2.title.text == "intervention"

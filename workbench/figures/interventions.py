@@ -42,8 +42,7 @@ def location_comparison(
     harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
-    response, kl) adds example responses to the bar hover, per-prompt KL points and each mean KL's
-    95 % bootstrap interval over the prompts (the panel's title gives their n).
+    response, kl) adds example responses to the bar hover, per-prompt KL points and their mean's 95 % CI.
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
@@ -64,8 +63,7 @@ def location_comparison(
         _add_refusal_bars(fig, summary, per_prompt, split, i, order, names)
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=names)
-    if per_prompt is not None:  # the KL bars carry intervals: say over how many prompts
-        fig.update_xaxes(title_text=f"intervention ({_kl_n(summary, kl_split)}error bars: 95 % bootstrap CI)", col=2)
+    fig.update_xaxes(title_text=_kl_axis_title(summary, per_prompt, kl_split), col=2)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
@@ -184,10 +182,14 @@ def _add_kl(
         )
 
 
-def _kl_n(summary: pd.DataFrame, split: str) -> str:
-    """``n = 54 prompts; `` when every condition of ``split`` has the same n; else nothing."""
+def _kl_axis_title(summary: pd.DataFrame, per_prompt: pd.DataFrame | None, split: str) -> str:
+    """The KL panel's x title: with ``per_prompt`` (so the bars carry bootstrap intervals) it says
+    over how many prompts, ``n = 54 prompts`` when every condition of ``split`` has the same n."""
+    if per_prompt is None:
+        return "intervention"
     ns = set(summary.loc[summary["split"] == split, "n"]) if "n" in summary else set()
-    return f"n = {int(ns.pop())} prompts; " if len(ns) == 1 else ""
+    n = f"n = {int(ns.pop())} prompts; " if len(ns) == 1 else ""
+    return f"intervention ({n}error bars: 95 % bootstrap CI of the mean)"
 
 
 def _family(name: str) -> str:
