@@ -8,10 +8,10 @@ prompts cost one pass over K·N rows instead of K separate loops.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -419,8 +419,8 @@ def mean_intervals(
         for column in scores:
             values = part[column].to_numpy(dtype=float)
             row[column] = float(values.mean())
-            finite = bool(np.isfinite(values).all())
-            bounds = bootstrap_ci(values.tolist(), n_resamples=n_resamples, seed=seed) if finite else (np.nan,) * 2
+            finite = all(math.isfinite(v) for v in values)
+            bounds = bootstrap_ci(values.tolist(), n_resamples=n_resamples, seed=seed) if finite else (math.nan,) * 2
             row[f"{column}_ci_lo"], row[f"{column}_ci_hi"] = bounds
         rows.append({**row, "n": len(part)})
     ci_columns = [f"{c}_ci_{end}" for c in scores for end in ("lo", "hi")]

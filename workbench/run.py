@@ -105,6 +105,8 @@ class _MainJob:
     """One main job's state (model, analysis, stages, experiments folder, run config and context),
     with one method per experiment stage, so each stage reads what it needs from ``self``."""
 
+    sweep_per_prompt: pd.DataFrame  # the angle sweep's responses, set by sweep(): the damage stage reads them
+
     def __init__(self, analysis: Analysis, stages: Stages, folder: Path, config: RunConfig, progress: bool):
         self.analysis, self.model, self.stages = analysis, analysis.model, stages
         self.folder, self.config = folder, config
@@ -145,7 +147,7 @@ class _MainJob:
         compute = partial(ex.layer_subset_sweep, self.model, self.direction, harmful, subsets=subsets, ctx=self.ctx)
         return self.tables("layer_subsets", ["subset"], compute)[0]
 
-    def sweep(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def sweep(self) -> pd.DataFrame:
         config = self.config
 
         def compute():
@@ -159,7 +161,8 @@ class _MainJob:
                 ctx=self.ctx,
             )
 
-        return self.tables("angle_sweep", ["split", "angle"], compute)
+        summary, self.sweep_per_prompt = self.tables("angle_sweep", ["split", "angle"], compute)
+        return summary
 
     def variants(self, sweep_prompts: pd.DataFrame) -> pd.DataFrame:
         """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
@@ -199,8 +202,9 @@ class _MainJob:
         if self.analysis.arditi_skipped:
             return None
         locations, location_prompts = self.locations()
-        subsets, (sweep, sweep_prompts) = self.subsets(), self.sweep()
-        return MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep_prompts), self.behaviours())
+        subsets, sweep = self.subsets(), self.sweep()
+        variants = self.variants(self.sweep_per_prompt)
+        return MainTables(locations, location_prompts, subsets, sweep, variants, self.behaviours())
 
     def sample_warnings(self) -> list[str]:
         """The analysis's small splits, and the test prompts behind each reported refusal rate."""
