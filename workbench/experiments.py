@@ -8,6 +8,7 @@ prompts cost one pass over K·N rows instead of K separate loops.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -26,7 +27,7 @@ from .generation import generate, last_token_logprobs, last_token_scores, repeat
 from .intervention import Ablation, Addition, Intervention, parse
 from .labels import heuristic_label, is_empty, is_refusal
 from .metrics import first_token_kl, refusal_logodds
-from .stats import wilson_interval
+from .stats import bootstrap_ci, wilson_interval
 
 __all__ = [
     "CONDITIONS",
@@ -40,6 +41,7 @@ __all__ = [
     "layer_subset_sweep",
     "angle_sweep",
     "rotation_variant_sweep",
+    "mean_intervals",
     "score_responses",
     "behaviour_table",
     "relabel",
@@ -442,55 +444,93 @@ def rotation_variant_sweep(
     *,
     ctx: RunContext,
     adaptive: str | bool = "off",
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """First-token refusal log-odds and KL (no generation) per angle under several ways to rotate.
 
     ``variants``: ``{name: (plane, site)}``, e.g. the same angles in the study's plane rotated
-    post-gain and pre-gain, and in the unit-candidate plane. One row per (variant, split, angle):
-    ``logodds`` and ``kl`` (means over prompts, float64 scores), ``n``.
+    post-gain and pre-gain, and in the unit-candidate plane. Returns ``(summary, per_prompt)``:
+    per_prompt has one row per (variant, split, angle, prompt) with ``variant``, ``site``, ``split``,
+    ``angle``, ``prompt_index`` (into ``prompt_sets[split]``), ``logodds`` and ``kl`` (float64
+    scores; KL in nats to the unsteered model); summary is :func:`mean_intervals` of it per
+    (variant, site, split, angle): the means, their 95 % bootstrap intervals and ``n``.
     """
     angles = [float(a) for a in angles]
-    theta = torch.tensor(angles)
     refusal_ids = ctx.needs_refusal_ids("rotation_variant_sweep")
-    rows = []
     bases = {
         split: last_token_logprobs(model, prompts, batch_size=ctx.batch_size) for split, prompts in prompt_sets.items()
     }
+    frames = []
     for name, (plane, site) in variants.items():
         for split, prompts in prompt_sets.items():
-            texts, setting = repeat_prompts(prompts, len(angles))
-            base = bases[split].to(model.cfg.device)  # unsteered: the same for every variant
+            scores = _rotated_scores(model, plane, site, prompts, angles, bases[split], refusal_ids, ctx, adaptive)
             n = len(prompts)
+            frame = pd.DataFrame(
+                {
+                    "angle": [a for a in angles for _ in range(n)],  # rows are angle-major (repeat_prompts)
+                    "prompt_index": list(range(n)) * len(angles),
+                    "logodds": scores[:, 0].numpy(),
+                    "kl": scores[:, 1].numpy(),
+                }
+            )
+            frames.append(frame.assign(variant=name, site=site, split=split))
+    columns = ["variant", "site", "split", "angle", "prompt_index", "logodds", "kl"]
+    per_prompt = pd.concat(frames, ignore_index=True)[columns]
+    return mean_intervals(per_prompt, ["variant", "site", "split", "angle"]), per_prompt
 
-            def score(lp, r, base=base, n=n):  # per batch: only one batch's log-probs exist at a time
-                kl = first_token_kl(base[r % n], lp)
-                return torch.stack([refusal_logodds(lp, refusal_ids), kl], dim=-1)
 
-            scores = last_token_scores(
-                model,
-                texts,
-                score,
-                hooks=lambda r, plane=plane, site=site, setting=setting: iv.rotation_hooks(  # type: ignore[misc]
-                    model, plane, theta[setting[r.cpu()]], site=site, adaptive=adaptive
-                ),
-                groups=setting,
-                batch_size=ctx.batch_size,
-                progress=ctx.progress,
-            ).view(len(angles), n, 2)
-            logodds, kl = scores[..., 0], scores[..., 1]
-            for i, angle in enumerate(angles):
-                rows.append(
-                    {
-                        "variant": name,
-                        "site": site,
-                        "split": split,
-                        "angle": angle,
-                        "logodds": float(logodds[i].mean()),
-                        "kl": float(kl[i].mean()),
-                        "n": len(prompts),
-                    }
-                )
-    return pd.DataFrame(rows)
+def _rotated_scores(
+    model, plane, site: str, prompts: Sequence[str], angles: list[float], base, refusal_ids, ctx, adaptive
+) -> Float[Tensor, "row 2"]:
+    """(refusal log-odds, KL to ``base``) of the first response token of every prompt rotated to
+    every angle in ``plane`` at ``site``, one batched job; rows angle-major (:func:`repeat_prompts`)."""
+    theta = torch.tensor(angles)
+    texts, setting = repeat_prompts(prompts, len(angles))
+    base = base.to(model.cfg.device)  # unsteered: the same for every variant
+    n = len(prompts)
+
+    def score(lp, r):  # per batch: only one batch's log-probs exist at a time
+        kl = first_token_kl(base[r % n], lp)
+        return torch.stack([refusal_logodds(lp, refusal_ids), kl], dim=-1)
+
+    return last_token_scores(
+        model,
+        texts,
+        score,
+        hooks=lambda r: iv.rotation_hooks(model, plane, theta[setting[r.cpu()]], site=site, adaptive=adaptive),
+        groups=setting,
+        batch_size=ctx.batch_size,
+        progress=ctx.progress,
+    )
+
+
+def mean_intervals(
+    per_prompt: pd.DataFrame,
+    keys: Sequence[str],
+    scores: Sequence[str] = ("logodds", "kl"),
+    *,
+    seed: int = 0,
+    n_resamples: int = 2000,
+) -> pd.DataFrame:
+    """One row per group of ``keys`` (in order of first appearance): each score's mean over the
+    group's prompts, its 95 % percentile bootstrap interval ``<score>_ci_lo`` / ``<score>_ci_hi``
+    (:func:`~workbench.stats.bootstrap_ci`, ``seed`` fixed, so the same table always gives the same
+    intervals) and ``n``. A pure function of the table: a cached per-prompt table gives the summary
+    again. A group holding a NaN or infinite score gets NaN bounds."""
+    missing = [c for c in [*keys, *scores] if c not in per_prompt]
+    if missing:
+        raise ValueError(f"per_prompt lacks column(s) {missing}; it needs {[*keys, *scores]}")
+    rows = []
+    for group, part in per_prompt.groupby(list(keys), sort=False):
+        row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        for column in scores:
+            values = part[column].to_numpy(dtype=float)
+            row[column] = float(values.mean())
+            finite = all(math.isfinite(v) for v in values)
+            bounds = bootstrap_ci(values.tolist(), n_resamples=n_resamples, seed=seed) if finite else (math.nan,) * 2
+            row[f"{column}_ci_lo"], row[f"{column}_ci_hi"] = bounds
+        rows.append({**row, "n": len(part)})
+    ci_columns = [f"{c}_ci_{end}" for c in scores for end in ("lo", "hi")]
+    return pd.DataFrame(rows, columns=[*keys, *scores, "n", *ci_columns])
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from .pipeline import Analysis
 from .planes import Plane
 from .selection import KL_FALLBACK
 from .stability import Stability
-from .stats import format_rate
+from .stats import format_rate, wilson_half_width
 from .steering_math import special_cases
 
 __all__ = [
@@ -133,7 +133,7 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
         "09_rotation_variants": (
             fg.rotation_variants_figure(tables.variants, model=model),
             "first-token refusal log-odds and KL per angle when rotating post- vs pre-gain in the raw- vs "
-            "unit-candidate plane (the same prompts as 05)",
+            "unit-candidate plane (the same prompts as 05; means over n prompts with 95 % bootstrap intervals)",
         ),
     }
     if set(sweep["split"]) - {"harmful", "harmless"}:
@@ -375,12 +375,17 @@ def _skipped_lines(skipped: dict) -> list[str]:
 
 
 def _share_table(rows: dict[str, dict], first: str) -> list[str]:
+    """A markdown table of label shares, one row per ``rows`` key with its n, then a line giving the
+    widest 95 % Wilson interval a share on the smallest n has."""
     labels = [lab for lab in ALL_LABELS if any(r.get(f"share_{lab}", 0) for r in rows.values())]
     out = [f"| {first} | n | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for name, r in rows.items():
         out.append(
             f"| {name} | {int(r['n'])} | " + " | ".join(f"{r.get(f'share_{lab}', 0):.0%}" for lab in labels) + " |"
         )
+    n = min(int(r["n"]) for r in rows.values()) if rows else 0
+    if n:
+        out += ["", f"A share's 95 % Wilson interval is at most ±{100 * wilson_half_width(n):.0f} points (n = {n})."]
     return out
 
 

@@ -174,27 +174,28 @@ class _MainJob:
         summary, self.sweep_per_prompt = self.tables("angle_sweep", ["split", "angle"], compute)
         return summary
 
-    def variants(self, sweep: pd.DataFrame) -> pd.DataFrame:
+    def variants(self, sweep_prompts: pd.DataFrame) -> pd.DataFrame:
         """First-token refusal log-odds per angle when rotating pre- vs post-gain in the raw- vs
-        unit-candidate plane; the main sweep's own setting is taken from the sweep (same prompts)."""
+        unit-candidate plane, each mean with its 95 % bootstrap interval over the prompts; the main
+        sweep's own setting is summarised from the sweep's per-prompt scores (same prompts)."""
         analysis, config = self.analysis, self.config
         prompts = {k: v for k, v in self.sweep_prompts.items() if k in self.test}  # first-token scores: two sets
         main = (config.rotation_site, analysis.config.plane_candidates)
         grid = [(site, norm) for norm in ("raw", "unit") for site in ("post_gain", "pre_gain") if (site, norm) != main]
-        path = self.folder / "rotation_variants.csv"
+        files = table_files(self.folder, "rotation_variants")  # a cache with the summary alone recomputes once
 
-        def compute() -> pd.DataFrame:
+        def compute() -> tuple[pd.DataFrame, pd.DataFrame]:
             planes = {variant_name(site, norm): (analysis.plane(candidate_norm=norm), site) for site, norm in grid}
-            table = ex.rotation_variant_sweep(
+            summary, per_prompt = ex.rotation_variant_sweep(
                 self.model, planes, prompts, self.angles, adaptive=config.adaptive, ctx=self.ctx
             )
-            atomic_write_text(path, table.to_csv(index=False))
-            return table
+            save_tables(files, (per_prompt, summary))
+            return summary, per_prompt
 
-        table = self.stages.run("rotation_variants", [path], compute, lambda: pd.read_csv(path))
-        own = sweep[sweep["split"].isin(list(prompts))][["split", "angle", "logodds", "kl", "n"]].assign(
-            variant=variant_name(*main), site=main[0]
-        )
+        table = self.stages.run("rotation_variants", files, compute, lambda: load_tables(files)[::-1])[0]
+        own = sweep_prompts[sweep_prompts["split"].isin(list(prompts))]
+        own = own.assign(variant=variant_name(*main), site=main[0])
+        own = ex.mean_intervals(own, ["variant", "site", "split", "angle"])
         return pd.concat([own[table.columns], table], ignore_index=True)
 
     def behaviours(self) -> pd.DataFrame | None:
@@ -216,7 +217,9 @@ class _MainJob:
             return None
         locations, location_prompts = self.locations()
         subsets, sweep = self.subsets(), self.sweep()
-        tables = MainTables(locations, location_prompts, subsets, sweep, self.variants(sweep), self.behaviours())
+        tables = MainTables(
+            locations, location_prompts, subsets, sweep, self.variants(self.sweep_per_prompt), self.behaviours()
+        )
         if self.config.controls:
             tables = replace(tables, **self.controls())
         return replace(tables, damage=self.damage(self.damage_experiments(tables)))

@@ -63,15 +63,22 @@ def _set_title(summary: pd.DataFrame, split: str) -> str:
 
 def behaviour_bars(summary: pd.DataFrame, *, model: str | None = None) -> go.Figure:
     """Unsteered behaviour per held-out prompt category: stacked horizontal bars of the label shares
-    (``share_<label>``, one row per ``category``; :func:`~workbench.experiments.behaviour_table`)."""
+    (``share_<label>``, one row per ``category``; :func:`~workbench.experiments.behaviour_table`).
+    Each row names its n; the subtitle gives the widest 95 % Wilson interval a share on the smallest
+    n has, and with ``share_<label>_ci_lo`` / ``_hi`` each bar's hover its own interval."""
     _require(summary, ["category", "n"], "summary", "use behaviour_table()")
+    widest = (
+        f"; a share's 95 % CI ≤ ±{100 * wilson_half_width(int(summary['n'].min())):.0f} pts" if len(summary) else ""
+    )
     fig = _fig(
         barmode="stack",
         height=120 + 60 * len(summary),
         xaxis={"title": "share of the category's prompts", "tickformat": ".0%", "range": [0, 1]},
         yaxis={"autorange": "reversed"},
         title=_title(
-            "What the model does unsteered, per prompt category", model, "heuristic labels, greedy, test split"
+            "What the model does unsteered, per prompt category",
+            model,
+            f"heuristic labels, greedy, test split; n = prompts per category{widest}",
         ),
     )
     names = [f"{c} (n = {n})" for c, n in zip(summary["category"], summary["n"])]
@@ -84,7 +91,17 @@ def behaviour_bars(summary: pd.DataFrame, *, model: str | None = None) -> go.Fig
                     orientation="h",
                     name=lab,
                     marker_color=LABEL_COLORS[lab],
-                    hovertemplate="%{y}: %{x:.0%}<extra>" + lab + "</extra>",
+                    text=_interval_texts(summary, f"share_{lab}"),
+                    textposition="none",
+                    hovertemplate="%{y}: %{x:.0%}%{text}<extra>" + lab + "</extra>",
                 )
             )
     return fig
+
+
+def _interval_texts(summary: pd.DataFrame, column: str) -> list[str]:
+    """`` [45–77 %]`` per row: the share's 95 % Wilson interval for the hover; empty without one."""
+    if f"{column}_ci_lo" not in summary:
+        return [""] * len(summary)
+    bounds = zip(summary[f"{column}_ci_lo"], summary[f"{column}_ci_hi"])
+    return [f" [{lo:.0%}–{hi:.0%}]" if lo == lo else "" for lo, hi in bounds]

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..experiments import mean_intervals
 from .style import (
     _OTHER,
     CONDITION_COLORS,
@@ -47,7 +48,8 @@ def location_comparison(
     harmless split (the first split if there is none), in a neutral colour, not the split's. Needs
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
-    response, kl) adds example responses to the bar hover and per-prompt KL points. ``controls``
+    response, kl) adds example responses to the bar hover, per-prompt KL points and their mean's
+    95 % CI. ``controls``
     (:func:`~workbench.experiments.control_locations`: split, condition, control, base,
     refusal_rate, kl) adds hatched bars, with their intervals, right after the condition each
     controls, in both panels.
@@ -74,6 +76,7 @@ def location_comparison(
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=categories)
     if controls is not None:  # more, longer names: slanted, not stood on end
         fig.update_xaxes(tickangle=-35)
+    fig.update_xaxes(title_text=_kl_axis_title(summary, per_prompt, kl_split), col=2)
     return fig.update_layout(
         yaxis={"title": {"text": "refusal rate (fraction of prompts)"}, "range": [0, 1.05], "tickformat": ".0%"},
         yaxis2={"title": {"text": f"mean KL on {kl_split} prompts (nats)"}, "rangemode": "tozero"},
@@ -152,23 +155,32 @@ def _add_kl(
     names: list,
 ) -> None:
     """Right panel: mean KL per condition on ``kl_split`` as bars, and with ``per_prompt`` each
-    prompt's KL as a hoverable point."""
-    kl = summary[summary["split"] == kl_split].set_index("condition").reindex(order)["kl"]
+    prompt's KL as a hoverable point and each mean's 95 % bootstrap interval over the prompts
+    (:func:`~workbench.experiments.mean_intervals`) as an error bar."""
+    rows = summary[summary["split"] == kl_split].set_index("condition").reindex(order)
+    pp = (
+        None
+        if per_prompt is None
+        else per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
+    )
+    if pp is not None and len(pp):
+        ci = mean_intervals(pp, ["condition"], ["kl"]).set_index("condition").reindex(order)
+        rows = rows.assign(kl_ci_lo=ci["kl_ci_lo"], kl_ci_hi=ci["kl_ci_hi"])
     fig.add_trace(
         go.Bar(
             x=names,
-            y=kl,
+            y=rows["kl"],
             name=f"KL on {kl_split} prompts",
             legendgroup="kl",
             offsetgroup="kl",  # one slot: the controls' KL bars sit in their own categories, full width
             marker_color=NEUTRAL,
+            error_y=_rate_error(rows, "kl", "kl"),
             hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
         ),
         1,
         2,
     )
-    if per_prompt is not None:
-        pp = per_prompt[(per_prompt["split"] == kl_split) & per_prompt["condition"].isin(order)]
+    if pp is not None:
         fig.add_trace(
             go.Box(
                 x=[condition_name(c) for c in pp["condition"]],
@@ -253,6 +265,16 @@ def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split:
     after = {c: list(dict.fromkeys(controls.loc[controls["base"] == c, "category"])) for c in order}
     unplaced = [c for c in dict.fromkeys(controls["category"]) if not any(c in v for v in after.values())]
     return [x for c in order for x in (condition_name(c), *after[c])] + unplaced
+
+
+def _kl_axis_title(summary: pd.DataFrame, per_prompt: pd.DataFrame | None, split: str) -> str:
+    """The KL panel's x title: with ``per_prompt`` (so the bars carry bootstrap intervals) it says
+    over how many prompts, ``n = 54 prompts`` when every condition of ``split`` has the same n."""
+    if per_prompt is None:
+        return "intervention"
+    ns = set(summary.loc[summary["split"] == split, "n"]) if "n" in summary else set()
+    n = f"n = {int(ns.pop())} prompts; " if len(ns) == 1 else ""
+    return f"intervention ({n}error bars: 95 % bootstrap CI of the mean)"
 
 
 def _family(name: str) -> str:

@@ -263,9 +263,13 @@ def rotation_variants_figure(table: pd.DataFrame, *, model: str | None = None) -
     """Mean first-token refusal log-odds (top) and KL to the unsteered model (bottom) vs the steering
     angle, one line per way to rotate (``variant``: rotation site × plane candidates), harmful and
     harmless test prompts side by side. Needs columns variant, split, angle, logodds, kl
-    (:func:`~workbench.experiments.rotation_variant_sweep`)."""
+    (:func:`~workbench.experiments.rotation_variant_sweep`). With ``n`` the subtitle says how many
+    prompts each mean is over; with ``logodds_ci_lo`` / ``_hi`` and ``kl_ci_lo`` / ``_hi``
+    (:func:`~workbench.experiments.mean_intervals`) a light band per variant spans each angle's 95 %
+    bootstrap interval of the mean. A table without them (an older run's) draws the lines alone."""
     _require(table, ["variant", "split", "angle", "logodds", "kl"], "table", "use rotation_variant_sweep()")
     splits = _splits(table)
+    intervals = all(f"{c}_ci_{end}" in table for c in ("logodds", "kl") for end in ("lo", "hi"))
     fig = make_subplots(
         rows=2,
         cols=len(splits),
@@ -275,27 +279,76 @@ def rotation_variants_figure(table: pd.DataFrame, *, model: str | None = None) -
     )
     fig.update_layout(
         template=TEMPLATE,
-        title=_title("What the rotation variants change: the same angles, four ways to rotate", model),
+        title=_title(
+            "What the rotation variants change: the same angles, four ways to rotate",
+            model,
+            _variants_note(table, splits, intervals),
+        ),
     )
     for i, (variant, rows) in enumerate(table.groupby("variant", sort=False)):
         color, dash = _OTHER[i % len(_OTHER)], "solid" if i == 0 else ("dash", "dot", "dashdot")[(i - 1) % 3]
         for j, split in enumerate(splits):
             part = rows[rows.split == split].sort_values("angle")
             for row, column in ((1, "logodds"), (2, "kl")):
-                fig.add_trace(
-                    go.Scatter(
-                        x=part["angle"],
-                        y=part[column],
-                        mode="lines+markers",
-                        name=variant,
-                        legendgroup=variant,
-                        showlegend=row == 1 and j == 0,
-                        line={"color": color, "dash": dash},
-                        hovertemplate=f"{variant}<br>%{{x}}°: %{{y:.2f}}<extra></extra>",
-                    ),
-                    row=row,
-                    col=j + 1,
-                )
+                if intervals:
+                    fig.add_trace(_mean_band(part, column, str(variant), color), row=row, col=j + 1)
+                fig.add_trace(_mean_line(part, column, str(variant), color, dash, row == 1 and j == 0), row, j + 1)
     fig.update_xaxes(title_text="angle (degrees, 0° = b1, toward b2)", tickvals=list(range(0, 360, 30)), row=2)
     fig.add_hline(y=0, line={"color": "#888", "width": 1}, row=1)
     return fig
+
+
+def _variants_note(table: pd.DataFrame, splits: list[str], intervals: bool) -> str:
+    """The subtitle: how many prompts each mean is over (per split when they differ) and what the bands are."""
+    counts = "the split's"
+    if "n" in table:
+        ns = {s: _span(table.loc[table.split == s, "n"]) for s in splits}
+        same = len(set(ns.values())) == 1
+        counts = f"n = {ns[splits[0]]}" if same else ", ".join(f"n = {v} {s}" for s, v in ns.items())
+    return f"each point: mean over {counts} prompts" + (
+        "; bands: 95 % bootstrap interval of the mean" if intervals else ""
+    )
+
+
+def _span(ns: pd.Series) -> str:
+    """``24``, or ``20–24`` when the counts differ (e.g. a set with fewer prompts at some angles)."""
+    lo, hi = int(ns.min()), int(ns.max())
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def _mean_band(part: pd.DataFrame, column: str, variant: str, color: str) -> go.Scatter:
+    """A light band between one variant's 95 % bootstrap bounds of ``column`` over the angles."""
+    x = list(part["angle"])
+    return go.Scatter(
+        x=x + x[::-1],
+        y=list(part[f"{column}_ci_hi"]) + list(part[f"{column}_ci_lo"])[::-1],
+        mode="lines",
+        fill="toself",
+        fillcolor=color,
+        opacity=0.15,
+        line={"width": 0, "color": color},
+        name=f"{variant}: 95 % interval",
+        legendgroup=variant,
+        showlegend=False,
+        hoverinfo="skip",
+    )
+
+
+def _mean_line(part: pd.DataFrame, column: str, variant: str, color: str, dash: str, legend: bool) -> go.Scatter:
+    """One variant's mean ``column`` per angle; the hover adds its interval and n when the table has them."""
+    extra = [""] * len(part)
+    if f"{column}_ci_lo" in part:
+        extra = [f" [{lo:.2f}, {hi:.2f}]" for lo, hi in zip(part[f"{column}_ci_lo"], part[f"{column}_ci_hi"])]
+    if "n" in part:
+        extra = [f"{e} (n = {int(n)})" for e, n in zip(extra, part["n"])]
+    return go.Scatter(
+        x=part["angle"],
+        y=part[column],
+        mode="lines+markers",
+        name=variant,
+        legendgroup=variant,
+        showlegend=legend,
+        line={"color": color, "dash": dash},
+        text=extra,
+        hovertemplate=f"{variant}<br>%{{x}}°: %{{y:.2f}}%{{text}}<extra></extra>",
+    )
