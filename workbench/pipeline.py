@@ -489,16 +489,15 @@ class Analysis:
         )
 
     def _arditi_note(self) -> str:
-        """Why the stability stage does not rescore Arditi's choice, with what that would cost."""
+        """Why the stability stage does not rescore Arditi's choice (the same words on every host, so the
+        cached stage and the figure index do not depend on the machine's speed)."""
         if self.arditi_skipped:
             return "not run: the model refuses nothing, so every choice here is generation-free"
         n_val = len(self.validation_prompts("harmful")) + len(self.validation_prompts("harmless"))
-        computed = not self.stages.reused.get("arditi_scores", True)
-        seconds = self.stages.seconds.get("arditi_scores") if computed else None
-        cost = f"~{seconds:.0f} s here" if seconds else "minutes on a CPU"
         return (
             f"not rescored per resample: Arditi's scores ablate and add each of {len(self.arditi_candidates)} "
-            f"candidates on {n_val} validation prompts ({cost} per rescoring); the cosine of the chosen key's "
+            f"candidates on {n_val} validation prompts (minutes on a CPU per rescoring; the run's manifest"
+            " times its arditi_scores stage); the cosine of the chosen key's "
             "resampled direction is reported instead"
         )
 

@@ -286,6 +286,7 @@ def _damage_numbers(tables: MainTables | None) -> dict:
             "ce_loss_baseline": _number(base["ce_loss"]),
             "ce_loss_baseline_ci95": _pair(base, "ce"),
             "n": int(base["n_texts"]),
+            "answer_tokens": int(base["answer_tokens"]) if "answer_tokens" in base else None,
             "text": HELDOUT_ANSWERS.name,
             "settings": settings,
         }
@@ -523,7 +524,9 @@ def _damage_lines(damage: dict | None) -> list[str]:
     if not damage:
         return []
     head = (
-        f"Damage (ΔCE: mean answer-token CE of the base model's answers in `{damage['text']}` (n={damage['n']}) "
+        f"Damage (ΔCE: mean answer-token CE of the base model's answers in `{damage['text']}` (n={damage['n']}"
+        + (f", first {damage['answer_tokens']} answer tokens" if damage.get("answer_tokens") else "")
+        + ") "
         f"vs unsteered {damage['ce_loss_baseline']:.2f} nats, paired bootstrap; KL: first-token, harmless "
         "prompts; degenerate: greedy harmless responses, Wilson; refusal removed: harmful refusal unsteered − "
         "steered, same prompts, Newcombe's paired interval; all 95 %):"

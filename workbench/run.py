@@ -329,7 +329,8 @@ class _MainJob:
             ce = dm.load_cross_entropy(files[0], specs, len(prompts))  # lacking a setting: computed again
             return ce, dm.damage_summary(ce, experiments)
 
-        return self.stages.run("damage", files, compute, load)[1]
+        summary = self.stages.run("damage", files, compute, load)[1]
+        return summary.assign(answer_tokens=self.config.damage_tokens)  # for the key numbers
 
     def sample_warnings(self) -> list[str]:
         """The analysis's small splits, and the test prompts behind each reported refusal rate."""
