@@ -1,4 +1,4 @@
-"""The main job's presentation: its eight figures, its key numbers and the figure index.
+"""The main job's presentation: its figures (01-13), its key numbers and the figure index.
 
 :func:`main_figures` draws every figure from the analysis and the experiment tables,
 :func:`key_numbers` condenses them into the run's summary, and :func:`write_index` writes
