@@ -12,6 +12,7 @@ from test_intervals import index_summary
 
 from workbench import experiments as ex
 from workbench import figures as fg
+from workbench import stats
 from workbench.control_numbers import RULE, control_numbers, effect_outside_control
 from workbench.controls import halves, null_direction, parse_control, random_direction, random_plane
 from workbench.directions import Direction
@@ -221,7 +222,18 @@ def test_location_comparison_draws_the_controls_beside_their_conditions():
         "addition (+αr): random dir.",
     ]
     (kl,) = [t for t in fig.data if t.name == "KL on harmless prompts, controls"]
-    assert kl.xaxis == "x2" and len(kl.x) == 3
+    assert kl.xaxis == "x2" and len(kl.x) == 3 and kl.error_y.array is None  # no per-prompt KL: no interval
+    # with the controls' per-prompt KL, each control's mean KL carries its bootstrap interval
+    conditions = list(dict.fromkeys(tables.controls["condition"]))
+    per_prompt = pd.DataFrame(
+        [(split, c, float(k)) for split in ("harmful", "harmless") for c in conditions for k in range(5)],
+        columns=["split", "condition", "kl"],
+    )
+    with_kl = fg.location_comparison(tables.locations, controls=tables.controls, control_prompts=per_prompt)
+    (kl,) = [t for t in with_kl.data if t.name == "KL on harmless prompts, controls"]
+    ci = stats.bootstrap_ci([0.0, 1.0, 2.0, 3.0, 4.0], seed=0)
+    y = tables.controls.set_index(["split", "condition"]).loc["harmless", "kl"]
+    assert list(kl.error_y.array) == pytest.approx([max(0.0, ci[1] - y[c]) for c in conditions])
     assert "causal controls" in fig.layout.title.text and "causal controls" not in plain.layout.title.text
 
 

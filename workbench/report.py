@@ -119,7 +119,13 @@ def _experiment_figures(tables: MainTables, model: str) -> Figures:
     baseline = locations[locations.condition == "none"].set_index("split")["refusal_rate"].to_dict()
     figs: Figures = {
         "01_location_comparison": (
-            fg.location_comparison(locations, tables.location_prompts, model=model, controls=tables.controls),
+            fg.location_comparison(
+                locations,
+                tables.location_prompts,
+                model=model,
+                controls=tables.controls,
+                control_prompts=tables.control_prompts,
+            ),
             "refusal rate (harmful, harmless) and KL on harmless prompts for ablation at each location, and addition",
         ),
         "05_angle_sweep": (

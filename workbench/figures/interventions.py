@@ -38,6 +38,7 @@ def location_comparison(
     *,
     model: str | None = None,
     controls: pd.DataFrame | None = None,
+    control_prompts: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Refusal rate under ablation at each location, harmful and harmless side by side.
 
@@ -52,7 +53,8 @@ def location_comparison(
     95 % CI. ``controls``
     (:func:`~workbench.experiments.control_locations`: split, condition, control, base,
     refusal_rate, kl) adds hatched bars, with their intervals, right after the condition each
-    controls, in both panels.
+    controls, in both panels; ``control_prompts`` (its per-prompt table: split, condition, kl) adds
+    each control's KL interval.
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
@@ -72,7 +74,7 @@ def location_comparison(
     for i, split in enumerate(_splits(summary)):
         _add_refusal_bars(fig, summary, per_prompt, split, i, order, names)
     _add_kl(fig, summary, per_prompt, kl_split, order, names)
-    categories = names if controls is None else _add_controls(fig, controls, order, kl_split)
+    categories = names if controls is None else _add_controls(fig, controls, order, kl_split, control_prompts)
     fig.update_xaxes(title_text="intervention", categoryorder="array", categoryarray=categories)
     if controls is not None:  # more, longer names: slanted, not stood on end
         fig.update_xaxes(tickangle=-35)
@@ -215,7 +217,19 @@ def _control_category(row) -> str:
     return f"{condition_name(row['base'])}: {str(row['control']).partition(':')[0]} dir."
 
 
-def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split: str) -> list[str]:
+def _with_kl_intervals(rows: pd.DataFrame, per_prompt: pd.DataFrame | None, split: str) -> pd.DataFrame:
+    """``rows`` (one per condition) with ``kl_ci_lo`` / ``_hi``: each mean KL's 95 % bootstrap
+    interval over ``per_prompt``'s prompts of ``split`` (:func:`~workbench.experiments.mean_intervals`);
+    unchanged without a per-prompt table."""
+    if per_prompt is None or not len(pp := per_prompt[per_prompt["split"] == split]):
+        return rows
+    ci = mean_intervals(pp, ["condition"], ["kl"]).set_index("condition")
+    return rows.assign(kl_ci_lo=rows["condition"].map(ci["kl_ci_lo"]), kl_ci_hi=rows["condition"].map(ci["kl_ci_hi"]))
+
+
+def _add_controls(
+    fig: go.Figure, controls: pd.DataFrame, order: list, kl_split: str, control_prompts: pd.DataFrame | None = None
+) -> list[str]:
     """Both panels: one hatched bar trace per (control, split) of refusal rates with their 95 %
     intervals (offset like the split's real bars), and the controls' KL on ``kl_split``. Returns
     every x category, each control's right after the condition it controls."""
@@ -244,7 +258,7 @@ def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split:
                 1,
                 1,
             )
-    kl = controls[controls["split"] == kl_split]
+    kl = _with_kl_intervals(controls[controls["split"] == kl_split], control_prompts, kl_split)
     fig.add_trace(
         go.Bar(
             x=kl["category"],
@@ -257,6 +271,7 @@ def _add_controls(fig: go.Figure, controls: pd.DataFrame, order: list, kl_split:
                 "line": {"color": NEUTRAL, "width": 1.5},
                 "pattern": {"shape": "/", "fgcolor": NEUTRAL},
             },
+            error_y=_rate_error(kl, "kl", "kl"),
             hovertemplate="%{x}: mean KL %{y:.3g} nats<extra></extra>",
         ),
         1,
