@@ -50,11 +50,9 @@ def location_comparison(
     ``summary`` columns split, condition, refusal_rate, kl (from
     :func:`~workbench.experiments.compare_locations`); ``per_prompt`` (split, condition, prompt,
     response, kl) adds example responses to the bar hover, per-prompt KL points and their mean's
-    95 % CI. ``controls``
-    (:func:`~workbench.experiments.control_locations`: split, condition, control, base,
-    refusal_rate, kl) adds hatched bars, with their intervals, right after the condition each
-    controls, in both panels; ``control_prompts`` (its per-prompt table: split, condition, kl) adds
-    each control's KL interval.
+    95 % CI. ``controls`` (:func:`~workbench.experiments.control_locations`) adds hatched bars with
+    their intervals right after the condition each controls, in both panels; ``control_prompts``
+    (its per-prompt table) the controls' KL intervals.
     """
     _require(summary, ["split", "condition", "refusal_rate", "kl"], "summary", "use compare_locations()")
     present = list(dict.fromkeys(summary["condition"]))
