@@ -563,8 +563,9 @@ def reference_cross_entropy(
         logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         nll = -logprobs.gather(-1, tokens[:, -k:, None])[..., 0]  # [batch, k]
-        for j, i in enumerate(rows):  # the answer is the last n_answer[i] tokens of each row
-            out[i] = nll[j, -n_answer[i] :].mean().cpu()
+        lengths = torch.tensor([n_answer[i] for i in rows], device=nll.device)
+        answer = torch.arange(k, device=nll.device) >= k - lengths[:, None]  # each row's last n_answer tokens
+        out[rows] = (nll.masked_fill(~answer, 0.0).sum(-1) / lengths).cpu()  # one copy per batch, not per row
     return out
 
 
