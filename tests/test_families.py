@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from workbench import families, fastpath
-from workbench.chat import encode
+from workbench.chat import encode, format_prompts
+from workbench.experiments import reference_cross_entropy
 from workbench.fastpath import attention
 from workbench.generation import _stop_ids, generate, last_token_logprobs
 from workbench.interventions import ablation_hooks, orthogonalize_weights, rotation_hooks
@@ -367,6 +368,28 @@ def test_first_token_scores_equal_hf_logprobs(family, folders):
         row = torch.tensor([encode(model.tokenizer, PROMPTS)[0]])
         raw = model.unembed(model.ln_final(model(row, stop_at_layer=model.cfg.n_layers)))[0, -1]
         assert (torch.log_softmax(raw.double(), -1) - ours[0]).abs().max().item() > 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.inference_mode()
+def test_answer_cross_entropy_equals_hf(family, folders, monkeypatch):
+    """The damage stage's CE (answer positions only through the final norm, unembedding and soft-cap,
+    rows left-padded in one batch) equals the mean answer-token NLL of HF's full logits, row by row."""
+    hf, model = _built(family, folders[family])
+    # the word-level test tokenizer has no chat template: a minimal one, ending in a word boundary
+    monkeypatch.setattr(
+        model.tokenizer, "chat_template", "{% for m in messages %}w1 {{ m['content'] }} w2 {% endfor %}"
+    )
+    answers = ["w10 w11 w12", "w13", "w14 w15 w16 w17 w18"]
+    ours = reference_cross_entropy(model, PROMPTS, answers, batch_size=3)
+    for i, (text, answer) in enumerate(zip(format_prompts(model.tokenizer, PROMPTS), answers)):
+        row = encode(model.tokenizer, [text + answer])[0]
+        answer_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        n = len(answer_ids)
+        assert row[-n:] == answer_ids
+        logprobs = torch.log_softmax(hf(input_ids=torch.tensor([row])).logits[0].double(), -1)
+        nll = -logprobs[-n - 1 : -1].gather(-1, torch.tensor(answer_ids)[:, None])
+        assert abs(ours[i].item() - nll.mean().item()) <= TOL
 
 
 # ---------------------------------------------------------------------------------------------- steering
